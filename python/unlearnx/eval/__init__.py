@@ -1,0 +1,1 @@
+"""unlearnx.eval"""
