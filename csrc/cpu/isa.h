@@ -1,0 +1,44 @@
+// Runtime CPU ISA dispatch. Each kernel file under csrc/cpu/isa/ is compiled once per ISA with its
+// own -m flags into namespace unlearnx::cpu::<isa>; the dispatcher picks the best one the CPU
+// supports (or the one UNLEARNX_CPU_ISA=avx512|avx2|base asks for, never above what it supports).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "unlearnx/common.h"
+
+namespace unlearnx::cpu {
+
+enum class Isa : int { base = 0, avx2 = 1, avx512 = 2 };
+
+Isa active_isa();
+const char* isa_name(Isa isa);
+std::vector<std::string> compiled_isas();
+
+#define UNLEARNX_DECLARE_ISA_KERNELS(ns)                                                    \
+  namespace ns {                                                                            \
+  int64_t ssd_dampen_f32(float* theta, const float* i_f, const float* i_d, int64_t n,       \
+                         float alpha, float lambda);                                        \
+  int64_t ssd_dampen_bf16(bf16_bits* theta, const float* i_f, const float* i_d, int64_t n,  \
+                          float alpha, float lambda);                                       \
+  }
+
+UNLEARNX_DECLARE_ISA_KERNELS(base)
+UNLEARNX_DECLARE_ISA_KERNELS(avx2)
+UNLEARNX_DECLARE_ISA_KERNELS(avx512)
+
+// Calls ns::fn(args...) for the active ISA.
+#define UNLEARNX_ISA_DISPATCH(fn, ...)                                  \
+  ([&]() {                                                              \
+    switch (::unlearnx::cpu::active_isa()) {                            \
+      case ::unlearnx::cpu::Isa::avx512:                                \
+        return ::unlearnx::cpu::avx512::fn(__VA_ARGS__);                \
+      case ::unlearnx::cpu::Isa::avx2:                                  \
+        return ::unlearnx::cpu::avx2::fn(__VA_ARGS__);                  \
+      default:                                                          \
+        return ::unlearnx::cpu::base::fn(__VA_ARGS__);                  \
+    }                                                                   \
+  }())
+
+}  // namespace unlearnx::cpu
