@@ -166,8 +166,9 @@ def test_badnets_deterministic_and_bad_args(digits):
     b = badnets_poison(train, test, identified_fraction=0.3, seed=1)
     assert torch.equal(a.meta["poison_indices"], b.meta["poison_indices"])
     assert torch.equal(a.forget_indices, b.forget_indices)
-    for kwargs, name in (({"poison_fraction": 1.5}, "poison_fraction"), ({"identified_fraction": 0.0}, "identified_fraction"),
-                         ({"target_class": 10}, "target_class"), ({"patch": 9}, "patch")):
+    bad = (({"poison_fraction": 1.5}, "poison_fraction"), ({"identified_fraction": 0.0}, "identified_fraction"),
+           ({"target_class": 10}, "target_class"), ({"patch": 9}, "patch"))
+    for kwargs, name in bad:
         with pytest.raises(ValueError, match=name):
             badnets_poison(train, test, **kwargs)
 

@@ -118,7 +118,8 @@ def random_forget(
     else:
         k = _check_positive_int(n, "n")
     if k >= total:
-        raise ValueError(f"{'n' if n is not None else 'fraction'} selects {k} of {total} samples, leaving no retain set")
+        arg = "n" if n is not None else "fraction"
+        raise ValueError(f"{arg} selects {k} of {total} samples, leaving no retain set")
     g = torch.Generator().manual_seed(seed)
     forget, retain, idx = _split(train, torch.randperm(total, generator=g)[:k])
     return Scenario(train, forget, retain, test, idx, name=f"random-{k}", meta={"seed": seed, "n": k})
@@ -204,7 +205,8 @@ def subclass_forget(
         n_subclasses = _check_positive_int(n_subclasses, "n_subclasses")
         if n_subclasses < 2 or n_subclasses > len(cls_idx):
             raise ValueError(f"n_subclasses must be in [2, {len(cls_idx)}] for class {class_}, got {n_subclasses}")
-        if isinstance(subclass, bool) or not isinstance(subclass, (int, np.integer)) or not 0 <= subclass < n_subclasses:
+        valid = not isinstance(subclass, bool) and isinstance(subclass, (int, np.integer))
+        if not valid or not 0 <= subclass < n_subclasses:
             raise ValueError(f"subclass must be an integer in [0, {n_subclasses}), got {subclass!r}")
         x_all, x_test_all = inputs_of(train), inputs_of(test)
         a_train, a_test = _kmeans_subclasses(x_all[cls_idx], x_test_all[cls_test_idx], n_subclasses, seed)
