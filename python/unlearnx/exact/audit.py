@@ -16,13 +16,12 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from unlearnx.exact.io import read_json, read_safetensors_metadata, sha256_file
+from unlearnx.exact.io import read_checkpoint_info, read_json, sha256_file
 from unlearnx.exact.ledger import Ledger
 
 
@@ -53,11 +52,11 @@ def _ids_in_npz(path: Path) -> set[int]:
 def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: list[int], deleted: set[int],
                       what: str, meta_expect: dict) -> None:
     path = root / entry["path"]
-    meta = read_safetensors_metadata(path)
-    trained_on = set(json.loads(meta.get("unlearnx.trained_on", "null") or "null") or [])
-    if "unlearnx.trained_on" not in meta:
-        report.errors.append(f"{what} ({entry['path']}) has no unlearnx.trained_on manifest")
+    meta = read_checkpoint_info(path)
+    if not isinstance(meta.get("trained_on"), list):
+        report.errors.append(f"{what} ({entry['path']}) has no training manifest (trained_on)")
         return
+    trained_on = set(meta["trained_on"])
     leaked = trained_on & deleted
     if leaked:
         report.errors.append(f"{what} ({entry['path']}) was trained on deleted ids {sorted(leaked)[:20]}")
@@ -65,8 +64,8 @@ def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: li
         report.errors.append(f"{what} ({entry['path']}) training manifest differs from its slices "
                              f"({len(trained_on)} ids recorded, {len(expected)} expected)")
     for k, v in meta_expect.items():
-        if meta.get(f"unlearnx.{k}") != str(v):
-            report.errors.append(f"{what} ({entry['path']}) metadata {k}={meta.get(f'unlearnx.{k}')!r}, expected {v}")
+        if meta.get(k) != v:
+            report.errors.append(f"{what} ({entry['path']}) metadata {k}={meta.get(k)!r}, expected {v!r}")
 
 
 def audit_directory(directory: str | Path) -> AuditReport:
@@ -172,9 +171,8 @@ def audit_directory(directory: str | Path) -> AuditReport:
                                            "role": "s3t-adapter"})
                     n_ckpt += 1
     if manifest.get("backbone") and (root / manifest["backbone"]["path"]).exists():
-        meta = read_safetensors_metadata(root / manifest["backbone"]["path"])
-        public = set(json.loads(meta.get("unlearnx.public_ids", "[]")))
-        if json.loads(meta.get("unlearnx.trained_on", "null")) != [] or public & deleted:
+        meta = read_checkpoint_info(root / manifest["backbone"]["path"])
+        if meta.get("trained_on") != [] or set(meta.get("public_ids", [])) & deleted:
             report.errors.append("the S3T backbone was trained on deletable or deleted ids")
     known = {i for shard in config["assignment"] for sl in shard for i in sl}
     missing = known - seen - deleted
@@ -198,7 +196,7 @@ def audit_directory(directory: str | Path) -> AuditReport:
             held: set[int] = set()
             try:
                 if p.suffix == ".safetensors":
-                    held = set(json.loads(read_safetensors_metadata(p).get("unlearnx.trained_on", "[]")))
+                    held = set(read_checkpoint_info(p).get("trained_on", []))
                 elif p.suffix == ".npz":
                     held = _ids_in_npz(p)
             except Exception:  # a torn temp file: unreadable, reported as unreferenced below

@@ -97,19 +97,22 @@ class CheckpointStore:
 
     A file is named after the sha256 of its bytes, so it is immutable: a retrained checkpoint is a
     new file, and the files the served manifest points to are never overwritten.
-    Metadata values must be strings (a safetensors rule); callers store JSON there.
+    `info` (role, shard, slice, the training manifest `trained_on`...) is stored as one canonical
+    JSON string under the safetensors metadata key "unlearnx": one key, because safetensors
+    writes several metadata keys in hash-map order, which would make equal checkpoints hash
+    differently.
     """
 
     def __init__(self, root: str | os.PathLike, folder: str = "checkpoints"):
         self.root = Path(root)
         self.folder = folder
 
-    def save(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *, prefix: str) -> dict:
-        """Write `tensors` with `metadata`; returns the manifest entry {"path", "sha256"}."""
+    def save(self, tensors: dict[str, torch.Tensor], info: dict, *, prefix: str) -> dict:
+        """Write `tensors` with `info`; returns the manifest entry {"path", "sha256"}."""
         if not prefix.replace("-", "").isalnum():
             raise ValueError(f"prefix must be alphanumeric with dashes, got {prefix!r}")
         payload = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        data = st_save(payload, metadata=metadata)
+        data = st_save(payload, metadata={"unlearnx": json.dumps(info, sort_keys=True)})
         digest = sha256_bytes(data)
         rel = f"{self.folder}/{prefix}-{digest[:20]}.safetensors"
         target = self.root / rel
@@ -118,7 +121,7 @@ class CheckpointStore:
             atomic_write_bytes(target, data)
         return {"path": rel, "sha256": digest}
 
-    def load(self, entry: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def load(self, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
         """Read a checkpoint, refusing it if its bytes do not match the recorded sha256."""
         path = self.root / entry["path"]
         with open(path, "rb") as f:
@@ -129,21 +132,20 @@ class CheckpointStore:
                 f"checkpoint {entry['path']} has sha256 {digest}, but {entry['sha256']} was recorded: "
                 "the file was modified or corrupted; run `unlearnx exact audit`"
             )
-        return st_load(data), read_safetensors_metadata_bytes(data)
+        return st_load(data), _info_from_header(data[8 : 8 + int.from_bytes(data[:8], "little")])
 
 
-def read_safetensors_metadata_bytes(data: bytes) -> dict[str, str]:
-    """The `__metadata__` block of a safetensors file (header: 8-byte little-endian length + JSON)."""
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    return dict(header.get("__metadata__", {}))
+def _info_from_header(header: bytes) -> dict:
+    meta = json.loads(header).get("__metadata__") or {}
+    return json.loads(meta["unlearnx"]) if "unlearnx" in meta else {}
 
 
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_checkpoint_info(path: str | os.PathLike) -> dict:
+    """The `info` dict of a checkpoint written by CheckpointStore ({} if it has none); reads only
+    the safetensors header (8-byte little-endian length + JSON)."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    return dict(header.get("__metadata__", {}))
+        return _info_from_header(f.read(n))
 
 
 class DirLock:

@@ -14,8 +14,6 @@ Deletion rate: the expected number of deletion requests served before any retrai
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -105,7 +103,7 @@ class S3T:
             x, y = public.tensors(self.device)
             train_fn(net, TensorDataset(x, y), torch.Generator().manual_seed(derive_seed(self.seed, "s3t-pretrain")))
             seen = public.ids.tolist()
-        meta = {"unlearnx.role": "s3t-backbone", "unlearnx.trained_on": "[]", "unlearnx.public_ids": json.dumps(seen)}
+        meta = {"role": "s3t-backbone", "trained_on": [], "public_ids": seen}
         return self.store.save(net.base_state(), meta, prefix="s3t-backbone")
 
     def set_backbone(self, entry: dict) -> None:
@@ -133,9 +131,8 @@ class S3T:
             x, y = data.select(slices[j]).tensors(self.device)
             self.train_fn(net, TensorDataset(x, y), g)
             influence = sorted(i for jj in order[: k + 1] for i in slices[jj])
-            meta = {"unlearnx.role": "s3t-adapter", "unlearnx.shard": str(shard), "unlearnx.sequence": str(b),
-                    "unlearnx.position": str(k), "unlearnx.slice": str(j),
-                    "unlearnx.trained_on": json.dumps(influence)}
+            meta = {"role": "s3t-adapter", "shard": shard, "sequence": b, "position": k, "slice": j,
+                    "trained_on": influence}
             entry = self.store.save(net.adapter_state(k), meta, prefix=f"s3t-s{shard}-b{b}-p{k}")
             crash_point("after_checkpoint_write")
             out.append({"position": k, "slice": j, **entry})

@@ -16,7 +16,6 @@ from-scratch training on the remaining data would.
 """
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 import torch
@@ -72,8 +71,7 @@ class SISA:
         return model
 
     def _save(self, shard: int, r: int, model: nn.Module, cumulative: list[int]) -> dict:
-        meta = {"unlearnx.role": "sisa-slice", "unlearnx.shard": str(shard), "unlearnx.slice": str(r),
-                "unlearnx.trained_on": json.dumps(cumulative)}
+        meta = {"role": "sisa-slice", "shard": shard, "slice": r, "trained_on": cumulative}
         entry = self.store.save(model.state_dict(), meta, prefix=f"sisa-s{shard}-r{r}")
         crash_point("after_checkpoint_write")
         return {"slice": r, **entry}

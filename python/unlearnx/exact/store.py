@@ -140,7 +140,7 @@ class ExactStore:
         recipe = {**DEFAULT_RECIPE, **(recipe or {})}
         if public is not None and not set(public.ids.tolist()).isdisjoint(train.ids.tolist()):
             raise ValueError("public ids must be disjoint from training ids")
-        classes = int(max(train.y.max(), *(d.y.max() for d in (test, public) if d is not None))) + 1
+        classes = 1 + max(int(d.y.max()) for d in (train, test, public) if d is not None and len(d))
         assignment = assign_slices(train.ids, shards=shards, slices=slices, seed=seed)
         directory.mkdir(parents=True, exist_ok=True)
         shard_entries = []
