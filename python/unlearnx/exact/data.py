@@ -77,7 +77,7 @@ def save_arrays(root: Path, rel: str, arrays: Arrays) -> dict:
     digest = sha256_bytes(data)
     path = f"{rel}-{digest[:20]}.npz"
     if not (root / path).exists():
-        atomic_write_bytes(root / path, data)
+        atomic_write_bytes(root / path, data, sync_dir=False)  # the store fsyncs data/ before the swap
     return {"path": path, "sha256": digest}
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from unlearnx.exact.data import Arrays, assign_slices, load_arrays, save_arrays
 from unlearnx.exact.distributed import DistContext
 from unlearnx.exact.io import (
-    CheckpointStore, DirLock, atomic_write_json, crash_point, read_json, sha256_bytes, sha256_file,
+    CheckpointStore, DirLock, atomic_write_json, crash_point, fsync_dir, read_json, sha256_bytes, sha256_file,
 )
 from unlearnx.exact.ledger import Ledger, Request
 from unlearnx.exact.models import SGDTrainer, TrainFn, mlp_factory, steps_for
@@ -196,6 +196,9 @@ class ExactStore:
 
     def _commit(self, manifest: dict, *, request: Request | None) -> None:
         """Swap in `manifest` atomically, then record it (and apply `request`) in the ledger."""
+        for folder in ("checkpoints", "data"):  # the new files' names are durable before the swap
+            if (self.dir / folder).is_dir():
+                fsync_dir(self.dir / folder)
         crash_point("before_manifest_swap")
         sha = atomic_write_json(self.dir / "served.json", manifest)
         crash_point("after_manifest_swap")
@@ -216,9 +219,13 @@ class ExactStore:
             root = self.dir / folder
             if not root.is_dir():
                 continue
+            removed = False
             for p in root.iterdir():
                 if f"{folder}/{p.name}" not in keep:
                     p.unlink()
+                    removed = True
+            if removed:
+                fsync_dir(root)
 
     def _shard_data(self, entry: dict) -> Arrays:
         path = self.dir / entry["data"]["path"]
