@@ -1,1 +1,79 @@
-"""unlearnx.methods"""
+"""unlearnx.methods: unlearning algorithms, a registry by name, and `unlearn`.
+
+    import unlearnx as ux
+    ux.methods.available()                      # ['bad_teacher', 'blindspot', 'boundary_expand', ...]
+    ux.methods.get("ft").defaults               # hyper-parameters and their paper defaults
+    res = ux.unlearn(model, method="ft", forget=forget_data, retain=retain_data, epochs=5)
+    res.model, res.seconds, res.log
+
+Every method is a class in its own module (one per method or close family), registered with
+`@register_method(name)`, with a `defaults` dict and a `paper` citation.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from unlearnx.methods import boundary, distillation, finetune, gradient_ascent, laf, random_labels, regression  # noqa: F401  (registers the methods)
+from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, available, get, register_method
+from unlearnx.methods.training import as_loader, model_device, seeded, train_classifier
+
+__all__ = ["unlearn", "available", "get", "register_method", "UnlearningMethod", "UnlearnResult",
+           "train_classifier"]
+
+
+def unlearn(
+    model: nn.Module,
+    method: str,
+    forget=None,
+    retain=None,
+    *,
+    inplace: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    device=None,
+    **hparams,
+) -> UnlearnResult:
+    """Unlearn `forget` from `model` with the registered `method`; returns an `UnlearnResult`.
+
+    forget, retain: map-style Datasets of (x, y) or DataLoaders. Datasets become DataLoaders with
+    the method's `batch_size` (forget: `forget_batch_size` when the method has one) and shuffling
+    seeded by `seed`; DataLoaders are used as given. A method that does not read one of them
+    (e.g. Retrain and FT never read `forget`) accepts None.
+    inplace: False (default) deep-copies `model` first, so the caller's model is untouched.
+    seed: seeds torch's RNG for the run (restored afterwards), the shuffling and any draws.
+    device: where to run (default: the model's device); the model is moved there.
+    hparams: the method's hyper-parameters (`get(method).defaults`); unknown names raise TypeError.
+    res.seconds is the wall time of the method alone (the RTE), not of the copy.
+    """
+    cls = get(method)
+    algo = cls(**hparams)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    data = {"forget": forget, "retain": retain}
+    for name in cls.requires:
+        if data[name] is None:
+            raise ValueError(f"method {cls.name!r} needs {name}= data (a Dataset or DataLoader of (x, y))")
+    if not inplace:
+        model = copy.deepcopy(model)
+    if device is not None:
+        model = model.to(device)
+    batch = algo.hparams.get("batch_size", 64)
+    loaders = {
+        name: None if d is None else as_loader(
+            d, batch_size=algo.hparams.get("forget_batch_size", batch) if name == "forget" else batch,
+            seed=seed, name=name)
+        for name, d in data.items()
+    }
+    with seeded(seed, model_device(model)):
+        start = time.perf_counter()
+        log = algo.run(model, forget=loaders["forget"], retain=loaders["retain"], seed=seed, progress=progress)
+        if model_device(model).type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=cls.name, hparams=dict(algo.hparams))
