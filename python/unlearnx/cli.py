@@ -52,13 +52,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def demo_config(methods=None, *, out_dir: str = "runs/demo") -> dict:
     """The demo experiment: small_cnn on scikit-learn's digits, 10 % random forgetting, Retrain
     oracle, and `methods` (default `DEMO_METHODS`, each skipped with a note when not registered;
-    explicitly named methods must exist). Training recipe: 20 epochs SGD lr 0.05, cosine schedule."""
+    explicitly named methods must exist). Training recipe: 20 epochs SGD lr 0.05, cosine schedule.
+    One torch thread: the models are tiny, so intra-op threads only add synchronisation (and on a
+    busy machine a descheduled worker thread stalls every op)."""
     explicit = methods is not None
     entries = [{"name": m} if explicit else {"name": m, "optional": True} for m in (methods or DEMO_METHODS)]
     return {
         "name": "demo: digits, small_cnn, 10% random forgetting",
         "out_dir": out_dir,
         "seeds": [0],
+        "threads": 1,
         "data": {"name": "digits"},
         "model": {"name": "small_cnn"},
         "scenario": {"kind": "random", "fraction": 0.1},
@@ -141,6 +144,10 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
         scripts = [bench_dir / f"bench_{args.family}.py"]
     outputs, status = [], 0
     for script in scripts:
+        if args.quick and "--quick" not in script.read_text(encoding="utf-8"):
+            print(f"note: {script.name} has no --quick mode; skipped (run it with --family "
+                  f"{script.stem.removeprefix('bench_')} and without --quick)")
+            continue
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + extra
         print(f"$ {' '.join(cmd)}", flush=True)
         proc = subprocess.run(cmd, cwd=bench_dir.parent, capture_output=True, text=True)

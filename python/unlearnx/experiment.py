@@ -77,6 +77,8 @@ SCHEMA: dict = {
     "out_dir": Field("str", None, help="run directory (default runs/<name>)"),
     "seeds": Field("int_list", [0], help="one full run per seed: split, scenario, init, methods"),
     "device": Field("str", "cpu", choices=("cpu", "cuda", "auto")),
+    "threads": Field("int", 0, help="torch CPU threads during the run (0: torch's default); 1 is fastest for "
+                                    "tiny models and the only stable choice on a shared machine"),
     "model": {
         "name": Field("str", "small_cnn", help="a builder of unlearnx.models (available_models())"),
         "kwargs": Field("dict", {}, help="builder arguments; num_classes/in_channels/image_size/in_features "
@@ -122,6 +124,8 @@ SCENARIO_KEYS: dict[str, dict[str, Field]] = {
                   "identified_fraction": Field("number", 1.0)},
 }
 _METHOD_ENTRY_KEYS = ("name", "label", "optional")
+# Registered methods that unlearn regressors (L1 targets); experiments here are classifiers.
+_REGRESSION_METHODS = frozenset({"blindspot", "gaussian_amnesiac"})
 
 
 # ----------------------------------------------------------------------------- validation
@@ -270,6 +274,9 @@ def _validate_methods(entries) -> tuple[list[dict], list[dict]]:
             hint = _suggest(name, list(registry.values())) if registry else " (no method is registered yet)"
             raise ConfigError(f"config key '{path}.name': unknown method {name!r}{hint}")
         registered = registry[_norm(name)]
+        if registered in _REGRESSION_METHODS:
+            raise ConfigError(f"config key '{path}.name': {registered!r} unlearns regression models; experiments "
+                              "run classification (use it through unlearnx.unlearn)")
         label = entry.get("label", DISPLAY_NAMES.get(registered, registered))
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"config key '{path}.label': expected a non-empty string, got {label!r}")
@@ -343,6 +350,8 @@ def validate_config(config: Mapping) -> dict:
     cfg["_methods"], cfg["_skipped"] = _validate_methods(cfg["methods"])
     if cfg["eval"]["suite"] == "corrective" and cfg["scenario"]["kind"] not in ("badnets", "confusion"):
         raise ConfigError("config key 'eval.suite': 'corrective' needs scenario.kind 'badnets' or 'confusion'")
+    if cfg["threads"] < 0:
+        raise ConfigError(f"config key 'threads': expected an integer >= 0, got {cfg['threads']}")
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'device': 'cuda' requested but torch sees no GPU (use 'cpu' or 'auto')")
     return cfg
@@ -788,7 +797,14 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
     echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run = _Run(cfg, out, quiet=quiet, eval_only=eval_only, echo=echo)
     start = time.perf_counter()
-    per_seed = [run.run_seed(seed) for seed in cfg["seeds"]]
+    threads = torch.get_num_threads()
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    try:
+        mach = machine()  # records the thread count the run used
+        per_seed = [run.run_seed(seed) for seed in cfg["seeds"]]
+    finally:
+        torch.set_num_threads(threads)
     rows, std = _aggregate(per_seed)
     public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     first_runs = per_seed[0]["runs"]
@@ -821,7 +837,7 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
                   "forget_digest": {str(s["seed"]): s["scenario"]["forget_digest"] for s in per_seed},
                   "models": audit_models},
         "versions": versions(),
-        "machine": machine(),
+        "machine": mach,
         "config": public_cfg,
     }
     from unlearnx.report import atomic_write_json, write_report
