@@ -195,10 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small working sets (not for reported numbers)")
     p.add_argument("--out", metavar="FILE", help="also write the printed tables to FILE")
     p.set_defaults(func=_cmd_bench)
+
+    # `unlearnx exact ...` is its own command tree (unlearnx.exact.cli); main() hands it the rest of
+    # the command line, so this entry only makes it show up in `unlearnx --help`.
+    sub.add_parser("exact", help="exact unlearning service: init|train|delete|serve-predict|audit|status DIR",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["exact"]:
+        from unlearnx.exact.cli import main as exact_main
+
+        return int(exact_main(argv[1:]) or 0)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
