@@ -5,5 +5,31 @@ Each wrapper validates its arguments (errors name the argument), picks the backe
 the native op, the Triton kernel or the pure-PyTorch reference.
 """
 from unlearnx.ops.ssd import ssd_dampen_, ssd_dampen_reference
+from unlearnx.ops.select import (
+    MaskStats,
+    global_kth_value,
+    global_quantile,
+    global_select,
+    mask_stats,
+    masked_restore_,
+    pack_mask,
+    project_capped_simplex,
+    threshold_masks,
+    topk_masks,
+    unpack_mask,
+)
 
 __all__ = ["ssd_dampen_", "ssd_dampen_reference"]
+__all__ += [
+    "MaskStats",
+    "global_kth_value",
+    "global_quantile",
+    "global_select",
+    "mask_stats",
+    "masked_restore_",
+    "pack_mask",
+    "project_capped_simplex",
+    "threshold_masks",
+    "topk_masks",
+    "unpack_mask",
+]
