@@ -8,6 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-python}
 BUILD=${BUILD_DIR:-build/dev}
+# FindPython's Development.SABIModule needs CMake >= 3.26 (pip-installed builds get a backport
+# from scikit-build-core; this direct build does not): `pip install "cmake>=3.26"` if this fails.
+cmake_version=$(cmake --version | head -1 | awk '{print $3}')
+if [ "$(printf '%s\n3.26\n' "$cmake_version" | sort -V | head -1)" != "3.26" ]; then
+  echo "dev_build.sh: cmake $cmake_version is older than 3.26; pip install 'cmake>=3.26' first" >&2
+  exit 1
+fi
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="$(command -v "$PY")" \
   -DUNLEARNX_CUDA="${UNLEARNX_CUDA:-AUTO}" -DSKBUILD_PROJECT_VERSION="$("$PY" -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" >/dev/null
 cmake --build "$BUILD"
