@@ -5,5 +5,17 @@ Each wrapper validates its arguments (errors name the argument), picks the backe
 the native op, the Triton kernel or the pure-PyTorch reference.
 """
 from unlearnx.ops.ssd import ssd_dampen_, ssd_dampen_reference
+from unlearnx.ops.grad_stats import (
+    linear_grad_sq_norm_accum_,
+    linear_grad_sq_norm_accum_reference,
+    linear_sq_grad_accum_,
+    linear_sq_grad_accum_reference,
+)
 
 __all__ = ["ssd_dampen_", "ssd_dampen_reference"]
+__all__ += [
+    "linear_sq_grad_accum_",
+    "linear_sq_grad_accum_reference",
+    "linear_grad_sq_norm_accum_",
+    "linear_grad_sq_norm_accum_reference",
+]
