@@ -108,10 +108,12 @@ void tile_all_samples(const float* X, const float* G, int64_t B, int64_t T, int6
   const int64_t mblocks = (mo + MR - 1) / MR, nblocks = (ni + NR - 1) / NR;
   // Per-thread packing panels, reused across calls (a fresh allocation per tile would page-fault).
   thread_local std::vector<float> storage;
-  const size_t need = size_t(mblocks * MR + nblocks * NR) * size_t(T) + 16;
+  // both panels start on a 64-byte boundary: the micro kernel uses aligned vector loads of xp
+  const int64_t gp_len = (mblocks * MR * T + 15) / 16 * 16;
+  const size_t need = size_t(gp_len + nblocks * NR * T) + 16;
   if (storage.size() < need) storage.resize(need);
   float* gp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
-  float* xp = gp + mblocks * MR * T;
+  float* xp = gp + gp_len;
   for (int64_t b = 0; b < B; ++b) {
     const float* Xb = X + b * T * d_in;
     const float* Gb = G + b * T * d_out;

@@ -1,7 +1,8 @@
 """Exact per-sample gradient statistics from one backward pass per batch, through module hooks.
 
 A forward hook on every supported module saves its input X and the gradient edge of its output;
-one ``torch.autograd.grad(loss.sum(), edges)`` per batch then gives each module's output gradient
+one ``torch.autograd.grad(loss.sum(), edges)`` per batch (no parameter .grad, no weight-gradient
+GEMM) then gives each module's output gradient
 G, whose row b is the gradient of sample b's loss (samples are independent in eval mode). From
 (X, G) each module type's per-sample parameter gradients follow exactly, and only their squares
 (or squared norms) are accumulated:
@@ -129,7 +130,14 @@ class PerSampleCapture:
                 raise Demote(layer, f"leading size of input {list(x.shape)} is not the batch size {self.B}")
             if not output.requires_grad:
                 raise Demote(layer, "output does not require grad")
-            self.saved.append((layer, x.detach(), get_gradient_edge(output)))
+            # A view output (Linear on [B, T, d] returns a view of a 2-D GEMM result) loses its own
+            # graph node if a later op writes it in place (relu_); the base's node keeps it.
+            base = output if output._base is None else output._base
+            if base is not output and not (
+                base.numel() == output.numel() and base.is_contiguous() and output.is_contiguous()
+            ):
+                raise Demote(layer, "output is a strided view")
+            self.saved.append((layer, x.detach(), get_gradient_edge(base), output.shape))
 
         return hook
 
@@ -160,10 +168,10 @@ class PerSampleCapture:
         _check_loss(loss, B)
         saved, self.saved = self.saved, []
         if saved:
-            grads = torch.autograd.grad(loss.sum(), [e for _, _, e in saved], allow_unused=True)
-            for (layer, x, _), g in zip(saved, grads):
+            grads = torch.autograd.grad(loss.sum(), [e for _, _, e, _ in saved], allow_unused=True)
+            for (layer, x, _, shape), g in zip(saved, grads):
                 if g is not None:
-                    self._accumulate(layer, x, g, norms)
+                    self._accumulate(layer, x, g.view(shape), norms)
         del saved
         if self.fallback:
             self._fallback(batch, B, loss_fn, norms)
