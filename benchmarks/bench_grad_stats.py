@@ -12,7 +12,9 @@ empirical Fisher sum_i g_i^2 of its weight over one batch, where g_i is sample i
   fwd_bwd          a plain forward + backward of the summed loss (the floor)
   wgrad_gemm       the weight-gradient GEMM G^T X alone (the physical limit: 2 B T d_in d_out FLOPs)
 
-Peak memory is measured per provider in a child process (ru_maxrss growth over the inputs).
+Times: median of --reps rounds, the providers called round-robin within each round (fair on a
+shared machine). Peak memory: ru_maxrss growth over the inputs of one call, per provider in a
+fresh child process.
 
     python benchmarks/bench_grad_stats.py [--quick] [--no-save]
 """
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -129,15 +133,31 @@ def provider_fn(name: str, model, batch, loss_fn):
 
 
 def child(case_name: str, provider: str, quick: bool) -> None:
+    """Peak memory of one provider call, in a fresh process (ru_maxrss never goes down)."""
     case = cases(quick)[case_name]
     model, batch, loss_fn = build(case)
     fn = provider_fn(provider, model, batch, loss_fn)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()  # first call: peak memory growth over the inputs (and warm-up)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    reps = 3 if provider in ("vmap_grad", "bs1_loop", "backpack_einsum") else 5
-    p50, p20, p80 = harness.time_fn(fn, warmup=1, reps=reps)
-    print(json.dumps(dict(p50=p50, p20=p20, p80=p80, peak_mib=peak / 1024)))
+    fn()
+    print(json.dumps(dict(peak_mib=(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)))
+
+
+def interleaved_times(fns: dict, reps: int) -> dict:
+    """p50/p20/p80 ms per provider, the providers timed round-robin (one call each per round) so a
+    shared machine's changing load hits them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, ts in times.items():
+        q = statistics.quantiles(ts, n=10)
+        out[k] = dict(p50=statistics.median(ts), p20=q[1], p80=q[7])
+    return out
 
 
 def main(argv=None):
@@ -145,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small shapes (not for reported numbers)")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--cases", default=None, help="comma-separated subset of the cases")
+    ap.add_argument("--reps", type=int, default=5, help="timed rounds (each provider once per round)")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "PROVIDER"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -157,14 +178,14 @@ def main(argv=None):
         selected = {k: v for k, v in selected.items() if k in args.cases.split(",")}
     for case_name, case in selected.items():
         P = (case["d_in"] * case["d_out"]) if case["kind"] == "linear" else case["C_in"] * case["C_out"] * case["k"] ** 2
-        res = {}
+        model, batch, loss_fn = build(case)
+        res = interleaved_times({p: provider_fn(p, model, batch, loss_fn) for p in PROVIDERS}, args.reps)
         for prov in PROVIDERS:
             cmd = [sys.executable, __file__, "--child", case_name, prov] + (["--quick"] if args.quick else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"{case_name}/{prov} failed:\n{out.stderr[-2000:]}")
-                continue
-            res[prov] = json.loads(out.stdout.strip().splitlines()[-1])
+                raise RuntimeError(f"{case_name}/{prov} failed:\n{out.stderr[-2000:]}")
+            res[prov].update(json.loads(out.stdout.strip().splitlines()[-1]))
         fused = res["unlearnx"]["p50"]
         gemm_rate = flops(case) / (res["wgrad_gemm"]["p50"] * 1e-3) / 1e9
         for prov, r in res.items():

@@ -345,3 +345,24 @@ def test_fast_path_covers_the_supported_layers(case, fallback):
     expected = {"seq_mlp": {"linear", "local"}, "cnn": {"conv2d", "local", "linear"},
                 "llama": {"linear", "embedding", "local"}, "gpt2": {"conv1d", "embedding", "local"}}[case]
     assert kinds == expected
+
+
+def test_parameters_used_outside_forward_go_to_fallback():
+    # nn.MultiheadAttention never calls out_proj's forward; it passes out_proj.weight to F.linear
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.mha(x, x, x, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    model = Attn()
+    data = cls_batches((5, 8), classes=3)
+    want_f, want_n = reference_stats(model, data, per_sample_grads_loop)
+    got_f = ux.stats.fisher_diagonal(model, data, progress=False)
+    assert got_f["mha.out_proj.weight"].abs().sum() > 0
+    assert_dicts_close(got_f, want_f)
+    torch.testing.assert_close(ux.stats.per_sample_grad_norms(model, data, progress=False), want_n, rtol=RTOL, atol=ATOL)

@@ -17,9 +17,12 @@ G, whose row b is the gradient of sample b's loss (samples are independent in ev
   gradients of the layer's own few parameters by torch.func.vmap over the layer alone.
 
 Everything else -- other parameter owners, a parameter shared by two modules (tied embeddings), a
-module called more than once per forward, an input whose leading size is not the batch -- goes to
-the fallback: one forward and backward per sample (batch of one) for just those parameters.
-Slower, never wrong.
+module called more than once per forward, a module whose parameters are used without calling it
+(nn.MultiheadAttention's out_proj), an input whose leading size is not the batch -- goes to the
+fallback: one forward and backward per sample (batch of one) for just those parameters.
+Slower, never wrong. Assumed, as by every per-sample-gradient library: samples do not interact in
+eval mode, and a supported module's input has the batch as its leading dimension (batch-first
+models; a sequence-first [T, B, d] layout with T == B cannot be told apart).
 """
 from __future__ import annotations
 
@@ -167,8 +170,15 @@ class PerSampleCapture:
             self.active = False
         _check_loss(loss, B)
         saved, self.saved = self.saved, []
-        if saved:
-            grads = torch.autograd.grad(loss.sum(), [e for _, _, e, _ in saved], allow_unused=True)
+        # A hooked module whose forward did not run may still have its parameters used
+        # functionally (nn.MultiheadAttention passes out_proj.weight to F.linear): ask autograd.
+        uncalled = [(layer, p) for layer in self.layers if layer.calls == 0 for _, p in layer.params.values()]
+        inputs = [e for _, _, e, _ in saved] + [p for _, p in uncalled]
+        if inputs:
+            grads = torch.autograd.grad(loss.sum(), inputs, allow_unused=True)
+            for (layer, _), g in zip(uncalled, grads[len(saved):]):
+                if g is not None:
+                    raise Demote(layer, "its parameters are used outside its forward")
             for (layer, x, _, shape), g in zip(saved, grads):
                 if g is not None:
                     self._accumulate(layer, x, g.view(shape), norms)
