@@ -176,16 +176,23 @@ def main(argv=None):
     selected = cases(args.quick)
     if args.cases:
         selected = {k: v for k, v in selected.items() if k in args.cases.split(",")}
-    for case_name, case in selected.items():
-        P = (case["d_in"] * case["d_out"]) if case["kind"] == "linear" else case["C_in"] * case["C_out"] * case["k"] ** 2
-        model, batch, loss_fn = build(case)
-        res = interleaved_times({p: provider_fn(p, model, batch, loss_fn) for p in PROVIDERS}, args.reps)
+    # Peak memory first, while this process is small: Linux children start with the parent's
+    # ru_maxrss, so a child spawned after the timings would see no growth.
+    peaks = {}
+    for case_name in selected:
+        peaks[case_name] = {}
         for prov in PROVIDERS:
             cmd = [sys.executable, __file__, "--child", case_name, prov] + (["--quick"] if args.quick else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 raise RuntimeError(f"{case_name}/{prov} failed:\n{out.stderr[-2000:]}")
-            res[prov].update(json.loads(out.stdout.strip().splitlines()[-1]))
+            peaks[case_name][prov] = json.loads(out.stdout.strip().splitlines()[-1])
+    for case_name, case in selected.items():
+        P = (case["d_in"] * case["d_out"]) if case["kind"] == "linear" else case["C_in"] * case["C_out"] * case["k"] ** 2
+        model, batch, loss_fn = build(case)
+        res = interleaved_times({p: provider_fn(p, model, batch, loss_fn) for p in PROVIDERS}, args.reps)
+        for prov in PROVIDERS:
+            res[prov].update(peaks[case_name][prov])
         fused = res["unlearnx"]["p50"]
         gemm_rate = flops(case) / (res["wgrad_gemm"]["p50"] * 1e-3) / 1e9
         for prov, r in res.items():

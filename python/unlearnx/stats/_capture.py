@@ -87,6 +87,7 @@ class _Layer:
         self.params = params  # local name -> (full name, parameter), the requested ones
         self.calls = 0
         self.disabled = False
+        self.handle = None  # the forward hook's removable handle
 
 
 class PerSampleCapture:
@@ -126,9 +127,11 @@ class PerSampleCapture:
             layer.calls += 1
             if layer.calls > 1:
                 raise Demote(layer, "called more than once in one forward")
-            x = inputs[0] if inputs else None
+            x = inputs[0] if len(inputs) == 1 else None
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 raise Demote(layer, "input or output is not a single tensor")
+            if layer.kind == "conv2d" and x.dim() != 4:
+                raise Demote(layer, "unbatched Conv2d input")
             if x.dim() == 0 or x.shape[0] != self.B or output.dim() == 0 or output.shape[0] != self.B:
                 raise Demote(layer, f"leading size of input {list(x.shape)} is not the batch size {self.B}")
             if not output.requires_grad:
