@@ -19,6 +19,9 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE="
   -DUNLEARNX_CUDA="${UNLEARNX_CUDA:-AUTO}" -DSKBUILD_PROJECT_VERSION="$("$PY" -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" >/dev/null
 cmake --build "$BUILD"
 if [ -z "${NO_COPY:-}" ]; then
-  cp "$BUILD"/_C*.so python/unlearnx/
+  # copy then rename: a new inode, so processes that have the old library mapped keep running
+  for so in "$BUILD"/_C*.so; do
+    cp "$so" "python/unlearnx/.$(basename "$so").tmp" && mv -f "python/unlearnx/.$(basename "$so").tmp" "python/unlearnx/$(basename "$so")"
+  done
   echo "built $(ls python/unlearnx/_C*.so)"
 fi
