@@ -47,6 +47,15 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   // state_owner[j] == i <- 0 (optimizer momentum, exp_avg, exp_avg_sq...). Bit copies.
   m.def("masked_restore_(Tensor(a!)[] params, Tensor[] originals, Tensor[] masks, Tensor(b!)[] states, "
         "int[] state_owner) -> ()");
+  // Per-sample squared weight gradients of a Linear layer, accumulated without writing any
+  // per-sample gradient: fisher += sum_b (G_b^T X_b)^2 for X [B, T, d_in] (or [B, d_in]) and output
+  // gradients G [B, T, d_out]; fisher_bias += sum_b (sum_t G_b,t)^2; grad_weight += sum_b G_b^T X_b.
+  m.def(
+      "linear_sq_grad_accum_(Tensor(a!) fisher, Tensor x, Tensor grad_out, Tensor(b!)? fisher_bias=None, "
+      "Tensor(c!)? grad_weight=None) -> ()");
+  // Per-sample squared gradient norms of a Linear layer: norms[b] += ||G_b^T X_b||^2 (+ ||sum_t G_b,t||^2
+  // with bias), by the Gram form sum_{t,s} (G_t.G_s)(X_t.X_s) when 2 T^2 < d_in d_out, else tile by tile.
+  m.def("linear_grad_sq_norm_accum_(Tensor(a!) norms, Tensor x, Tensor grad_out, bool bias=False) -> ()");
 }
 
 namespace {

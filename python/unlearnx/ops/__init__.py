@@ -18,6 +18,12 @@ from unlearnx.ops.select import (
     topk_masks,
     unpack_mask,
 )
+from unlearnx.ops.grad_stats import (
+    linear_grad_sq_norm_accum_,
+    linear_grad_sq_norm_accum_reference,
+    linear_sq_grad_accum_,
+    linear_sq_grad_accum_reference,
+)
 
 __all__ = ["ssd_dampen_", "ssd_dampen_reference"]
 __all__ += [
@@ -32,4 +38,8 @@ __all__ += [
     "threshold_masks",
     "topk_masks",
     "unpack_mask",
+    "linear_sq_grad_accum_",
+    "linear_sq_grad_accum_reference",
+    "linear_grad_sq_norm_accum_",
+    "linear_grad_sq_norm_accum_reference",
 ]
