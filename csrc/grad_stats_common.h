@@ -56,11 +56,11 @@ inline void check_accumulator(const Tensor& t, const char* name, const Tensor& x
   check_contiguous(t, name);
 }
 
-// x or grad_out as a contiguous fp32 [B, T, d] tensor (a copy only when needed).
+// x or grad_out as an fp32 [B, T, d] tensor; strides are kept (a copy only for bf16).
 inline Tensor as_f32_3d(const Tensor& t) {
   Tensor r = t.dim() == 2 ? torch::stable::reshape(t, {t.size(0), 1, t.size(1)}) : t;
   if (r.scalar_type() != ScalarType::Float) r = torch::stable::to(r, ScalarType::Float);
-  return torch::stable::contiguous(r);
+  return r;
 }
 
 inline float* f32_ptr(const Tensor& t) { return static_cast<float*>(t.mutable_data_ptr()); }

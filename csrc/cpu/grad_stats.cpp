@@ -30,17 +30,19 @@ Tiles make_tiles(int64_t d_out, int64_t d_in, int64_t K) {
   return t;
 }
 
-// Runs the tile kernel over every macro tile. X [B, K, d_in], G [B, K, d_out] contiguous fp32.
-void run_tiles(int mode, const Tensor& X, const Tensor& G, int64_t B, int64_t K, int64_t d_in, int64_t d_out,
-               float* F, float* grad, std::vector<double>* partials) {
+// Runs the tile kernel over every macro tile. X [B, K, d_in], G [B, K, d_out] fp32, any strides.
+void run_tiles(int mode, const Tensor& X, const Tensor& G, float* F, float* grad, std::vector<double>* partials) {
+  const int64_t B = X.size(0), K = X.size(1), d_in = X.size(2), d_out = G.size(2);
+  const int64_t xs[3] = {X.stride(0), X.stride(1), X.stride(2)};
+  const int64_t gs[3] = {G.stride(0), G.stride(1), G.stride(2)};
   const Tiles t = make_tiles(d_out, d_in, K);
   if (partials) partials->assign(size_t(t.count() * B), 0.0);
-  const float* x = f32_ptr(X);
-  const float* g = f32_ptr(G);
+  const float* x = static_cast<const float*>(X.const_data_ptr());
+  const float* g = static_cast<const float*>(G.const_data_ptr());
   torch::stable::parallel_for(0, t.count(), 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t o0 = (k / t.nt) * t.mc, i0 = (k % t.nt) * t.nc;
-      UNLEARNX_ISA_DISPATCH(grad_tile_f32, mode, x, g, B, K, d_in, d_out, o0, std::min(t.mc, d_out - o0), i0,
+      UNLEARNX_ISA_DISPATCH(grad_tile_f32, mode, x, xs, g, gs, B, K, d_in, o0, std::min(t.mc, d_out - o0), i0,
                             std::min(t.nc, d_in - i0), F, grad, partials ? partials->data() + k * B : nullptr);
     }
   });
@@ -64,11 +66,10 @@ void linear_sq_grad_accum_cpu(Tensor fisher, Tensor x, Tensor grad_out, std::opt
     // with the samples as K (tensors viewed as one "sample" of length B).
     Tensor Xs = torch::stable::reshape(X, {1, p.B, p.d_in}), Gs = torch::stable::reshape(G, {1, p.B, p.d_out});
     Tensor Xsq = aten_call("aten::mul", "Tensor", Xs, Xs), Gsq = aten_call("aten::mul", "Tensor", Gs, Gs);
-    run_tiles(kGradTileAdd, Xsq, Gsq, 1, p.B, p.d_in, p.d_out, f32_ptr(fisher), nullptr, nullptr);
-    if (grad_weight) run_tiles(kGradTileAdd, Xs, Gs, 1, p.B, p.d_in, p.d_out, f32_ptr(*grad_weight), nullptr, nullptr);
+    run_tiles(kGradTileAdd, Xsq, Gsq, f32_ptr(fisher), nullptr, nullptr);
+    if (grad_weight) run_tiles(kGradTileAdd, Xs, Gs, f32_ptr(*grad_weight), nullptr, nullptr);
   } else {
-    run_tiles(kGradTileSquare, X, G, p.B, p.T, p.d_in, p.d_out, f32_ptr(fisher),
-              grad_weight ? f32_ptr(*grad_weight) : nullptr, nullptr);
+    run_tiles(kGradTileSquare, X, G, f32_ptr(fisher), grad_weight ? f32_ptr(*grad_weight) : nullptr, nullptr);
   }
   if (fisher_bias) {
     Tensor S = per_sample_bias_grad(G);
@@ -104,7 +105,7 @@ void linear_grad_sq_norm_accum_cpu(Tensor norms, Tensor x, Tensor grad_out, bool
     }
   } else if (!p.empty()) {
     std::vector<double> partials;
-    run_tiles(kGradTileNorm, X, G, p.B, p.T, p.d_in, p.d_out, nullptr, nullptr, &partials);
+    run_tiles(kGradTileNorm, X, G, nullptr, nullptr, &partials);
     const int64_t tiles = static_cast<int64_t>(partials.size()) / p.B;
     for (int64_t k = 0; k < tiles; ++k)
       for (int64_t b = 0; b < p.B; ++b) total[b] += partials[k * p.B + b];

@@ -23,9 +23,9 @@ std::vector<std::string> compiled_isas();
   int64_t ssd_dampen_bf16(bf16_bits* theta, const float* i_f, const float* i_d, int64_t n,  \
                           float alpha, float lambda);                                       \
   void grad_sq_accum_f32(float* fisher, float* grad, const float* p, int64_t n);            \
-  void grad_tile_f32(int mode, const float* X, const float* G, int64_t B, int64_t T,        \
-                     int64_t d_in, int64_t d_out, int64_t o0, int64_t mo, int64_t i0,         \
-                     int64_t ni, float* F, float* grad, double* norms);                       \
+  void grad_tile_f32(int mode, const float* X, const int64_t* x_strides, const float* G,    \
+                     const int64_t* g_strides, int64_t B, int64_t T, int64_t d_in, int64_t o0, \
+                     int64_t mo, int64_t i0, int64_t ni, float* F, float* grad, double* norms); \
   double grad_dot_f32(const float* a, const float* b, int64_t n);                           \
   }
 

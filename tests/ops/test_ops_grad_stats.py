@@ -79,6 +79,19 @@ def test_native_matches_definition(shape, two_d):
         close(got[k], v)
 
 
+@native
+@pytest.mark.parametrize("shape", [(2, 7, 33, 17), (3, 300, 41, 37), (2, 40, 3, 2)])
+def test_native_reads_channel_major_views(shape):
+    # [B, d, T] buffers seen as [B, T, d] (the conv path's im2col and output gradient): no copy
+    x, go = make(*shape)
+    xv = x.transpose(1, 2).contiguous().transpose(1, 2)
+    gv = go.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not xv.is_contiguous() and not gv.is_contiguous()
+    got = run_all(torch.ops.unlearnx.linear_sq_grad_accum_, torch.ops.unlearnx.linear_grad_sq_norm_accum_, xv, gv)
+    for k, v in expected(x, go).items():
+        close(got[k], v)
+
+
 @pytest.mark.parametrize("shape", [(3, 1, 7, 5), (4, 13, 65, 31)])
 def test_wrapper_bf16_accumulates_in_fp32(shape):
     x, go = make(*shape, dtype=torch.bfloat16)

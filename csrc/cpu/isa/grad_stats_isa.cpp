@@ -31,15 +31,29 @@ inline vf loadu(const float* p) {
 }
 inline void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 
-// dst[t][c] = src[t * ld + c] for c < n, 0 for n <= c < W (zero padding keeps edge tiles exact).
+// dst[t][c] = src[t * ld_t + c * ld_c] for c < n, 0 for n <= c < W (zero padding keeps edge tiles
+// exact). Either layout is read along its unit stride: [T, d] rows (Linear) or [d, T] rows (the
+// conv's im2col and output gradient, read without a transposing copy).
 template <int W>
-void pack_panel(float* __restrict__ dst, const float* __restrict__ src, int64_t ld, int64_t T, int64_t n) {
-  for (int64_t t = 0; t < T; ++t) {
-    const float* s = src + t * ld;
-    float* d = dst + t * W;
-    int64_t c = 0;
-    for (; c < n; ++c) d[c] = s[c];
-    for (; c < W; ++c) d[c] = 0.0f;
+void pack_panel(float* __restrict__ dst, const float* __restrict__ src, int64_t ld_t, int64_t ld_c, int64_t T,
+                int64_t n) {
+  if (ld_c == 1) {
+    for (int64_t t = 0; t < T; ++t) {
+      const float* s = src + t * ld_t;
+      float* d = dst + t * W;
+      int64_t c = 0;
+      for (; c < n; ++c) d[c] = s[c];
+      for (; c < W; ++c) d[c] = 0.0f;
+    }
+    return;
+  }
+  for (int64_t c = 0; c < W; ++c) {
+    if (c < n) {
+      const float* s = src + c * ld_c;
+      for (int64_t t = 0; t < T; ++t) dst[t * W + c] = s[t * ld_t];
+    } else {
+      for (int64_t t = 0; t < T; ++t) dst[t * W + c] = 0.0f;
+    }
   }
 }
 
@@ -103,8 +117,9 @@ void micro_tile(const float* __restrict__ gp, const float* __restrict__ xp, int6
 }
 
 template <int kMode>
-void tile_all_samples(const float* X, const float* G, int64_t B, int64_t T, int64_t d_in, int64_t d_out,
-                      int64_t o0, int64_t mo, int64_t i0, int64_t ni, float* F, float* grad, double* norms) {
+void tile_all_samples(const float* X, const int64_t* xs, const float* G, const int64_t* gs, int64_t B, int64_t T,
+                      int64_t d_in, int64_t o0, int64_t mo, int64_t i0, int64_t ni, float* F, float* grad,
+                      double* norms) {
   const int64_t mblocks = (mo + MR - 1) / MR, nblocks = (ni + NR - 1) / NR;
   // Per-thread packing panels, reused across calls (a fresh allocation per tile would page-fault).
   thread_local std::vector<float> storage;
@@ -115,12 +130,12 @@ void tile_all_samples(const float* X, const float* G, int64_t B, int64_t T, int6
   float* gp = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t(63));
   float* xp = gp + gp_len;
   for (int64_t b = 0; b < B; ++b) {
-    const float* Xb = X + b * T * d_in;
-    const float* Gb = G + b * T * d_out;
+    const float* Xb = X + b * xs[0];
+    const float* Gb = G + b * gs[0];
     for (int64_t mb = 0; mb < mblocks; ++mb)
-      pack_panel<MR>(gp + mb * MR * T, Gb + o0 + mb * MR, d_out, T, std::min<int64_t>(MR, mo - mb * MR));
+      pack_panel<MR>(gp + mb * MR * T, Gb + (o0 + mb * MR) * gs[2], gs[1], gs[2], T, std::min<int64_t>(MR, mo - mb * MR));
     for (int64_t nb = 0; nb < nblocks; ++nb)
-      pack_panel<NR>(xp + nb * NR * T, Xb + i0 + nb * NR, d_in, T, std::min<int64_t>(NR, ni - nb * NR));
+      pack_panel<NR>(xp + nb * NR * T, Xb + (i0 + nb * NR) * xs[2], xs[1], xs[2], T, std::min<int64_t>(NR, ni - nb * NR));
     for (int64_t nb = 0; nb < nblocks; ++nb)
       for (int64_t mb = 0; mb < mblocks; ++mb) {
         const int64_t r0 = o0 + mb * MR, c0 = i0 + nb * NR;
@@ -133,12 +148,13 @@ void tile_all_samples(const float* X, const float* G, int64_t B, int64_t T, int6
 
 }  // namespace
 
-void grad_tile_f32(int mode, const float* X, const float* G, int64_t B, int64_t T, int64_t d_in, int64_t d_out,
-                   int64_t o0, int64_t mo, int64_t i0, int64_t ni, float* F, float* grad, double* norms) {
+void grad_tile_f32(int mode, const float* X, const int64_t* xs, const float* G, const int64_t* gs, int64_t B,
+                   int64_t T, int64_t d_in, int64_t o0, int64_t mo, int64_t i0, int64_t ni, float* F, float* grad,
+                   double* norms) {
   switch (mode) {
-    case kGradTileSquare: tile_all_samples<kGradTileSquare>(X, G, B, T, d_in, d_out, o0, mo, i0, ni, F, grad, nullptr); break;
-    case kGradTileAdd: tile_all_samples<kGradTileAdd>(X, G, B, T, d_in, d_out, o0, mo, i0, ni, F, nullptr, nullptr); break;
-    default: tile_all_samples<kGradTileNorm>(X, G, B, T, d_in, d_out, o0, mo, i0, ni, nullptr, nullptr, norms); break;
+    case kGradTileSquare: tile_all_samples<kGradTileSquare>(X, xs, G, gs, B, T, d_in, o0, mo, i0, ni, F, grad, nullptr); break;
+    case kGradTileAdd: tile_all_samples<kGradTileAdd>(X, xs, G, gs, B, T, d_in, o0, mo, i0, ni, F, nullptr, nullptr); break;
+    default: tile_all_samples<kGradTileNorm>(X, xs, G, gs, B, T, d_in, o0, mo, i0, ni, nullptr, nullptr, norms); break;
   }
 }
 

@@ -9,7 +9,7 @@ G, whose row b is the gradient of sample b's loss (samples are independent in ev
 
 * nn.Linear (any [B, ..., d] input) and transformers' Conv1D: the unlearnx Linear ops
   (per-sample tile G_b^T X_b in registers, never stored).
-* nn.Conv2d (groups 1, numeric padding, zeros padding mode): im2col (F.unfold) turns it into the
+* nn.Conv2d (groups 1, numeric padding, zeros padding mode): im2col (one strided copy) turns it into the
   Linear case with T = H_out W_out.
 * nn.Embedding (no max_norm, no scale_grad_by_freq): per-sample scatter of G rows by token id.
 * Normalization layers with affine parameters (LayerNorm, RMSNorm, GroupNorm, BatchNorm in eval
@@ -200,15 +200,15 @@ class PerSampleCapture:
             return self._embedding(layer, x, g, norms)
         m, B = layer.module, x.shape[0]
         if layer.kind == "conv2d":
-            cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-            X = cols.transpose(1, 2)  # [B, L, C_in kh kw]
-            G = g.reshape(B, g.shape[1], -1).transpose(1, 2)  # [B, L, C_out]
+            # [B, L, K] and [B, L, C_out] as transposed views of channel-major buffers: the op
+            # reads either layout along its unit stride, so neither is copied into row order
+            X = _im2col(x, m, g.shape[2], g.shape[3]).transpose(1, 2)
+            G = g.reshape(B, g.shape[1], -1).transpose(1, 2)
         else:
             X = x.reshape(B, -1, x.shape[-1])
             G = g.reshape(B, -1, g.shape[-1])
         if X.dtype != G.dtype:
             X, G = X.float(), G.float()
-        X, G = X.contiguous(), G.contiguous()
         w = layer.params.get("weight")
         b = layer.params.get("bias")
         if layer.kind == "conv1d":
@@ -272,6 +272,16 @@ class PerSampleCapture:
                 self.acc[full].add_(gk.square().sum(0))
             else:
                 norms.add_(gk.square().flatten(1).sum(1))
+
+
+def _im2col(x: torch.Tensor, m: nn.Conv2d, Ho: int, Wo: int) -> torch.Tensor:
+    """[B, C kh kw, Ho Wo] patches of the zero-padded conv input, rows in the weight's (C, kh, kw)
+    order (what F.unfold computes), by one strided copy whose inner loop runs along the width."""
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = m.padding, m.stride, m.dilation, m.kernel_size
+    xp = F.pad(x, (pw, pw, ph, ph)).contiguous()
+    B, C, Hp, Wp = xp.shape
+    view = xp.as_strided((B, C, kh, kw, Ho, Wo), (C * Hp * Wp, Hp * Wp, dh * Wp, dw, sh * Wp, sw))
+    return view.reshape(B, C * kh * kw, Ho * Wo)
 
 
 def _check_loss(loss, B: int) -> None:
