@@ -679,7 +679,7 @@ class _Run:
         return res.model, self._save(res.model, rec, rec_path, weights), False
 
     def run_seed(self, seed: int) -> dict:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         from unlearnx.data import labels_of
         from unlearnx.report import atomic_write_json

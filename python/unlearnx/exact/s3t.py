@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unlearnx.exact.data import Arrays
 from unlearnx.exact.io import CheckpointStore, crash_point

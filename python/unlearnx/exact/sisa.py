@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unlearnx.exact.data import Arrays
 from unlearnx.exact.io import CheckpointStore, crash_point

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unlearnx.methods.registry import UnlearningMethod, register_method
 from unlearnx.methods.training import dataset_of, model_device

@@ -6,7 +6,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import trange
+from tqdm import trange
 
 from unlearnx.methods.model_parts import split_model
 from unlearnx.methods.registry import UnlearningMethod, register_method

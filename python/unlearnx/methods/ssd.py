@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unlearnx.data.datasets import inputs_of, labels_of
 from unlearnx.methods.registry import UnlearningMethod, register_method

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
-from tqdm.auto import trange
+from tqdm import trange
 
 from unlearnx.data.datasets import check_dataset
 

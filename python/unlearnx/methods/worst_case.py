@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import trange
+from tqdm import trange
 
 from unlearnx.data.datasets import check_dataset, inputs_of, labels_of
 from unlearnx.methods.training import model_device, seeded

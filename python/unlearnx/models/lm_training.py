@@ -105,7 +105,7 @@ def finetune_lm(model: torch.nn.Module, data: Dataset, *, epochs: int, lr: float
         the training loss of every step (len = epochs * ceil(len(data) / batch_size)).
     The model is left in eval mode.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if not hasattr(data, "collate") or len(data) == 0:
         raise ValueError("data: expected a non-empty dataset with a collate method (QADataset, TextDataset)")
@@ -170,7 +170,7 @@ def generate_answers(model: torch.nn.Module, tokenizer, questions: Sequence[str]
     stops at <eos> or after `max_new_tokens`. Returns the decoded answers without special tokens,
     stripped of surrounding whitespace.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if isinstance(questions, str) or not all(isinstance(q, str) for q in questions):
         raise TypeError("questions: expected a sequence of str")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from unlearnx.stats._capture import NORM, SQ, Demote, PerSampleCapture, _check_loss
 from unlearnx.stats.losses import batch_size, default_loss_fn, move_to
