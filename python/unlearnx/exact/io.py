@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from unlearnx.report.io import atomic_write_bytes, fsync_dir  # noqa: F401  (re-exported for the store)
+
 CRASH_ENV = "UNLEARNX_EXACT_CRASH_AT"
 # Named points where the test hook may kill the process; documented in docs/exact.md.
 CRASH_POINTS = (
@@ -52,33 +54,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make the renames inside folder `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write `data` to `path` atomically (temp file + fsync + rename + fsync of the folder).
-
-    sync_dir=False leaves the folder's fsync to the caller, who batches it: the store fsyncs
-    checkpoints/ and data/ once before it swaps in a manifest that references the new files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(path.parent)
 
 
 def json_bytes(obj) -> bytes:

@@ -15,12 +15,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "save_state_dict",
+__all__ = ["fsync_dir", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "save_state_dict",
            "load_state_dict", "to_jsonable"]
 
 
-def atomic_write_bytes(path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file in the same folder + fsync + os.replace)."""
+def fsync_dir(path) -> None:
+    """Make the renames inside folder `path` durable (POSIX; a no-op where folders cannot be opened)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def atomic_write_bytes(path, data: bytes, *, sync_dir: bool = True) -> Path:
+    """Write `data` to `path` atomically (temp file in the same folder + fsync + os.replace).
+
+    The folder is fsync'ed too, so the rename itself survives a crash; sync_dir=False leaves that
+    to a caller who writes several files and fsyncs their folder once (the exact-unlearning store).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
     path = Path(path)
@@ -36,13 +51,8 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    # fsync the folder so the rename itself survives a crash (POSIX; a no-op elsewhere).
-    if hasattr(os, "O_DIRECTORY"):
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    if sync_dir:
+        fsync_dir(path.parent)
     return path
 
 
