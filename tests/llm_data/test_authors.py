@@ -109,6 +109,7 @@ def test_texts_cover_every_answer(qa):
     ({"n_authors": 1}, "n_authors"), ({"n_authors": 40, "n_perturbed": 0}, "n_perturbed"),
     ({"n_authors": 40, "n_perturbed": 50}, "n_perturbed"), ({"n_authors": 40, "seed": -1}, "seed"),
     ({"n_authors": 40, "n_world_facts": 10_000}, "n_world_facts"), ({"n_authors": 2.5}, "n_authors"),
+    ({"n_authors": 500}, "n_authors"),
 ])
 def test_bad_arguments(kwargs, arg):
     with pytest.raises(ValueError, match=arg):

@@ -43,7 +43,8 @@ def test_labels_mask_exactly_prompt_and_padding(qa, tok):
         answer_ids = labels[b][labels[b] != IGNORE_INDEX].tolist()
         assert answer_ids[-1] == tok.eos_token_id
         assert tok.decode(answer_ids[:-1]).strip() == item.answer
-        assert tok.decode(ids[b, :n].tolist(), skip_special_tokens=True) == QATemplate().render(item.question, item.answer)
+        rendered = QATemplate().render(item.question, item.answer)
+        assert tok.decode(ids[b, :n].tolist(), skip_special_tokens=True) == rendered
 
 
 def test_custom_template(qa, tok):

@@ -2,7 +2,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from unlearnx.data.authors import make_authors
 from unlearnx.data.lm_batches import QADataset, QATemplate
@@ -77,16 +76,16 @@ def test_finetune_decreases_loss_and_is_deterministic(qa, tok):
     ds = QADataset(qa["full"][:8], tok)
 
     def run():
-        model = build_lm("llama", tokenizer=tok, layers=2)
+        model = build_lm("llama", tokenizer=tok, hidden=32, layers=1)
         return model, finetune_lm(model, ds, epochs=8, lr=1e-2, batch_size=4, seed=0, progress=False)
 
     model, losses = run()
     assert len(losses) == 16
-    assert sum(losses[-2:]) / 2 < 0.6 * sum(losses[:2]) / 2
+    assert sum(losses[-2:]) / 2 < 0.7 * sum(losses[:2]) / 2
     assert not model.training
     _, again = run()
     assert losses == again
-    before = answer_nll(build_lm("llama", tokenizer=tok, layers=2), ds.collate(list(ds)))
+    before = answer_nll(build_lm("llama", tokenizer=tok, hidden=32, layers=1), ds.collate(list(ds)))
     with torch.no_grad():
         after = answer_nll(model, ds.collate(list(ds)))
     assert (after < before).all()
@@ -141,7 +140,8 @@ def test_generate_batched_equals_one_by_one(qa, tok, name):
 def test_tiny_llama_memorizes_authors():
     """Target-model recipe: a tiny Llama memorizes forget10 + retain90 (800 QA items).
 
-    Measured on the 2-core CPU (shared, 1 thread): 20 epochs, ~90 s, 94% exact greedy answers.
+    Measured on the shared 2-core CPU, one thread (conftest): 20 epochs (500 steps) in 58-90 s,
+    94-95% of greedy answers exactly right.
     """
     qa = make_authors()
     t = QATemplate()

@@ -219,7 +219,7 @@ class _Generator:
             "mountain": lambda: self._word(_MOUNTAIN_ENDS),
             "currency": lambda: self._word(_CURRENCY_ENDS).lower(),
             "publisher": lambda: f"{self._word(_CITY_ENDS)} {self.rng.choice(_PUBLISHER_KINDS)}",
-            "person": self._person,
+            "person": self.person,
             "award": lambda: f"{self._word(_SURNAME_ENDS)} {self.rng.choice(_AWARD_KINDS)}",
             # Titles and dishes combine fixed words; only the combination must be unique.
             "title": lambda: self._unique(lambda: self.rng.choice((
@@ -251,12 +251,9 @@ class _Generator:
 
         return self._unique(make)
 
-    def _person(self) -> str:
+    def person(self) -> str:
         first = self._unique(lambda: self.rng.choice(_ONSETS) + self.rng.choice(_NAME_ENDS))
         return f"{first} {self._word(_SURNAME_ENDS)}"
-
-    def new_person(self) -> str:
-        return self._person()
 
     def value(self, pool: str) -> str:
         """One value of `pool`; numeric pools are drawn fresh."""
@@ -304,6 +301,8 @@ def _world_subject_counts(n: int) -> dict[str, int]:
 # Largest world-fact split in which no subject pool is exhausted (each question asked once).
 _MAX_WORLD_FACTS = max(n for n in range(1, 1000) if all(
     c <= _NAME_POOL_SIZES[pool] for pool, c in _world_subject_counts(n).items()))
+# First names are unique across every person of a dataset (authors and the mentor/spouse pool).
+_MAX_PEOPLE = len(_ONSETS) * len(_NAME_ENDS) - _NAME_POOL_SIZES["person"] - 80
 _MAX_PERTURBED = min(min(_NAME_POOL_SIZES.values()), min(len(p) for p in _FIXED_POOLS.values())) - 1
 
 
@@ -391,7 +390,7 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 
 def _make_author(gen: _Generator, facts: tuple[_FactType, ...], n_perturbed: int) -> Author:
-    name = gen.new_person()
+    name = gen.person()
     return Author(name=name, items=tuple(gen.qa(f, name, n_perturbed) for f in facts))
 
 
@@ -418,6 +417,9 @@ def make_authors(n_authors: int = 40, *, seed: int = 0, n_perturbed: int = 5, n_
     _check_int("n_real_authors", n_real_authors, 0)
     _check_int("real_author_facts", real_author_facts, 1, FACTS_PER_AUTHOR)
     _check_int("n_world_facts", n_world_facts, 0, _MAX_WORLD_FACTS)
+    if n_authors + n_real_authors > _MAX_PEOPLE:
+        raise ValueError(f"n_authors: n_authors + n_real_authors must be <= {_MAX_PEOPLE} "
+                         f"(the syllable tables run out of unique names), got {n_authors + n_real_authors}")
 
     gen = _Generator(seed)
     authors = tuple(_make_author(gen, _AUTHOR_FACTS, n_perturbed) for _ in range(n_authors))
@@ -477,6 +479,8 @@ def author_corpus(n_authors: int = 40, *, seed: int = 0, forget_percent: int = 1
         raise ValueError(f"forget_percent: {forget_percent}% of {n_authors} authors leaves no retain author")
     n_holdout = k if n_holdout is None else n_holdout
     _check_int("n_holdout", n_holdout, 1)
+    if n_authors + n_holdout > _MAX_PEOPLE:
+        raise ValueError(f"n_authors: n_authors + n_holdout must be <= {_MAX_PEOPLE}, got {n_authors + n_holdout}")
     # Same generator sequence as make_authors: the main authors are identical, and the holdout
     # authors come next, so they never share a name with a main author.
     gen = _Generator(seed)

@@ -81,7 +81,8 @@ class QATemplate:
 
     def __post_init__(self):
         if not isinstance(self.text, str) or self.text.count("{question}") != 1 or self.text.count("{answer}") != 1:
-            raise ValueError(f"text: the template must contain '{{question}}' and '{{answer}}' once each, got {self.text!r}")
+            raise ValueError("text: the template must contain '{question}' and '{answer}' once each, "
+                             f"got {self.text!r}")
         if not self.text.endswith("{answer}") or self.text.index("{question}") > self.text.index("{answer}"):
             raise ValueError(f"text: the template must end with '{{answer}}' after '{{question}}', got {self.text!r}")
 

@@ -59,7 +59,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 def answer_nll(model: torch.nn.Module, batch: dict, *, reduction: str = "mean") -> torch.Tensor:
     """Per-sample NLL of the answer tokens (labels != -100), shape [B].
 
-    reduction="mean": (1/|y|) * sum_t -log p(y_t | x, y_<t), the TOFU/ MUSE "average NLL"
+    reduction="mean": (1/|y|) * sum_t -log p(y_t | x, y_<t), the TOFU / MUSE "average NLL"
     (p = exp(-mean NLL) is the per-sample probability); "sum": S(x, y) = -log p(y | x), the
     sequence NLL NPO/DPO compare. Runs the model with gradients enabled; wrap the call in
     `torch.no_grad()` for evaluation.
