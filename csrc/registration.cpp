@@ -27,6 +27,35 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   m.def(
       "ssd_dampen_(Tensor(a!)[] params, Tensor[] forget_importance, Tensor[] full_importance, "
       "float alpha, float lam) -> Tensor");
+
+  // Exact k-th value (k 1-based, like torch.kthvalue; largest: k-th largest) of x or |x| over the
+  // concatenation of xs (fp32/bf16/fp16, mixed), by radix select without concatenating; NaN is
+  // rejected. Returns (value: 0-dim fp32, counts: int64[2] = (#beyond value, #equal value),
+  // tie_limits: int64[len(xs)]). With exact, tie_limits are the per-tensor flat-index bounds below
+  // which ties are kept so that exactly k elements are selected (ties kept first in list/flat
+  // order); without, every tensor's numel (all ties kept).
+  m.def("global_select(Tensor[] xs, int k, bool absolute, bool largest, bool exact) -> (Tensor, Tensor, Tensor)");
+  // Per-tensor masks: keep <=> v beyond threshold (> if largest, < if not; |v| if absolute) or
+  // (v == threshold and flat index < tie_limits[i]); NaN never kept. bool masks of each tensor's
+  // shape, or 1-bit packed uint8[ceil(numel / 8)] (element j -> bit j % 8 of byte j / 8).
+  m.def("threshold_masks(Tensor[] xs, Tensor threshold, Tensor tie_limits, bool absolute, bool largest, "
+        "bool packed) -> Tensor[]");
+  // Kept (true / set-bit) count of each mask (bool or 1-bit packed uint8): int64[len(masks)].
+  m.def("mask_counts(Tensor[] masks) -> Tensor");
+  // Exactly-masked restore, in place, over the whole list: where masks[i] is false,
+  // params[i] <- originals[i] (0 when originals is empty) and every states[j] with
+  // state_owner[j] == i <- 0 (optimizer momentum, exp_avg, exp_avg_sq...). Bit copies.
+  m.def("masked_restore_(Tensor(a!)[] params, Tensor[] originals, Tensor[] masks, Tensor(b!)[] states, "
+        "int[] state_owner) -> ()");
+  // Per-sample squared weight gradients of a Linear layer, accumulated without writing any
+  // per-sample gradient: fisher += sum_b (G_b^T X_b)^2 for X [B, T, d_in] (or [B, d_in]) and output
+  // gradients G [B, T, d_out]; fisher_bias += sum_b (sum_t G_b,t)^2; grad_weight += sum_b G_b^T X_b.
+  m.def(
+      "linear_sq_grad_accum_(Tensor(a!) fisher, Tensor x, Tensor grad_out, Tensor(b!)? fisher_bias=None, "
+      "Tensor(c!)? grad_weight=None) -> ()");
+  // Per-sample squared gradient norms of a Linear layer: norms[b] += ||G_b^T X_b||^2 (+ ||sum_t G_b,t||^2
+  // with bias), by the Gram form sum_{t,s} (G_t.G_s)(X_t.X_s) when 2 T^2 < d_in d_out, else tile by tile.
+  m.def("linear_grad_sq_norm_accum_(Tensor(a!) norms, Tensor x, Tensor grad_out, bool bias=False) -> ()");
   // Per-token softmax statistics of logits [..., V] at labels [...] (int64), without materializing
   // log_softmax: log p(label), mu = sum_v p log p, var = sum_v p (log p)^2 - mu^2, each fp32
   // shaped like labels; 0 where labels == ignore_index.

@@ -22,11 +22,35 @@ std::vector<std::string> compiled_isas();
                          float alpha, float lambda);                                        \
   int64_t ssd_dampen_bf16(bf16_bits* theta, const float* i_f, const float* i_d, int64_t n,  \
                           float alpha, float lambda);                                       \
+  void grad_sq_accum_f32(float* fisher, float* grad, const float* p, int64_t n);            \
+  void grad_tile_f32(int mode, const float* X, const int64_t* x_strides, const float* G,    \
+                     const int64_t* g_strides, int64_t B, int64_t T, int64_t d_in, int64_t o0, \
+                     int64_t mo, int64_t i0, int64_t ni, float* F, float* grad, double* norms); \
+  double grad_dot_f32(const float* a, const float* b, int64_t n);                           \
   }
 
 UNLEARNX_DECLARE_ISA_KERNELS(base)
 UNLEARNX_DECLARE_ISA_KERNELS(avx2)
 UNLEARNX_DECLARE_ISA_KERNELS(avx512)
+
+// Global selection + masks (csrc/cpu/isa/select_isa.cpp); dtype codes 0 fp32, 1 bf16, 2 fp16.
+#define UNLEARNX_DECLARE_SELECT_ISA_KERNELS(ns)                                                        \
+  namespace ns {                                                                                       \
+  bool select_hist_top(const void* x, int dtype, int64_t n, bool absolute, uint32_t* hist);            \
+  void select_hist_low(const void* x, int dtype, int64_t n, bool absolute, uint32_t bucket,            \
+                       uint32_t* hist);                                                                \
+  int64_t select_collect(const void* x, int dtype, int64_t n, bool absolute, uint32_t bucket,          \
+                         uint32_t* keys, uint16_t* offs);                                              \
+  int64_t select_count_equal(const void* x, int dtype, int64_t n, bool absolute, uint32_t key);        \
+  void select_threshold_mask(const void* x, int dtype, int64_t n, float t, int64_t tie_end,            \
+                             bool absolute, bool largest, bool packed, uint8_t* out);                  \
+  int64_t mask_count(const uint8_t* m, int64_t nbytes, bool packed);                                   \
+  void masked_restore(void* p, const void* o, const uint8_t* m, bool packed, int64_t n, int elem_size); \
+  }
+
+UNLEARNX_DECLARE_SELECT_ISA_KERNELS(base)
+UNLEARNX_DECLARE_SELECT_ISA_KERNELS(avx2)
+UNLEARNX_DECLARE_SELECT_ISA_KERNELS(avx512)
 
 // Calls ns::fn(args...) for the active ISA.
 #define UNLEARNX_ISA_DISPATCH(fn, ...)                                  \

@@ -1,9 +1,25 @@
-"""The `unlearnx` command."""
+"""The `unlearnx` command.
+
+    unlearnx demo [--task classification|llm] [--methods ...] [--out DIR] [--quiet]
+    unlearnx run CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
+    unlearnx eval CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
+    unlearnx bench [--family NAME] [--quick] [--out FILE] [extra benchmark arguments]
+    unlearnx info
+
+Exit codes: 0 success, 2 bad input (config, arguments, missing files), 1 a failure during a run.
+"""
 from __future__ import annotations
 
 import argparse
 import platform
+import subprocess
 import sys
+import time
+from pathlib import Path
+
+# The demo's panel (SalUn's comparison set); methods not registered in this installation are
+# skipped with a note, so the demo picks them up as soon as they exist.
+DEMO_METHODS = ("ft", "ga", "rl", "l1_sparse", "salun", "ssd")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -33,17 +49,172 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_config(methods=None, *, out_dir: str = "runs/demo") -> dict:
+    """The demo experiment: small_cnn on scikit-learn's digits, 10 % random forgetting, Retrain
+    oracle, and `methods` (default `DEMO_METHODS`, each skipped with a note when not registered;
+    explicitly named methods must exist). Training recipe: 20 epochs SGD lr 0.05, cosine schedule.
+    One torch thread: the models are tiny, so intra-op threads only add synchronisation (and on a
+    busy machine a descheduled worker thread stalls every op)."""
+    explicit = methods is not None
+    entries = [{"name": m} if explicit else {"name": m, "optional": True} for m in (methods or DEMO_METHODS)]
+    return {
+        "name": "demo: digits, small_cnn, 10% random forgetting",
+        "out_dir": out_dir,
+        "seeds": [0],
+        "threads": 1,
+        "data": {"name": "digits"},
+        "model": {"name": "small_cnn"},
+        "scenario": {"kind": "random", "fraction": 0.1},
+        "train": {"epochs": 20, "lr": 0.05, "batch_size": 64, "schedule": "cosine"},
+        "methods": entries,
+        "eval": {"suite": "classification"},
+    }
+
+
+def _finish(results: dict, out: Path, started: float) -> int:
+    from unlearnx.report import summary_table
+
+    for s in results["skipped"]:
+        print(f"note: {s['method']} skipped ({s['reason']})")
+    cached = sorted({c for v in results["cached_steps"].values() for c in v})
+    if cached:
+        print(f"reused finished steps: {', '.join(cached)}")
+    sc = results["scenario"]
+    print(f"\n{results['name']}: |D_f| = {sc['n_forget']}, |D_r| = {sc['n_retain']}, |test| = {sc['n_test']}; "
+          f"seeds {results['seeds']}")
+    print(summary_table(results))
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}, {out / 'report.html'}")
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _experiment(cfg_or_path, overrides, args, *, eval_only: bool) -> int:
+    from unlearnx.experiment import ConfigError, load_config, run_experiment, validate_config
+
+    started = time.perf_counter()
+    try:
+        cfg = load_config(cfg_or_path, overrides) if isinstance(cfg_or_path, str) else validate_config(cfg_or_path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out if args.out else cfg["out_dir"])
+    try:
+        results = run_experiment(cfg, out, quiet=args.quiet, eval_only=eval_only)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _finish(results, out, started)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.task == "llm":
+        print("error: `unlearnx demo --task llm` is not available yet; use --task classification", file=sys.stderr)
+        return 2
+    return _experiment(demo_config(args.methods, out_dir=args.out or "runs/demo"), [], args, eval_only=False)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return _experiment(args.config, args.overrides, args, eval_only=False)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    return _experiment(args.config, args.overrides, args, eval_only=True)
+
+
+def _benchmark_dir() -> Path | None:
+    # Benchmarks are scripts of the source tree, not of the installed package.
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / "benchmarks").is_dir() and any((root / "benchmarks").glob("bench_*.py")):
+            return root / "benchmarks"
+    return None
+
+
+def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    bench_dir = _benchmark_dir()
+    if bench_dir is None:
+        print("error: no benchmarks/bench_*.py found in the current directory or the unlearnx source tree; "
+              "run `unlearnx bench` from a checkout of the repository", file=sys.stderr)
+        return 2
+    scripts = sorted(bench_dir.glob("bench_*.py"))
+    families = [p.stem.removeprefix("bench_") for p in scripts]
+    if args.family:
+        if args.family not in families:
+            print(f"error: --family {args.family!r} has no benchmark; available: {', '.join(families)}", file=sys.stderr)
+            return 2
+        scripts = [bench_dir / f"bench_{args.family}.py"]
+    outputs, status = [], 0
+    for script in scripts:
+        if args.quick and "--quick" not in script.read_text(encoding="utf-8"):
+            print(f"note: {script.name} has no --quick mode; skipped (run it with --family "
+                  f"{script.stem.removeprefix('bench_')} and without --quick)")
+            continue
+        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + extra
+        print(f"$ {' '.join(cmd)}", flush=True)
+        proc = subprocess.run(cmd, cwd=bench_dir.parent, capture_output=True, text=True)
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            print(proc.stderr, end="", file=sys.stderr)
+            print(f"error: {script.name} exited with {proc.returncode}", file=sys.stderr)
+            status = 1
+        outputs.append(f"## {script.name}\n\n{proc.stdout}")
+    if args.out:
+        from unlearnx.report import atomic_write_text
+
+        atomic_write_text(args.out, "\n".join(outputs))
+        print(f"wrote {args.out}")
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearnx", description="Machine unlearning for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, torch, compiled backends and the backend in use")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="a complete unlearning experiment on embedded data (a few minutes on a CPU)")
+    p.add_argument("--task", choices=("classification", "llm"), default="classification")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to compare with Retrain (default: {' '.join(DEMO_METHODS)}, skipping any not "
+                        "registered)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo); rerunning reuses finished steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    p.set_defaults(func=_cmd_demo)
+
+    for name, func, text in (("run", _cmd_run, "train or load, unlearn, evaluate and report, as a config says"),
+                             ("eval", _cmd_eval, "evaluate the saved models of a run again (no training)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", metavar="CONFIG.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+        p.add_argument("--out", metavar="DIR", help="run directory (default: the config's out_dir)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("bench", help="run benchmarks/bench_*.py and print their tables "
+                                     "(unknown arguments are passed to the scripts)")
+    p.add_argument("--family", help="one op family (bench_<family>.py)")
+    p.add_argument("--quick", action="store_true", help="small working sets (not for reported numbers)")
+    p.add_argument("--out", metavar="FILE", help="also write the printed tables to FILE")
+    p.set_defaults(func=_cmd_bench)
+
+    # `unlearnx exact ...` is its own command tree (unlearnx.exact.cli); main() hands it the rest of
+    # the command line, so this entry only makes it show up in `unlearnx --help`.
+    sub.add_parser("exact", help="exact unlearning service: init|train|delete|serve-predict|audit|status DIR",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["exact"]:
+        from unlearnx.exact.cli import main as exact_main
+
+        return int(exact_main(argv[1:]) or 0)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return int(_cmd_bench(args, extra) or 0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 

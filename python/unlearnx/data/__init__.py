@@ -15,6 +15,7 @@ from unlearnx.data.scenarios import (
     interclass_confusion,
     random_forget,
     subclass_forget,
+    worst_case_forget,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "subclass_forget",
     "badnets_poison",
     "interclass_confusion",
+    "worst_case_forget",
 ]

@@ -7,6 +7,8 @@ trains on), the test set used for TA, and extra evaluation sets.
 - `random_forget`: a seeded random n samples / fraction of D (SalUn, Fan et al. 2024).
 - `class_forget`: every sample of the given class(es); the class is removed from the test set.
 - `subclass_forget`: one sub-population of a class (a seeded k-means cluster by default).
+- `worst_case_forget`: the m samples a trained model keeps fitting best after unlearning them
+  (bi-level search, Fan et al. 2024 "Challenging Forgets").
 - `badnets_poison`, `interclass_confusion`: corrective unlearning (Goel et al. 2024, "Corrective
   Machine Unlearning"): D is manipulated, and only an identified fraction of the manipulated
   samples is handed over as D_f; the unidentified ones stay in D_r.
@@ -39,6 +41,7 @@ __all__ = [
     "subclass_forget",
     "badnets_poison",
     "interclass_confusion",
+    "worst_case_forget",
 ]
 
 
@@ -356,3 +359,27 @@ def interclass_confusion(
             "fraction": fraction, "identified_fraction": identified_fraction, "seed": seed}
     name = f"confusion-{a}-{b}-id{identified_fraction:g}"
     return Scenario(confused, forget, retain, test, idx, name=name, extra=extra, meta=meta)
+
+
+def worst_case_forget(
+    train: Dataset, test: Dataset, *, model, fraction: float | None = None, n: int | None = None, seed: int = 0,
+    progress: bool = True, **selection,
+) -> Scenario:
+    """Forget the worst-case set of `n` samples (or round(fraction · |D|)) for the trained `model`:
+    the samples whose loss stays lowest after unlearning them (Fan et al., "Challenging Forgets",
+    ECCV 2024), found by `unlearnx.methods.worst_case.worst_case_forget_indices` (its keyword
+    arguments `selection`: outer_steps, inner_epochs, w_lr, theta_lr, gamma, batch_size).
+    meta["weights"]: the final sample weights w [|D|].
+    """
+    from unlearnx.methods.worst_case import worst_case_forget_indices  # data must not import methods eagerly
+
+    check_dataset(train, "train")
+    check_dataset(test, "test")
+    if (fraction is None) == (n is None):
+        raise ValueError("give exactly one of fraction or n")
+    k = _count(_check_fraction(fraction, "fraction"), len(train)) if fraction is not None else _check_positive_int(n, "n")
+    _check_retain(k, len(train))
+    idx, w = worst_case_forget_indices(model, train, k, seed=seed, progress=progress, **selection)
+    forget, retain, idx = _split(train, idx)
+    return Scenario(train, forget, retain, test, idx, name=f"worst-case-{k}",
+                    meta={"seed": seed, "n": k, "weights": w, **selection})

@@ -176,6 +176,7 @@ def add_subcommands(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`unlearnx exact ...` (also `python -m unlearnx.exact.cli ...`, which torchrun uses)."""
     parser = argparse.ArgumentParser(prog="unlearnx exact", description="exact unlearning (SISA, S3T) with a deletion ledger")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)

@@ -21,10 +21,23 @@ import time
 import torch
 from torch import nn
 
-from unlearnx.methods import boundary, distillation, finetune, gradient_ascent, laf, random_labels, regression  # noqa: F401  (registers the methods)
+from unlearnx.methods import (  # noqa: F401  (registers the methods)
+    boundary,
+    distillation,
+    finetune,
+    fisher_forgetting,
+    gradient_ascent,
+    influence,
+    laf,
+    prune_first,
+    random_labels,
+    regression,
+    salun,
+    ssd,
+)
 from unlearnx.methods import llm  # noqa: F401  (registers the causal-LM methods)
 from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, available, get, register_method
-from unlearnx.methods.training import as_loader, model_device, seeded, train_classifier
+from unlearnx.methods.training import method_loaders, model_device, seeded, train_classifier
 
 __all__ = ["unlearn", "available", "get", "register_method", "UnlearningMethod", "UnlearnResult",
            "train_classifier"]
@@ -81,13 +94,7 @@ def unlearn(
         model = copy.deepcopy(model)
     if device is not None:
         model = model.to(device)
-    batch = algo.hparams.get("batch_size", 64)
-    loaders = {
-        name: None if d is None else as_loader(
-            d, batch_size=algo.hparams.get("forget_batch_size", batch) if name == "forget" else batch,
-            seed=seed, name=name)
-        for name, d in data.items()
-    }
+    loaders = method_loaders(algo.hparams, forget, retain, seed=seed)
     with seeded(seed, model_device(model)):
         start = time.perf_counter()
         log = algo.run(model, forget=loaders["forget"], retain=loaders["retain"], seed=seed, progress=progress)

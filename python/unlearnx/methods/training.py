@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import trange
 
 from unlearnx.data.datasets import check_dataset
@@ -27,6 +27,8 @@ __all__ = [
     "LossFn",
     "as_loader",
     "dataset_of",
+    "union_loader",
+    "method_loaders",
     "make_optimizer",
     "seeded",
     "reinitialize",
@@ -82,6 +84,23 @@ def as_loader(data, *, batch_size: int, seed: int, name: str, shuffle: bool = Tr
         return data
     check_dataset(data, name)
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+
+
+def union_loader(forget, retain, *, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
+    """A DataLoader over D = D_f ∪ D_r (the Datasets behind `forget` and `retain`, concatenated in that
+    order), seeded shuffling as `as_loader`: the full training set for SSD's importance and OMP's retrain."""
+    union = ConcatDataset([dataset_of(forget, "forget"), dataset_of(retain, "retain")])
+    return DataLoader(union, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+
+
+def method_loaders(hparams, forget, retain, *, seed: int) -> dict[str, DataLoader | None]:
+    """{"forget": ..., "retain": ...} loaders for a method with hyper-parameters `hparams`: each
+    Dataset gets `as_loader` with the method's `batch_size` (default 64; forget: `forget_batch_size`
+    when the method has one); DataLoaders and None pass through."""
+    batch = hparams.get("batch_size", 64)
+    sizes = {"forget": hparams.get("forget_batch_size", batch), "retain": batch}
+    return {name: None if d is None else as_loader(d, batch_size=sizes[name], seed=seed, name=name)
+            for name, d in (("forget", forget), ("retain", retain))}
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, *, lr: float, momentum: float = 0.9,

@@ -1,0 +1,123 @@
+"""Report figures as PNG bytes (matplotlib, Agg backend: no display needed).
+
+- `metric_bars`: one panel per metric, one bar per method, a dashed line at Retrain's value.
+- `tradeoff_scatter`: forgetting (|UA − UA_Retrain|) against utility (TA), one point per method.
+- `loss_curves`: the per-epoch (or per-step) losses each training/unlearning run logged.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+__all__ = ["metric_bars", "tradeoff_scatter", "loss_curves", "report_figures"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # headless and deterministic; never opens a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def metric_bars(rows: Mapping[str, Mapping[str, float]], metrics: Sequence[str], *,
+                reference: str = "Retrain", errors: Mapping[str, Mapping[str, float]] | None = None) -> bytes:
+    """Bars of each metric per method (rows other than `reference`) with `reference` as a dashed line.
+
+    rows: {method: {metric: value}}; errors: optional {method: {metric: std}} drawn as error bars.
+    """
+    plt = _pyplot()
+    metrics = [m for m in metrics if any(m in r for r in rows.values())]
+    if not metrics:
+        raise ValueError("none of the requested metrics occurs in rows")
+    names = [n for n in rows if n != reference]
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    colors = plt.get_cmap("tab10")
+    for ax, m in zip(axes.flat, metrics):
+        vals = [rows[n].get(m, float("nan")) for n in names]
+        err = [errors.get(n, {}).get(m, 0.0) for n in names] if errors else None
+        ax.bar(range(len(names)), vals, yerr=err, color=[colors(i % 10) for i in range(len(names))], capsize=3)
+        if reference in rows and m in rows[reference]:
+            ax.axhline(rows[reference][m], color="black", linestyle="--", linewidth=1, label=reference)
+            ax.legend(fontsize=7, loc="best")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(m, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def tradeoff_scatter(rows: Mapping[str, Mapping[str, float]], *, x: str = "gap/UA", y: str = "TA",
+                     reference: str = "Retrain") -> bytes:
+    """Scatter of metric `x` (forgetting; default |UA − Retrain's|, lower is better) against metric
+    `y` (utility; default TA), one labelled point per method that has both."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for i, (name, r) in enumerate(rows.items()):
+        if x in r and y in r:
+            marker = "*" if name == reference else "o"
+            ax.scatter(r[x], r[y], s=120 if name == reference else 50, marker=marker,
+                       color="black" if name == reference else plt.get_cmap("tab10")(i % 10))
+            ax.annotate(name, (r[x], r[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel(x + (" (forgetting error, lower is better)" if x.startswith("gap/") else ""))
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def loss_curves(curves: Mapping[str, Sequence[float]]) -> bytes:
+    """One line per run: {run name: [loss per epoch or step]} (runs without a curve are skipped)."""
+    plt = _pyplot()
+    curves = {k: list(v) for k, v in curves.items() if v}
+    if not curves:
+        raise ValueError("curves has no non-empty loss curve")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) <= 30 else None, markersize=3,
+                label=name)
+    ax.set_xlabel("epoch (or logged step)")
+    ax.set_ylabel("loss (symmetric log scale)")
+    # Losses span decades (and gradient ascent logs negative ones): symlog shows both.
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def report_figures(results: Mapping) -> dict[str, tuple[str, bytes]]:
+    """The report's figures for a results dict: {file name: (caption, png bytes)}.
+
+    Bars of the main metrics vs Retrain, the forget/retain trade-off, and the loss curves of seed
+    `results["seeds"][0]` when any run logged one.
+    """
+    rows, std = results["rows"], results.get("std")
+    main = [m for m in ("UA", "RA", "TA", "MIA-Efficacy", "Avg.Gap", "RTE-s") if any(m in r for r in rows.values())]
+    figs: dict[str, tuple[str, bytes]] = {}
+    if main and len(rows) > 1:
+        figs["metrics.png"] = ("Each metric per method; dashed line: Retrain (the oracle).",
+                               metric_bars(rows, main, errors=std))
+    if any("gap/UA" in r and "TA" in r for r in rows.values()):
+        figs["tradeoff.png"] = ("Forget/retain trade-off: |UA − Retrain's UA| (left is better forgetting) "
+                                "against test accuracy (up is better utility).", tradeoff_scatter(rows))
+    runs = results.get("runs", {})
+    first = runs.get(str(results.get("seeds", [None])[0])) if results.get("seeds") else None
+    curves = {f"{name}: {k}": v for name, r in (first or {}).items() for k, v in (r.get("loss_curves") or {}).items()}
+    if curves:
+        figs["loss_curves.png"] = (f"Training / unlearning loss as logged (seed {results['seeds'][0]}).",
+                                   loss_curves(curves))
+    return figs
