@@ -37,7 +37,7 @@ CONFIGS = [
     ("simnpo", {}), ("idknll", {}), ("idkdpo", {"reference": "cached"}), ("idkdpo", {"reference": "live"}),
     ("undial", {"reference": "cached"}), ("undial", {"reference": "live"}), ("wga", {}), ("flat", {}),
     ("rmu", {}), ("rmu", {"lora": True}), ("whp", {"reinforce_epochs": 1}),
-    ("ga", {"lora": True}), ("ga", {"gradient_checkpointing": True}),
+    ("ga", {"lora": True}), ("ga", {"gradient_checkpointing": True}), ("wagle", {"base": "npo"}),
 ]
 
 

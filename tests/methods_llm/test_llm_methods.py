@@ -7,7 +7,7 @@ from unlearnx.methods.llm.base import prepare_lm
 from unlearnx.methods.llm.flat import DIVERGENCES, flat_loss, lambert_w
 
 LLM_METHODS = {"ga", "graddiff", "npo", "simnpo", "idknll", "idkdpo", "rmu", "undial", "wga", "flat", "whp",
-               "task_vector"}
+               "task_vector", "wagle"}
 
 # Per method: hyper-parameters for the tiny model (lr ~100x the 7B defaults), and the largest rise of
 # the retain NLL tolerated (from real runs: unbounded GA/UNDIAL/FLAT hurt retain most).
@@ -195,3 +195,34 @@ def test_bad_arguments(tiny):
         run(tiny, "npo", gama=1.0)
     with pytest.raises(FloatingPointError, match="lower lr"):
         run(tiny, "ga", lr=1e6, epochs=2, max_grad_norm=0.0)
+
+
+@pytest.mark.parametrize("base", ["npo", "graddiff"])
+def test_wagle_trains_only_top_attributed_weights(tiny, base):
+    res = run(tiny, "wagle", base=base, fraction=0.2, epochs=4)
+    changed = total = 0
+    for (n, a), b in zip(res.model.named_parameters(), tiny._model.parameters()):
+        changed += int((a != b).sum())
+        total += a.numel()
+    # at most the top 20% of weights move (bit-exact elsewhere, through AdamW's weight decay)
+    assert 0 < changed <= int(0.2 * total)
+    f, r = tiny.nll(res.model)
+    assert f > tiny.base_forget_nll + 0.3 and r < tiny.base_retain_nll + 1.2
+    assert res.method == "wagle" and res.hparams["base"] == base
+
+
+def test_wagle_scores_formula(tiny):
+    from unlearnx.data.lm_batches import QADataset
+    from unlearnx.methods.llm.wagle import _summed_gradients, wagle_scores
+
+    model = tiny.model()
+    f, r = QADataset(tiny.forget[:8], tiny.tok), QADataset(tiny.retain[:8], tiny.tok)
+    s = wagle_scores(model, f, r, gamma=2.0, batch_size=8)
+    g_f, g_r = _summed_gradients(model, f, 8), _summed_gradients(model, r, 8)
+    name = "model.layers.1.mlp.down_proj.weight"
+    theta = dict(model.named_parameters())[name].detach()
+    assert torch.allclose(s[name], theta * g_f[name] - g_r[name] * g_f[name] / 2.0)
+    with pytest.raises(ValueError, match="lora must be None for wagle"):
+        run(tiny, "wagle", lora=True)
+    with pytest.raises(ValueError, match="base must be a training method"):
+        run(tiny, "wagle", base="task_vector")

@@ -188,6 +188,10 @@ class LLMMethod(UnlearningMethod):
         """The LoraConfig used for lora=True (RMU narrows it to the layers it updates)."""
         return default_lora_config()
 
+    def make_optimizer(self, model, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """AdamW (decoupled weight decay) over the trainable parameters; WAGLE wraps it in a mask."""
+        return torch.optim.AdamW(params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+
     def trainable_parameters(self, model) -> list[nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
 
@@ -207,7 +211,7 @@ class LLMMethod(UnlearningMethod):
         if hp["max_steps"]:
             total = min(total, hp["max_steps"])
         warmup = min(total, hp["warmup_epochs"] * len(loader))
-        optimizer = torch.optim.AdamW(params, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        optimizer = self.make_optimizer(model, params)
 
         def schedule(step: int) -> float:
             if step < warmup:
