@@ -56,6 +56,10 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   // Per-sample squared gradient norms of a Linear layer: norms[b] += ||G_b^T X_b||^2 (+ ||sum_t G_b,t||^2
   // with bias), by the Gram form sum_{t,s} (G_t.G_s)(X_t.X_s) when 2 T^2 < d_in d_out, else tile by tile.
   m.def("linear_grad_sq_norm_accum_(Tensor(a!) norms, Tensor x, Tensor grad_out, bool bias=False) -> ()");
+  // Per-token softmax statistics of logits [..., V] at labels [...] (int64), without materializing
+  // log_softmax: log p(label), mu = sum_v p log p, var = sum_v p (log p)^2 - mu^2, each fp32
+  // shaped like labels; 0 where labels == ignore_index.
+  m.def("token_stats(Tensor logits, Tensor labels, int ignore_index=-100) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -43,3 +43,7 @@ __all__ += [
     "linear_grad_sq_norm_accum_",
     "linear_grad_sq_norm_accum_reference",
 ]
+
+from unlearnx.ops.token_stats import token_stats, token_stats_reference  # noqa: E402
+
+__all__ += ["token_stats", "token_stats_reference"]
