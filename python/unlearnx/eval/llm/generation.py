@@ -2,10 +2,10 @@
 
 `greedy_generate` left-pads the prompts of a batch (so every row's next token is read from the
 last column), runs the prompt once, then feeds one token per step with the model's KV cache
-(`past_key_values`). Position ids are computed from the attention mask, so a left-padded row gets
-exactly the positions it would have alone. A row stops at <eos>, at `max_new_tokens`, or as soon
+(`cache` in transformers 5, `past_key_values` before). Position ids are computed from the
+attention mask, so a left-padded row gets exactly the positions it would have alone. A row stops at <eos>, at `max_new_tokens`, or as soon
 as its decoded text contains a stop string (the text is cut before it); the batch stops when
-every row has. Models whose output carries no `past_key_values` are re-run on the whole sequence
+every row has. Models whose forward takes no cache argument are re-run on the whole sequence
 each step (same tokens, slower).
 
 ROUGE uses Google's `rouge_score` package, as TOFU and MUSE do: TOFU reports ROUGE-L recall
@@ -13,6 +13,7 @@ with the Porter stemmer, MUSE ROUGE-L F1 without it.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -43,8 +44,8 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *
     """Greedy continuations of `prompts` (each encoded with <bos>), decoded without special tokens.
 
     Args:
-        model: a causal LM taking input_ids, attention_mask, position_ids and, for the cached
-            path, past_key_values / use_cache (Hugging Face models do).
+        model: a causal LM taking input_ids, attention_mask, position_ids, use_cache and, for
+            the cached path, its KV cache (Hugging Face models do).
         tokenizer: needs pad and eos tokens (e.g. from `build_tokenizer`).
         max_new_tokens: tokens generated at most per prompt.
         stop_strings: generation of a row stops once its text contains one; the returned text
@@ -82,6 +83,12 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *
     return results
 
 
+def _cache_argument(model) -> str | None:
+    # transformers 5 names the KV cache `cache` (in and out); 4.x names it `past_key_values`.
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
 def _greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop_strings: tuple[str, ...],
                   pad: int, eos: int, device) -> list[str]:
     width = max(len(p) for p in prompts)
@@ -92,6 +99,7 @@ def _greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
     generated = torch.empty((b, 0), dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     texts = [""] * b
+    cache_arg = _cache_argument(model)
     past = None
     step_ids, step_pos = input_ids, positions
     for _ in range(max_new_tokens):
@@ -101,8 +109,8 @@ def _greedy_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
                             generated.shape[1], device=device)], 1), use_cache=True)
         else:
             out = model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos,
-                        past_key_values=past, use_cache=True)
-        past = getattr(out, "past_key_values", None)
+                        use_cache=True, **{cache_arg: past})
+        past = getattr(out, cache_arg, None) if cache_arg else None
         logits = out if isinstance(out, torch.Tensor) else out.logits
         nxt = logits[:, -1].argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
