@@ -27,6 +27,10 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   m.def(
       "ssd_dampen_(Tensor(a!)[] params, Tensor[] forget_importance, Tensor[] full_importance, "
       "float alpha, float lam) -> Tensor");
+  // Per-token softmax statistics of logits [..., V] at labels [...] (int64), without materializing
+  // log_softmax: log p(label), mu = sum_v p log p, var = sum_v p (log p)^2 - mu^2, each fp32
+  // shaped like labels; 0 where labels == ignore_index.
+  m.def("token_stats(Tensor logits, Tensor labels, int ignore_index=-100) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -15,6 +15,7 @@ from unlearnx import _native
 
 # Per-ISA kernel entry points (csrc/cpu/isa/*_isa.cpp) that must be vector code.
 VECTOR_KERNELS = ("ssd_dampen_f32", "ssd_dampen_bf16")
+VECTOR_KERNELS += ("token_stats_f32", "token_stats_bf16", "token_stats_f16")
 
 pytestmark = pytest.mark.skipif(not _native.native_loaded(), reason="native library not built")
 

@@ -42,3 +42,20 @@ UNLEARNX_DECLARE_ISA_KERNELS(avx512)
   }())
 
 }  // namespace unlearnx::cpu
+
+// token_stats (csrc/cpu/isa/token_stats_isa.cpp): per-row log p(label), mu, var of softmax(logits).
+namespace unlearnx {
+struct f16_bits;
+}
+#define UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(ns)                                                           \
+  namespace unlearnx::cpu::ns {                                                                           \
+  void token_stats_f32(const float* logits, const int64_t* labels, int64_t rows, int64_t vocab,           \
+                       int64_t stride, int64_t ignore_index, float* logp, float* mu, float* var);        \
+  void token_stats_bf16(const bf16_bits* logits, const int64_t* labels, int64_t rows, int64_t vocab,      \
+                        int64_t stride, int64_t ignore_index, float* logp, float* mu, float* var);       \
+  void token_stats_f16(const f16_bits* logits, const int64_t* labels, int64_t rows, int64_t vocab,        \
+                       int64_t stride, int64_t ignore_index, float* logp, float* mu, float* var);        \
+  }
+UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(base)
+UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(avx2)
+UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(avx512)

@@ -6,6 +6,10 @@
     res = ux.unlearn(model, method="ft", forget=forget_data, retain=retain_data, epochs=5)
     res.model, res.seconds, res.log
 
+    # causal LMs (any transformers AutoModelForCausalLM; unlearnx.methods.llm):
+    res = ux.unlearn(lm, method="npo", forget=qa.split("forget10"), retain=qa.split("retain90"),
+                     tokenizer=tok, lr=1e-5, epochs=5, lora=True)
+
 Every method is a class in its own module (one per method or close family), registered with
 `@register_method(name)`, with a `defaults` dict and a `paper` citation.
 """
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from unlearnx.methods import boundary, distillation, finetune, gradient_ascent, laf, random_labels, regression  # noqa: F401  (registers the methods)
+from unlearnx.methods import llm  # noqa: F401  (registers the causal-LM methods)
 from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, available, get, register_method
 from unlearnx.methods.training import as_loader, model_device, seeded, train_classifier
 
@@ -35,6 +40,8 @@ def unlearn(
     seed: int = 0,
     progress: bool = True,
     device=None,
+    task: str | None = None,
+    tokenizer=None,
     **hparams,
 ) -> UnlearnResult:
     """Unlearn `forget` from `model` with the registered `method`; returns an `UnlearnResult`.
@@ -48,8 +55,16 @@ def unlearn(
     device: where to run (default: the model's device); the model is moved there.
     hparams: the method's hyper-parameters (`get(method).defaults`); unknown names raise TypeError.
     res.seconds is the wall time of the method alone (the RTE), not of the copy.
+
+    task: "classifier" or "causal_lm"; default from the model: a transformers PreTrainedModel with a
+    causal-LM head (or a peft model around one) is "causal_lm", anything else "classifier".
+    For causal LMs (unlearnx.methods.llm.base): forget/retain are QADataset/TextDataset or
+    sequences of QAItem / (question, answer) pairs (tokenized with `tokenizer`); res.log holds
+    per-step losses; under lora=... res.model is the peft model (merge_lora=True merges it).
     """
-    cls = get(method)
+    if task is None:
+        task = "causal_lm" if llm.is_causal_lm(model) else "classifier"
+    cls = get(method, task)
     algo = cls(**hparams)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -59,6 +74,9 @@ def unlearn(
     for name in cls.requires:
         if data[name] is None:
             raise ValueError(f"method {cls.name!r} needs {name}= data (a Dataset or DataLoader of (x, y))")
+    if task == "causal_lm":
+        return _unlearn_lm(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress,
+                           device=device, tokenizer=tokenizer)
     if not inplace:
         model = copy.deepcopy(model)
     if device is not None:
@@ -77,3 +95,17 @@ def unlearn(
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=cls.name, hparams=dict(algo.hparams))
+
+
+def _unlearn_lm(algo, model, forget, retain, *, inplace, seed, progress, device, tokenizer) -> UnlearnResult:
+    if not inplace:
+        model = copy.deepcopy(model)
+    if device is not None:
+        model = model.to(device)
+    with seeded(seed, model_device(model)):
+        start = time.perf_counter()
+        model, log = llm.run_lm(algo, model, forget, retain, tokenizer=tokenizer, seed=seed, progress=progress)
+        if model_device(model).type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=algo.name, hparams=dict(algo.hparams))

@@ -8,6 +8,11 @@
 
 `available()` lists the names, `get(name)` returns the class. `unlearnx.unlearn` (methods/__init__.py)
 builds the method from its keyword hyper-parameters and times `run`.
+
+Methods are keyed by (name, task), task in TASKS: "classifier" (classifiers and regressors, the
+default) or "causal_lm" (language models, unlearnx.methods.llm). One name may exist for both
+tasks ("ga"); `get(name)` without a task returns the only registration of that name, or the
+classifier one when both exist; `unlearnx.unlearn` picks the task from the model.
 """
 from __future__ import annotations
 
@@ -19,9 +24,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-__all__ = ["UnlearnResult", "UnlearningMethod", "register_method", "available", "get"]
+__all__ = ["UnlearnResult", "UnlearningMethod", "register_method", "available", "get", "TASKS"]
 
-_REGISTRY: dict[str, type[UnlearningMethod]] = {}
+TASKS = ("classifier", "causal_lm")
+_REGISTRY: dict[tuple[str, str], type[UnlearningMethod]] = {}
 
 # Hyper-parameters with these names must be strictly positive wherever a method declares them.
 _POSITIVE = frozenset({"epochs", "lr", "batch_size", "forget_batch_size", "vae_epochs", "vae_lr", "lr_align",
@@ -55,6 +61,7 @@ class UnlearningMethod:
     """
 
     name: ClassVar[str] = ""
+    task: ClassVar[str] = "classifier"
     defaults: ClassVar[Mapping[str, Any]] = {}
     paper: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ("forget", "retain")
@@ -96,37 +103,59 @@ def _check_hparam(key: str, value, default) -> None:
         raise ValueError(f"{key} must be > 0, got {value!r}")
 
 
-def register_method(name: str):
-    """Class decorator: register an `UnlearningMethod` subclass under `name` (lower case, unique)."""
+def _check_task(task) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def register_method(name: str, *, task: str = "classifier"):
+    """Class decorator: register an `UnlearningMethod` subclass under (`name`, `task`).
+
+    name: lower case, unique within the task; task: "classifier" (default) or "causal_lm".
+    """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"name must be a non-empty lower-case string, got {name!r}")
+    _check_task(task)
 
     def decorate(cls):
         if not (isinstance(cls, type) and issubclass(cls, UnlearningMethod)):
             raise TypeError(f"@register_method({name!r}) must decorate an UnlearningMethod subclass, got {cls!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        key = (name, task)
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[key].__qualname__}")
         if not cls.paper:
             raise ValueError(f"{cls.__qualname__} must cite its paper in `paper`")
         cls.name = name
-        _REGISTRY[name] = cls
+        cls.task = task
+        _REGISTRY[key] = cls
         return cls
 
     return decorate
 
 
-def available() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(_REGISTRY)
+def available(task: str | None = None) -> list[str]:
+    """Registered method names, sorted: of one task, or of every task (task=None)."""
+    if task is not None:
+        _check_task(task)
+    return sorted({n for n, t in _REGISTRY if task is None or t == task})
 
 
-def get(name: str) -> type[UnlearningMethod]:
-    """The method class registered under `name` (case-insensitive)."""
+def get(name: str, task: str | None = None) -> type[UnlearningMethod]:
+    """The method class registered under `name` (case-insensitive) for `task`.
+
+    task=None: the only task that has `name`, or "classifier" when several do.
+    """
     if not isinstance(name, str):
         raise TypeError(f"method must be a method name (str), got {type(name).__name__}")
     key = name.lower()
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, _REGISTRY, n=3, cutoff=0.5)
+    if task is None:
+        tasks = [t for t in TASKS if (key, t) in _REGISTRY]
+        task = tasks[0] if tasks else "classifier"
+    else:
+        _check_task(task)
+    if (key, task) not in _REGISTRY:
+        names = available(task)
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(f"method={name!r} is not a registered method{hint} available: {available()}")
-    return _REGISTRY[key]
+        raise ValueError(f"method={name!r} is not a registered method for task={task!r}{hint} available: {names}")
+    return _REGISTRY[(key, task)]

@@ -5,5 +5,7 @@ Each wrapper validates its arguments (errors name the argument), picks the backe
 the native op, the Triton kernel or the pure-PyTorch reference.
 """
 from unlearnx.ops.ssd import ssd_dampen_, ssd_dampen_reference
+from unlearnx.ops.token_stats import token_stats, token_stats_reference
 
 __all__ = ["ssd_dampen_", "ssd_dampen_reference"]
+__all__ += ["token_stats", "token_stats_reference"]
