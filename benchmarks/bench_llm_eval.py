@@ -10,9 +10,8 @@
 2. Models: a tiny Llama "target" trained on forget + retain QA, their biographies and the held
    sets; a "retain" oracle trained the same way without the forget authors.
 3. Throughput: items/s of `evaluate_tofu` and `evaluate_muse` on the target (no cache).
-4. Table: target, retain, every LLM method of `ux.methods` that runs on the
-   {"forget", "retain"} QA batches, and (always) this script's own gradient-ascent baselines,
-   labelled "(bench baseline)". Columns: forget quality, model utility (and its ratio to the
+4. Table: target, retain, and the LLM methods of `ux.methods` (GA, GradDiff, NPO, SimNPO,
+   IdkDPO, FLAT, RMU; tiny-model hyper-parameters as in tests/methods_llm). Columns: forget quality, model utility (and its ratio to the
    target's), PrivLeak (Min-K% k=0.4, forget vs holdout QA, relative to the retain model),
    VerbMem (biographies), KnowMem, and the robustness probes.
 
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS_DIR, append_results, device_name  # noqa: E402
 
 from unlearnx.data.authors import make_authors  # noqa: E402
-from unlearnx.data.lm_batches import ForgetRetainLoader, QATemplate, pad_batch  # noqa: E402
+from unlearnx.data.lm_batches import QATemplate, pad_batch  # noqa: E402
 from unlearnx.data.text import build_tokenizer  # noqa: E402
 from unlearnx.eval.llm import (  # noqa: E402
     MetricCache,
@@ -51,7 +50,7 @@ from unlearnx.eval.llm import (  # noqa: E402
 from unlearnx.eval.llm.results import _atomic_write_text  # noqa: E402
 from unlearnx.eval.llm.scoring import encode_items  # noqa: E402
 from unlearnx.models.lm import build_lm  # noqa: E402
-from unlearnx.models.lm_training import answer_nll, finetune_lm  # noqa: E402
+from unlearnx.models.lm_training import finetune_lm  # noqa: E402
 
 
 class Features(Dataset):
@@ -102,36 +101,22 @@ def train(tokenizer, items, *, epochs: int, seed: int, cache_dir: Path, tag: str
     return model, seconds
 
 
-def gradient_ascent(model, tokenizer, forget, retain, *, epochs: int, lr: float, retain_weight: float, seed: int = 0):
-    """Bench baseline: minimize -NLL(forget) + retain_weight * NLL(retain) (GA when the weight is
-    0, GradDiff-style otherwise), AdamW, constant lr. Yields (epoch, model) after each epoch."""
-    model = copy.deepcopy(model)
-    loader = ForgetRetainLoader(Features(tokenizer, forget), Features(tokenizer, retain), batch_size=8, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    for epoch in range(1, epochs + 1):
-        model.train()
-        for batch in loader:
-            loss = -answer_nll(model, batch["forget"]).mean()
-            if retain_weight:
-                loss = loss + retain_weight * answer_nll(model, batch["retain"]).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        model.eval()
-        yield epoch, model
+# Hyper-parameters for the tiny model (lr ~100x the 7B defaults), as in tests/methods_llm.
+METHOD_HPARAMS = {
+    "ga": {}, "graddiff": {}, "npo": {}, "simnpo": {"gamma": 1.0, "epochs": 6}, "idkdpo": {},
+    "flat": {"epochs": 2}, "rmu": {"lr": 1e-2, "epochs": 5, "steering_coeff": 20.0, "alpha": 100.0},  # needs >= 3 layers
+}
 
 
-def library_methods():
-    """LLM methods of ux.methods that exist on this branch (empty until they are merged)."""
+def library_methods() -> list[str]:
+    """The LLM methods of ux.methods (task "causal_lm") this benchmark runs, in table order."""
     import unlearnx as ux
 
     try:
-        names = set(ux.methods.available())
-    except Exception:  # noqa: BLE001  (the methods package may not list LLM methods yet)
+        names = set(ux.methods.available(task="causal_lm"))
+    except (TypeError, ValueError):  # a branch without LLM methods
         return []
-    wanted = ["ga", "graddiff", "npo", "simnpo", "rmu", "idkdpo", "flat"]
-    return [n for n in wanted if n in names]
+    return [n for n in METHOD_HPARAMS if n in names]
 
 
 def evaluate(model, tok, data, *, reference_tofu, reference_muse, cache):
@@ -152,31 +137,8 @@ def evaluate(model, tok, data, *, reference_tofu, reference_muse, cache):
     return tofu, muse, row
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--authors", type=int, default=10)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--ga-epochs", type=int, default=4)
-    ap.add_argument("--quick", action="store_true", help="6 authors, 15 epochs, 2 GA epochs")
-    ap.add_argument("--model-cache", default="/tmp/unlearnx-bench-llm-eval")
-    args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    if args.quick:
-        args.authors, args.epochs, args.ga_epochs = 6, 15, 2
-
-    data = build_data(args.authors)
-    t = QATemplate()
-    tok = build_tokenizer(data["texts"] + [t.render(i.question, i.answer) for s in ("forget", "retain", "holdout")
-                                           for i in data[s]], vocab_size=2048)
-    held = [i for v in data["held"].values() for i in v]
-    cache_dir = Path(args.model_cache)
-    target, t_target = train(tok, data["forget"] + data["retain"] + held + data["forget_bios"] + data["retain_bios"],
-                             epochs=args.epochs, seed=0, cache_dir=cache_dir, tag=f"target{args.authors}")
-    retain, t_retain = train(tok, data["retain"] + held + data["retain_bios"], epochs=args.epochs, seed=0,
-                             cache_dir=cache_dir, tag=f"retain{args.authors}")
-    print(f"trained target in {t_target:.0f} s, retain in {t_retain:.0f} s (0 = loaded from {cache_dir})")
-
-    # Throughput: a fresh evaluation without cache, then the same call again with the cache filled.
+def throughput(target, tok, data, held):
+    """items/s of one uncached evaluate_tofu / evaluate_muse call on the target; appended to the CSV."""
     n_tofu = len(data["forget"]) + len(data["retain"]) + len(held)
     t0 = time.perf_counter()
     evaluate_tofu(target, tok, forget=data["forget"], retain=data["retain"], held=data["held"], max_new_tokens=48)
@@ -191,50 +153,81 @@ def main():
           f"MUSE {n_muse / muse_s:.1f} items/s ({n_muse} items, {muse_s:.1f} s)")
     append_results("llm_eval", [
         {"kernel": "evaluate_tofu", "provider": "unlearnx", "mode": "eval", "metric": "throughput", "unit": "items/s",
-         "x": f"authors={args.authors}", "p50": n_tofu / tofu_s, "p20": "", "p80": "", "device": device},
+         "x": f"authors={len(data['retain']) // 20 + len(data['forget']) // 20}", "p50": n_tofu / tofu_s, "p20": "", "p80": "", "device": device},
         {"kernel": "evaluate_muse", "provider": "unlearnx", "mode": "eval", "metric": "throughput", "unit": "items/s",
-         "x": f"authors={args.authors}", "p50": n_muse / muse_s, "p20": "", "p80": "", "device": device},
+         "x": f"authors={len(data['retain']) // 20 + len(data['forget']) // 20}", "p50": n_muse / muse_s, "p20": "", "p80": "", "device": device},
     ])
 
+
+
+def write_table(rows: dict, header: str) -> None:
+    """Add MU/target and the goal check (FQ >= 0.05, MU >= 0.95 x target, PrivLeak in [-5, 5]),
+    write benchmarks/results/llm_eval.md atomically and print it (called after every row)."""
+    mu_target = rows["target"]["model_utility"]
+    for row in rows.values():
+        row["MU/target"] = row["model_utility"] / mu_target
+        row["goal"] = "yes" if (row["forget_quality"] >= 0.05 and row["MU/target"] >= 0.95
+                                and -5 <= row["privleak"] <= 5) else "no"
+    columns = ["forget_quality", "model_utility", "MU/target", "privleak", "verbmem", "knowmem_forget",
+               "knowmem_retain", "forget_prob", "forget_rougeL", "relearn_prob", "int4_prob", "probe_acc",
+               "in_context_prob", "unlearn_s", "goal"]
+    text = header + summary_table(rows, columns=columns)
+    _atomic_write_text(RESULTS_DIR / "llm_eval.md", text)
+    print(text, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--authors", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--skip-throughput", action="store_true", help="only the end-to-end table")
+    ap.add_argument("--quick", action="store_true", help="6 authors, 15 epochs")
+    ap.add_argument("--model-cache", default="/tmp/unlearnx-bench-llm-eval")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.quick:
+        args.authors, args.epochs = 6, 15
+
+    data = build_data(args.authors)
+    t = QATemplate()
+    tok = build_tokenizer(data["texts"] + [t.render(i.question, i.answer) for s in ("forget", "retain", "holdout")
+                                           for i in data[s]], vocab_size=2048)
+    held = [i for v in data["held"].values() for i in v]
+    cache_dir = Path(args.model_cache)
+    target, t_target = train(tok, data["forget"] + data["retain"] + held + data["forget_bios"] + data["retain_bios"],
+                             epochs=args.epochs, seed=0, cache_dir=cache_dir, tag=f"target{args.authors}")
+    retain, t_retain = train(tok, data["retain"] + held + data["retain_bios"], epochs=args.epochs, seed=0,
+                             cache_dir=cache_dir, tag=f"retain{args.authors}")
+    print(f"trained target in {t_target:.0f} s, retain in {t_retain:.0f} s (0 = loaded from {cache_dir})")
+
+    if not args.skip_throughput:
+        throughput(target, tok, data, held)
     cache = MetricCache()
     ref_tofu, ref_muse, ret_row = evaluate(retain, tok, data, reference_tofu=retain, reference_muse=retain,
                                            cache=cache)
     rows = {"Retrain": ret_row}
     _, _, rows["target"] = evaluate(target, tok, data, reference_tofu=ref_tofu, reference_muse=ref_muse,
                                     cache=cache)
+    header = (f"forget10 of {args.authors} fictitious authors (forget {len(data['forget'])} QA, holdout "
+              f"{len(data['holdout'])} QA; utility retain set: first 40 retain QA), tiny Llama (hidden 64, "
+              f"2 layers), {args.epochs} epochs; {device_name()}; {time.strftime('%Y-%m-%d')}\n\n")
+    write_table(rows, header)
 
     import unlearnx as ux
 
     for name in library_methods():
         try:
-            res = ux.unlearn(copy.deepcopy(target), method=name, forget=Features(tok, data["forget"]),
-                             retain=Features(tok, data["retain"]))
+            hp = {"lr": 1e-3, "epochs": 3, "batch_size": 8, **METHOD_HPARAMS[name]}
+            res = ux.unlearn(copy.deepcopy(target), name, forget=data["forget"], retain=data["retain"],
+                             tokenizer=tok, progress=False, **hp)
+            print(f"{name}: unlearned in {res.seconds:.1f} s with {hp}")
             _, _, rows[name] = evaluate(res.model, tok, data, reference_tofu=ref_tofu, reference_muse=ref_muse,
                                         cache=cache)
+            rows[name]["unlearn_s"] = res.seconds
+            write_table(rows, header)
         except Exception as e:  # noqa: BLE001  (report a method that fails on this data, keep the rest)
             print(f"method {name}: failed ({type(e).__name__}: {e})")
-    for label, weight, lr in (("GA (bench baseline)", 0.0, 2e-4), ("GradDiff (bench baseline)", 1.0, 5e-4)):
-        for epoch, model in gradient_ascent(target, tok, data["forget"], data["retain"], epochs=args.ga_epochs,
-                                            lr=lr, retain_weight=weight):
-            _, _, rows[f"{label} ep{epoch}"] = evaluate(model, tok, data, reference_tofu=ref_tofu,
-                                                        reference_muse=ref_muse, cache=cache)
-            print(f"{label} ep{epoch}: " + ", ".join(f"{k}={v:.3g}" for k, v in rows[f"{label} ep{epoch}"].items()
-                                                       if v is not None))
-    mu_target = rows["target"]["model_utility"]
-    for row in rows.values():
-        row["MU/target"] = row["model_utility"] / mu_target
-        row["goal"] = "yes" if (row.get("forget_quality", 0) >= 0.05 and row["MU/target"] >= 0.95
-                                and row.get("privleak") is not None and -5 <= row["privleak"] <= 5) else "no"
-    columns = ["forget_quality", "model_utility", "MU/target", "privleak", "verbmem", "knowmem_forget",
-               "knowmem_retain", "forget_prob", "forget_rougeL", "relearn_prob", "int4_prob", "probe_acc",
-               "in_context_prob"]
-    table = summary_table(rows, columns=columns + ["goal"])
-    header = (f"forget10 of {args.authors} fictitious authors (forget {len(data['forget'])} QA, holdout "
-              f"{len(data['holdout'])} QA; utility retain set: first 40 retain QA), tiny Llama (hidden 64, 2 layers), {args.epochs} epochs; "
-              f"{device}; {time.strftime('%Y-%m-%d')}\n\n")
-    out = RESULTS_DIR / "llm_eval.md"
-    _atomic_write_text(out, header + table)
-    print(header + table)
+    write_table(rows, header)
 
 
 if __name__ == "__main__":
