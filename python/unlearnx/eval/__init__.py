@@ -33,9 +33,15 @@ from unlearnx.eval.regression import (
     per_sample_l1,
     relearn_steps,
 )
+from unlearnx.eval import llm
+from unlearnx.eval.llm import EvalResult, MetricCache, evaluate_llm
 from unlearnx.eval.suite import AVG_GAP_KEYS, SUITES, avg_gap, evaluate, results_table, run_time_efficiency
 
 __all__ = [
+    "llm",
+    "evaluate_llm",
+    "EvalResult",
+    "MetricCache",
     "evaluate",
     "results_table",
     "avg_gap",

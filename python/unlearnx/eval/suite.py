@@ -37,7 +37,8 @@ from unlearnx.eval.regression import l1_losses
 __all__ = ["AVG_GAP_KEYS", "SUITES", "avg_gap", "run_time_efficiency", "evaluate", "results_table"]
 
 AVG_GAP_KEYS = ("UA", "RA", "TA", "MIA-Efficacy")
-SUITES = ("classification", "corrective", "regression")
+SUITES = ("classification", "corrective", "regression", "tofu", "muse")
+LLM_SUITES = ("tofu", "muse")
 
 
 def _number(value, name: str) -> float:
@@ -127,8 +128,15 @@ def evaluate(
     gap_keys: Iterable[str] | None = None,
     batch_size: int = 256,
     device=None,
+    tokenizer=None,
+    **llm_kwargs,
 ) -> dict[str, float]:
     """Evaluate `model` on a forget/retain/test split; return {metric name: float}.
+
+    suite="tofu" | "muse" evaluates a causal LM with `unlearnx.eval.llm.evaluate_llm` instead:
+    `tokenizer` is required, forget/retain/reference are passed on when given, and the other
+    keyword arguments are those of `evaluate_tofu` / `evaluate_muse` (held=, holdout=, forget_qa=,
+    cache=...); the result is an `EvalResult` (a mapping of aggregates with per-item values).
 
     forget, retain, test: Datasets or DataLoaders of `(x, y)` (read in order), or take them
     from `scenario` (with its `extra` sets and, for BadNets, `meta["target_class"]`).
@@ -142,6 +150,14 @@ def evaluate(
     """
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    if suite in LLM_SUITES:
+        from unlearnx.eval.llm import evaluate_llm
+
+        given = {k: v for k, v in (("forget", forget), ("retain", retain), ("reference", reference)) if v is not None}
+        return evaluate_llm(model, suite=suite, tokenizer=tokenizer, **given, **llm_kwargs)
+    if llm_kwargs or tokenizer is not None:
+        unknown = sorted(llm_kwargs) + (["tokenizer"] if tokenizer is not None else [])
+        raise TypeError(f"evaluate() got unexpected keyword arguments for suite {suite!r}: {', '.join(unknown)}")
     if scenario is not None:
         if not isinstance(scenario, Scenario):
             raise TypeError(f"scenario must be a unlearnx.data.Scenario, got {type(scenario).__name__}")
