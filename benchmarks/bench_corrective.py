@@ -33,7 +33,9 @@ from unlearnx.methods import train_classifier
 from unlearnx.models import small_cnn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods_classification import RECIPE, _write_atomic  # noqa: E402  (same folder)
+from bench_methods_classification import RECIPE  # noqa: E402  (same folder)
+
+from unlearnx.report.io import atomic_write_text  # noqa: E402
 from harness import device_name  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,13 +114,13 @@ def main(argv=None) -> int:
               f"class 0. Original recipe: {RECIPE}.\n")
     print(text.getvalue() + footer)
     if not args.no_write:
-        _write_atomic(RESULTS / "corrective.md", "# Corrective unlearning: BadNets on digits\n\n" + text.getvalue() + footer)
+        atomic_write_text(RESULTS / "corrective.md", "# Corrective unlearning: BadNets on digits\n\n" + text.getvalue() + footer)
         buf = io.StringIO()
         fields = ["identified_fraction", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std", "worst")]
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(records)
-        _write_atomic(RESULTS / "corrective.csv", buf.getvalue())
+        atomic_write_text(RESULTS / "corrective.csv", buf.getvalue())
     return 0
 
 

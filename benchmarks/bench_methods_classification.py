@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import unlearnx as ux
 from unlearnx.data import class_forget, digits_dataset, random_forget
 from unlearnx.methods import train_classifier
 from unlearnx.models import small_cnn
+from unlearnx.report.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import device_name  # noqa: E402  (the shared benchmark harness, same folder)
@@ -62,20 +61,6 @@ DIGITS_HPARAMS: dict[str, dict] = {
 # FF (α 1e-6, σ_max 1e-3) and IU (α 100) run at their defaults: on digits FF needs σ_max ~0.1 and
 # IU α ~300 to forget a class, and both then destroy 10%-random forgetting (tests/methods/
 # test_methods_part2.py shows the class-wise settings).
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_scenario(scenario, seed: int, methods, progress: bool) -> dict[str, dict[str, float]]:
@@ -144,14 +129,14 @@ def main(argv=None) -> int:
               f"Per-method overrides of the defaults: {DIGITS_HPARAMS or 'none'}.\n")
     print(footer)
     if not args.no_write:
-        _write_atomic(RESULTS / "methods_classification.md",
+        atomic_write_text(RESULTS / "methods_classification.md",
                       "# Classifier unlearning methods on digits\n\n" + out.getvalue() + footer)
         buf = io.StringIO()
         fields = ["scenario", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std")]
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         writer.writerows(csv_rows)
-        _write_atomic(RESULTS / "methods_classification.csv", buf.getvalue())
+        atomic_write_text(RESULTS / "methods_classification.csv", buf.getvalue())
     return 0
 
 
