@@ -78,7 +78,7 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
         raise ValueError(f"seed: must be an int, got {seed!r}")
     size = ({"authors": 6, "epochs": 15, "n_real_authors": 4, "n_world_facts": 8, "eval_retain": 20,
              "max_new_tokens": 24} if quick else
-            {"authors": 10, "epochs": 30, "n_real_authors": 8, "n_world_facts": 18, "eval_retain": 40,
+            {"authors": 20, "epochs": 30, "n_real_authors": 8, "n_world_facts": 18, "eval_retain": 60,
              "max_new_tokens": 48})
     return {
         "name": f"LLM demo: forget10 of {size['authors']} fictitious authors, tiny Llama"
