@@ -116,6 +116,9 @@ def _demo_llm(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # transformers / rouge-score: the "llm" extra
+        print(f"error: --task llm needs the llm extra (pip install 'unlearnx[llm]'): {exc}", file=sys.stderr)
+        return 2
     for s in results["skipped"]:
         print(f"note: {s['method']} skipped ({s['reason']})")
     if results["cached_steps"]:
