@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import RESULTS_DIR, append_results, device_name  # noqa: E402
 
-from unlearnx.data.authors import make_authors  # noqa: E402
-from unlearnx.data.lm_batches import QATemplate, pad_batch  # noqa: E402
-from unlearnx.data.text import build_tokenizer  # noqa: E402
 from unlearnx.eval.llm import (  # noqa: E402
     MetricCache,
     evaluate_muse,
@@ -47,65 +42,38 @@ from unlearnx.eval.llm import (  # noqa: E402
     relearning_attack,
     summary_table,
 )
-from unlearnx.eval.llm.results import _atomic_write_text  # noqa: E402
-from unlearnx.eval.llm.scoring import encode_items  # noqa: E402
+from unlearnx.experiment_llm import (  # noqa: E402
+    BASE_HPARAMS,
+    METHOD_HPARAMS,
+    build_authors_data,
+    build_demo_tokenizer,
+    train_lm,
+)
 from unlearnx.models.lm import build_lm  # noqa: E402
-from unlearnx.models.lm_training import finetune_lm  # noqa: E402
-
-
-class Features(Dataset):
-    """Encoded QA items and texts in one dataset (`finetune_lm` / `ForgetRetainLoader` input)."""
-
-    def __init__(self, tokenizer, items):
-        self.features = encode_items(tokenizer, items)
-        self.pad = tokenizer.pad_token_id
-
-    def __len__(self):
-        return len(self.features)
-
-    def __getitem__(self, i):
-        return self.features[i]
-
-    def collate(self, feats):
-        return pad_batch(feats, pad_token_id=self.pad)
+from unlearnx.report.io import atomic_write_text  # noqa: E402
 
 
 def build_data(n_authors: int):
-    k = max(1, math.ceil(0.1 * n_authors))
-    qa = make_authors(n_authors + k, n_real_authors=8, n_world_facts=18)
-    main, holdout = qa.authors[:n_authors], qa.authors[n_authors:]
-    forget_a, retain_a = main[n_authors - k:], main[:n_authors - k]
-    items = lambda authors: [i for a in authors for i in a.items]  # noqa: E731
-    return {
-        "forget": items(forget_a), "retain": items(retain_a), "holdout": items(holdout),
-        "forget_bios": [a.biography() for a in forget_a], "retain_bios": [a.biography() for a in retain_a],
-        "held": {"real_authors": list(qa["real_authors"]), "world_facts": list(qa["world_facts"])},
-        "texts": qa.texts() + [a.biography() for a in qa.authors],
-    }
+    return build_authors_data(n_authors, n_real_authors=8, n_world_facts=18)
 
 
 def train(tokenizer, items, *, epochs: int, seed: int, cache_dir: Path, tag: str):
-    model = build_lm("llama", tokenizer=tokenizer, hidden=64, layers=2, heads=4, seed=seed)
     key = hashlib.sha256(repr((tag, len(items), epochs, seed, len(tokenizer))).encode()).hexdigest()[:16]
     path = cache_dir / f"{tag}-{key}.pt"
+    model_cfg = {"name": "llama", "hidden": 64, "layers": 2, "heads": 4}
     if path.is_file():
+        model = build_lm("llama", tokenizer=tokenizer, hidden=64, layers=2, heads=4, seed=seed)
         model.load_state_dict(torch.load(path))
         return model, 0.0
     t0 = time.perf_counter()
-    finetune_lm(model, Features(tokenizer, items), epochs=epochs, lr=2e-3, batch_size=16, seed=seed, progress=False)
+    model, _ = train_lm(tokenizer, items, model=model_cfg, train={"epochs": epochs, "lr": 2e-3, "batch_size": 16},
+                        seed=seed)
     seconds = time.perf_counter() - t0
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
     return model, seconds
-
-
-# Hyper-parameters for the tiny model (lr ~100x the 7B defaults), as in tests/methods_llm.
-METHOD_HPARAMS = {
-    "ga": {}, "graddiff": {}, "npo": {}, "simnpo": {"gamma": 1.0, "epochs": 6}, "idkdpo": {},
-    "flat": {"epochs": 2}, "rmu": {"lr": 1e-2, "epochs": 5, "steering_coeff": 20.0, "alpha": 100.0},  # needs >= 3 layers
-}
 
 
 def library_methods() -> list[str]:
@@ -172,7 +140,7 @@ def write_table(rows: dict, header: str) -> None:
                "knowmem_retain", "forget_prob", "forget_rougeL", "relearn_prob", "int4_prob", "probe_acc",
                "in_context_prob", "unlearn_s", "goal"]
     text = header + summary_table(rows, columns=columns)
-    _atomic_write_text(RESULTS_DIR / "llm_eval.md", text)
+    atomic_write_text(RESULTS_DIR / "llm_eval.md", text)
     print(text, flush=True)
 
 
@@ -189,9 +157,7 @@ def main():
         args.authors, args.epochs = 6, 15
 
     data = build_data(args.authors)
-    t = QATemplate()
-    tok = build_tokenizer(data["texts"] + [t.render(i.question, i.answer) for s in ("forget", "retain", "holdout")
-                                           for i in data[s]], vocab_size=2048)
+    tok = build_demo_tokenizer(data, vocab_size=2048)
     held = [i for v in data["held"].values() for i in v]
     cache_dir = Path(args.model_cache)
     target, t_target = train(tok, data["forget"] + data["retain"] + held + data["forget_bios"] + data["retain_bios"],
@@ -217,7 +183,7 @@ def main():
 
     for name in library_methods():
         try:
-            hp = {"lr": 1e-3, "epochs": 3, "batch_size": 8, **METHOD_HPARAMS[name]}
+            hp = {**BASE_HPARAMS, **METHOD_HPARAMS[name]}
             res = ux.unlearn(copy.deepcopy(target), name, forget=data["forget"], retain=data["retain"],
                              tokenizer=tok, progress=False, **hp)
             print(f"{name}: unlearned in {res.seconds:.1f} s with {hp}")

@@ -1,6 +1,6 @@
 """The `unlearnx` command.
 
-    unlearnx demo [--task classification|llm] [--methods ...] [--out DIR] [--quiet]
+    unlearnx demo [--task classification|llm] [--quick] [--methods ...] [--out DIR] [--quiet]
     unlearnx run CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx eval CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx bench [--family NAME] [--quick] [--out FILE] [extra benchmark arguments]
@@ -106,9 +106,38 @@ def _experiment(cfg_or_path, overrides, args, *, eval_only: bool) -> int:
     return _finish(results, out, started)
 
 
+def _demo_llm(args: argparse.Namespace) -> int:
+    from unlearnx.experiment_llm import llm_summary_table, run_llm_demo
+
+    started = time.perf_counter()
+    out = Path(args.out or "runs/demo-llm")
+    try:
+        results = run_llm_demo(out, quick=args.quick, methods=args.methods, quiet=args.quiet)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # transformers / rouge-score: the "llm" extra
+        print(f"error: --task llm needs the llm extra (pip install 'unlearnx[llm]'): {exc}", file=sys.stderr)
+        return 2
+    for s in results["skipped"]:
+        print(f"note: {s['method']} skipped ({s['reason']})")
+    if results["cached_steps"]:
+        print(f"reused finished steps: {', '.join(results['cached_steps'])}")
+    d = results["data"]
+    print(f"\n{results['name']}: forget10 = {d['n_forget']} QA, retain90 = {d['n_retain']} QA; "
+          f"Retrain = the retain oracle, target = before unlearning")
+    print(llm_summary_table(results))
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}, {out / 'report.html'}")
+    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.task == "llm":
-        print("error: `unlearnx demo --task llm` is not available yet; use --task classification", file=sys.stderr)
+        return _demo_llm(args)
+    if args.quick:
+        print("error: --quick is only for --task llm (the classification demo takes a few minutes already)",
+              file=sys.stderr)
         return 2
     return _experiment(demo_config(args.methods, out_dir=args.out or "runs/demo"), [], args, eval_only=False)
 
@@ -172,11 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="a complete unlearning experiment on embedded data (a few minutes on a CPU)")
-    p.add_argument("--task", choices=("classification", "llm"), default="classification")
+    p.add_argument("--task", choices=("classification", "llm"), default="classification",
+                   help="classification: digits + small_cnn; llm: a tiny Llama on fictitious authors (TOFU forget10)")
+    p.add_argument("--quick", action="store_true", help="--task llm only: smaller data and training (~1 minute)")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help=f"methods to compare with Retrain (default: {' '.join(DEMO_METHODS)}, skipping any not "
-                        "registered)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo); rerunning reuses finished steps")
+                   help=f"methods to compare with Retrain (default: {' '.join(DEMO_METHODS)}; with --task llm: "
+                        "ga graddiff npo simnpo uld; skipping any not registered)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo, runs/demo-llm with --task llm); "
+                                                "rerunning reuses finished steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
     p.set_defaults(func=_cmd_demo)
 

@@ -115,11 +115,6 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_demo_llm_task_is_not_available_yet(capsys):
-    assert cli.main(["demo", "--task", "llm"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-
-
 def test_demo_config_skips_unregistered_defaults_and_rejects_unknown_explicit():
     import unlearnx as ux
 

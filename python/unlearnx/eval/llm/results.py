@@ -15,13 +15,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from unlearnx.report.io import atomic_write_text
 
 __all__ = ["EvalResult", "MetricCache", "summary_table", "fingerprint_model", "fingerprint_data",
            "fingerprint_tokenizer"]
@@ -39,21 +40,6 @@ def _jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"__type__": type(value).__name__, **_jsonable(dataclasses.asdict(value))}
     return value
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +68,7 @@ class EvalResult(Mapping):
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the result as JSON, atomically (a crash never leaves a half-written file)."""
         path = Path(path)
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=True))
         return path
 
     @classmethod
@@ -172,6 +158,6 @@ class MetricCache:
         value = json.loads(json.dumps(_jsonable(compute()), allow_nan=True))
         self._memory[key] = value
         if path is not None:
-            _atomic_write_text(path, json.dumps(value, allow_nan=True))
+            atomic_write_text(path, json.dumps(value, allow_nan=True))
         return value
 
