@@ -54,7 +54,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *
     Returns:
         one string per prompt, not stripped.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     prompts = _check_prompts(prompts)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:

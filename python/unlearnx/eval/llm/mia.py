@@ -85,7 +85,7 @@ def gradnorm_scores(model: torch.nn.Module, features: Sequence[dict], *, pad_tok
     """[N] GradNorm attack: (1/|P|) sum_{W in P} ||d avgNLL(item) / dW||_2 over the parameter
     tensors P that require grad, one item at a time (batch of one). The model's gradients are
     cleared afterwards; its weights are not changed."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from unlearnx.models.lm_training import answer_nll
 

@@ -118,7 +118,7 @@ def score_tokens(model: torch.nn.Module, features: Sequence[dict], *, pad_token_
         features: encoded items ({"input_ids", "labels"} lists, e.g. from `encode_items`).
         pad_token_id: id used to right-pad a batch (padding never changes a sample's scores).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if not features:
         raise ValueError("features: empty")

@@ -201,7 +201,7 @@ class LLMMethod(UnlearningMethod):
 
     def train(self, model, loader: ForgetRetainLoader, *, progress: bool) -> dict:
         """The plain PyTorch loop: AdamW, linear warm-up then linear decay, grad-norm clip; per-step log."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         hp = self.hparams
         params = self.trainable_parameters(model)
@@ -334,7 +334,7 @@ def cached_sequence_logprobs(model, paired: PairedQADataset, key: str, *, batch_
 
     Run once on the unmodified model (adapters disabled under LoRA), in eval mode, no gradients.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from unlearnx.methods.llm.losses import sequence_logprob
 
