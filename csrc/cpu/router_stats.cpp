@@ -1,6 +1,6 @@
 // CPU implementation of unlearnx::moe_router_stats_ (schema in csrc/registration.cpp).
-// Not vectorized per ISA: a token's work is E exps plus k scans of E values (E <= a few hundred),
-// so the op is bound by the one read of the logits; threads split the tokens.
+// One CPU file (no per-ISA entry points): a token's work is E exps, an insertion top-k and E-wide sums
+// the compiler vectorizes at the base ISA; threads split the tokens.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -39,34 +39,42 @@ void moe_router_stats_cpu(Tensor stats, Tensor logits, Tensor flags, int64_t top
            "; allowed: 0 (ignore), 1 (forget), 2 (retain)");
   if (T == 0) return;
 
-  // Fixed chunking (independent of the thread count) with fp64 partials summed in chunk order:
-  // the result is deterministic and exact to fp32 rounding of the final add.
-  const int64_t chunk = 2048;
+  // Fixed chunks of 1024 tokens (independent of the thread count): fp32 sums within a chunk (exact
+  // counts; < 1024 terms), fp64 across chunks in chunk order -> deterministic, accurate at 1e6+ tokens.
+  const int64_t chunk = 1024;
   const int64_t nchunks = (T + chunk - 1) / chunk;
-  std::vector<double> part(static_cast<size_t>(nchunks) * 2 * E * 4, 0.0);
+  const int64_t G = 2 * 4 * E;  // per chunk: group x {cnt, gate, ps, ps2} x E
+  std::vector<double> part(static_cast<size_t>(nchunks) * G, 0.0);
   const void* z = logits.const_data_ptr();
   torch::stable::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> p(E);
-    std::vector<unsigned char> sel(E);
+    std::vector<float> p(E), topv(top_k), acc(G);
+    std::vector<int64_t> topi(top_k);
     for (int64_t c = c0; c < c1; ++c) {
-      double* acc = part.data() + c * 2 * E * 4;
+      std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t = c * chunk, t1 = std::min(T, (c + 1) * chunk); t < t1; ++t) {
         if (fl[t] == 0) continue;
-        double* a = acc + (fl[t] - 1) * E * 4;
+        float* a = acc.data() + (fl[t] - 1) * 4 * E;
         if (st == ScalarType::Float)
-          router_stats_token(static_cast<const float*>(z) + t * E, E, top_k, normalize_topk, p.data(), sel.data(), a);
+          router_stats_token(static_cast<const float*>(z) + t * E, E, top_k, normalize_topk, p.data(), topv.data(),
+                             topi.data(), a, a + E, a + 2 * E, a + 3 * E);
         else
-          router_stats_token(static_cast<const bf16_bits*>(z) + t * E, E, top_k, normalize_topk, p.data(), sel.data(),
-                             a);
+          router_stats_token(static_cast<const bf16_bits*>(z) + t * E, E, top_k, normalize_topk, p.data(),
+                             topv.data(), topi.data(), a, a + E, a + 2 * E, a + 3 * E);
       }
+      double* dst = part.data() + c * G;
+      for (int64_t i = 0; i < G; ++i) dst[i] = acc[i];
     }
   });
+  // part is [chunk][group][column][expert]; stats is [group][expert][column].
   float* out = static_cast<float*>(stats.mutable_data_ptr());
-  for (int64_t i = 0; i < 2 * E * 4; ++i) {
-    double s = 0.0;
-    for (int64_t c = 0; c < nchunks; ++c) s += part[c * 2 * E * 4 + i];
-    out[i] += static_cast<float>(s);
-  }
+  for (int64_t g = 0; g < 2; ++g)
+    for (int64_t col = 0; col < 4; ++col)
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t i = (g * 4 + col) * E + e;
+        double s = 0.0;
+        for (int64_t c = 0; c < nchunks; ++c) s += part[c * G + i];
+        out[(g * E + e) * 4 + col] += static_cast<float>(s);
+      }
 }
 
 STABLE_TORCH_LIBRARY_IMPL(unlearnx, CPU, m) { m.impl("moe_router_stats_", TORCH_BOX(&moe_router_stats_cpu)); }
