@@ -98,7 +98,7 @@ def test_float64_uses_reference():
     (lambda s, z, f: ux.ops.moe_router_stats_(s[:, :4], z, f, top_k=2), ValueError, "stats must be"),
     (lambda s, z, f: ux.ops.moe_router_stats_(s, z, f[:-1], top_k=2), ValueError, "flags"),
     (lambda s, z, f: ux.ops.moe_router_stats_(s, z, f.float(), top_k=2), TypeError, "flags must be an integer"),
-    (lambda s, z, f: ux.ops.moe_router_stats_(s, z, f + 1, top_k=2), ValueError, "flags contains 3"),
+    (lambda s, z, f: ux.ops.moe_router_stats_(s, z, f + 1, top_k=2), (ValueError, RuntimeError), "flags contains 3"),
     (lambda s, z, f: ux.ops.moe_router_stats_(s, z.half(), f, top_k=2), TypeError, "logits"),
     (lambda s, z, f: ux.ops.moe_router_stats_(s.int(), z, f, top_k=2), TypeError, "stats"),
 ])
@@ -160,3 +160,6 @@ def test_backend_env_reference(monkeypatch):
     default = run(logits, flags, 2)
     monkeypatch.setenv("UNLEARNX_BACKEND", "reference")
     assert torch.allclose(run(logits, flags, 2), default, atol=1e-4)
+    flags[3] = -1
+    with pytest.raises(ValueError, match="flags contains -1"):
+        run(logits, flags, 2)

@@ -20,7 +20,7 @@ def batch(ids, pad_last=2):
 
 
 def steered_model(j, top_k=2):
-    """Layer 0 sees only the embedding direction: +v for forget ids, -v for retain ids; its router scores v for expert j."""
+    """Layer 0 sees only the embedding direction (+v forget ids, -v retain ids); its router scores v for expert j."""
     model = tiny_moe(V, hidden=16, layers=2, heads=2, experts=E, top_k=top_k, seed=0)
     layer0 = model.model.layers[0]
     with torch.no_grad():

@@ -84,11 +84,6 @@ def _validate(stats, logits, flags, top_k, normalize_topk):
         raise ValueError(f"stats must be [2, E, 4] = [2, {E}, 4]; got {list(stats.shape)}")
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k must be in [1, E = {E}]; got {top_k}")
-    # The flag range is checked where it is free (CPU); on GPU it would cost a host sync.
-    if flags.device.type == "cpu" and flags.numel() and not torch.compiler.is_compiling():
-        bad = (flags < 0) | (flags > 2)
-        if bool(bad.any()):
-            raise ValueError(f"flags contains {int(flags[bad][0])}; allowed: 0 (ignore), 1 (forget), 2 (retain)")
 
 
 def moe_router_stats_(stats: torch.Tensor, logits: torch.Tensor, flags: torch.Tensor, *, top_k: int,
@@ -119,6 +114,12 @@ def moe_router_stats_(stats: torch.Tensor, logits: torch.Tensor, flags: torch.Te
 
             moe_router_stats_triton(stats, z.contiguous(), f.contiguous(), top_k, normalize_topk)
             return stats
+    # The flag range is checked where it is free (CPU; the native op checks it itself); on GPU it
+    # would cost a host sync.
+    if f.device.type == "cpu" and f.numel() and not torch.compiler.is_compiling():
+        bad = (f < 0) | (f > 2)
+        if bool(bad.any()):
+            raise ValueError(f"flags contains {int(f[bad][0])}; allowed: 0 (ignore), 1 (forget), 2 (retain)")
     stats += moe_router_stats_reference(z, f, top_k, normalize_topk).to(stats.dtype)
     return stats
 

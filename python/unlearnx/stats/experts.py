@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unlearnx.ops.router_stats import moe_router_stats_, router_stats_buffer
+from unlearnx.ops.router_stats import moe_router_stats_
 
 __all__ = ["ExpertAttribution", "expert_attribution", "find_moe_blocks"]
 
@@ -57,7 +57,8 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
             continue
         top_k = getattr(router, "top_k", None) or getattr(mod, "top_k", None) or getattr(
             config, "num_experts_per_tok", None)
-        norm = getattr(router, "norm_topk_prob", getattr(mod, "norm_topk_prob", getattr(config, "norm_topk_prob", True)))
+        norm = getattr(router, "norm_topk_prob",
+                       getattr(mod, "norm_topk_prob", getattr(config, "norm_topk_prob", True)))
         if top_k is None:
             raise ValueError(f"model: cannot tell the top-k of the router {name}.gate (no top_k attribute "
                              "and no config.num_experts_per_tok)")

@@ -64,7 +64,8 @@ class _UOEMixin:
         if not blocks:
             raise ValueError("model: uoe needs a mixture-of-experts model (modules with `gate` and `experts`)")
         if self.hparams["layers"] > len(blocks):
-            raise ValueError(f"layers must be <= {len(blocks)} (MoE layers of this model), got {self.hparams['layers']}")
+            raise ValueError(f"layers must be <= {len(blocks)} (MoE layers of this model), "
+                             f"got {self.hparams['layers']}")
         att = expert_attribution(model, _batches(forget, self.hparams["batch_size"]), progress=progress)
         best, expert = att.affinity("forget").max(1)
         order = torch.argsort(best, descending=True, stable=True)[: self.hparams["layers"]]
