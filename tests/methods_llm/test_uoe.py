@@ -112,6 +112,24 @@ def test_anchor_loss_pulls_forget_routing_to_the_expert(moe):
     assert aff(with_anchor.model) > aff(moe._model)
 
 
+def test_uoe_with_rmu_base_on_a_three_layer_moe(moe):
+    model = build_lm("moe", tokenizer=moe.tok, layers=3, hidden=32, heads=2, experts=4, top_k=2)
+    finetune_lm(model, QADataset(moe.qa["full"], moe.tok), epochs=6, lr=3e-3, batch_size=16, progress=False)
+    three = copy.copy(moe)
+    three._model = model
+    f0, r0 = three.nll(model)
+    res = run(three, base="rmu", steering_coeff=20.0, alpha=100.0)
+    (layer, _), = res.log["uoe_experts"]
+    before = dict(model.named_parameters())
+    moved = {n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])}
+    prefix = f"model.layers.{layer}.mlp."
+    assert moved == {prefix + "gate.weight", prefix + "experts.gate_up_proj", prefix + "experts.down_proj"}
+    f1, r1 = three.nll(res.model)
+    # measured: forget 3.69 -> 4.24, retain 3.67 -> 3.99
+    assert f1 > f0 + 0.2 and f1 - f0 > r1 - r0
+    assert res.log["anchor_loss"][-1] < res.log["anchor_loss"][0]
+
+
 def test_uoe_bad_inputs(moe):
     with pytest.raises(ValueError, match="base must be one of"):
         run(moe, base="wagle")

@@ -19,8 +19,10 @@ Expert Is Enough for Mixture-of-Experts LLMs").
    too (a few hundred parameters per layer); with it False, L_A is a constant and only logged.
 The fraction of parameters touched (trained expert slices / all parameters) goes to the log as
 "touched_fraction", with "uoe_experts" ([(layer index, expert)]).
-Full fine-tuning only (lora must be None). With base="rmu" the forward stops at RMU's layer, so the
-anchor takes its own forward when the chosen router was not reached.
+Full fine-tuning only (lora must be None). With base="rmu", RMU's layer is the (deepest) chosen MoE
+layer's decoder layer: forget activations there are steered to c*u, retain activations kept, and only
+the chosen experts (and routers) train; the anchor takes its own forward if a base forward stops
+before the chosen router.
 """
 from __future__ import annotations
 
@@ -57,9 +59,11 @@ class _UOEMixin:
             raise ValueError(f"train_router must be a bool, got {hp['train_router']!r}")
 
     def setup(self, model, *, forget, retain, progress):
+        from unlearnx.methods.llm.rmu import RMU
         from unlearnx.stats.experts import expert_attribution, find_moe_blocks
 
-        super().setup(model, forget=forget, retain=retain, progress=progress)
+        if not isinstance(self, RMU):  # RMU's own setup wants dense MLPs; _setup_rmu replaces it
+            super().setup(model, forget=forget, retain=retain, progress=progress)
         blocks = find_moe_blocks(model)
         if not blocks:
             raise ValueError("model: uoe needs a mixture-of-experts model (modules with `gate` and `experts`)")
@@ -87,10 +91,24 @@ class _UOEMixin:
             self._trainable += [blocks[li].router.weight for li, _ in self.chosen]
             names += [f"{blocks[li].name}.gate.weight" for li, _ in self.chosen]
         self.param_names = names  # also what RMU's train() unfreezes
+        if isinstance(self, RMU):
+            self._setup_rmu(model, [blocks[li] for li, _ in self.chosen])
         total = sum(p.numel() for p in model.parameters())
         touched = sum(int(m.sum()) for m in self.masks.values()) + sum(
             p.numel() for p in self._trainable if p not in self.masks)
         self.touched_fraction = touched / total
+
+    def _setup_rmu(self, model, chosen_blocks):
+        """RMU's state for the chosen experts: steer at the (deepest) chosen MoE layer's decoder output."""
+        from unlearnx.methods.llm.rmu import decoder_layers, steering_control
+
+        layers = decoder_layers(model)
+        self.layer_index = max(next(i for i, layer in enumerate(layers) if any(m is b.block for m in layer.modules()))
+                               for b in chosen_blocks)
+        self.module_names = []
+        wanted = set(self.param_names)
+        self.frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n in wanted}
+        self.control = steering_control(model, self.hparams["steering_coeff"])
 
     def trainable_parameters(self, model):
         return list(self._trainable)
