@@ -60,6 +60,10 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   // log_softmax: log p(label), mu = sum_v p log p, var = sum_v p (log p)^2 - mu^2, each fp32
   // shaped like labels; 0 where labels == ignore_index.
   m.def("token_stats(Tensor logits, Tensor labels, int ignore_index=-100) -> (Tensor, Tensor, Tensor)");
+  // MoE router statistics, accumulated in place: stats[g, e] += {tokens routed to e (top-k), sum gate
+  // weight, sum softmax prob, sum prob^2} over tokens with flags == g + 1 (0 = ignore, 1 = forget,
+  // 2 = retain); logits [T, E], flags [T] int64, stats [2, E, 4] fp32.
+  m.def("moe_router_stats_(Tensor(a!) stats, Tensor logits, Tensor flags, int top_k, bool normalize_topk=True) -> ()");
 }
 
 namespace {

@@ -47,3 +47,11 @@ __all__ += [
 from unlearnx.ops.token_stats import token_stats, token_stats_reference  # noqa: E402
 
 __all__ += ["token_stats", "token_stats_reference"]
+
+from unlearnx.ops.router_stats import (  # noqa: E402
+    moe_router_stats_,
+    moe_router_stats_reference,
+    router_stats_buffer,
+)
+
+__all__ += ["moe_router_stats_", "moe_router_stats_reference", "router_stats_buffer"]

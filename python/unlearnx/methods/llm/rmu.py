@@ -26,7 +26,7 @@ from torch import nn
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, default_lora_config
 from unlearnx.methods.registry import register_method
 
-__all__ = ["RMU", "decoder_layers", "down_projection", "hidden_state"]
+__all__ = ["RMU", "decoder_layers", "down_projection", "hidden_state", "steering_control"]
 
 _DOWN_PROJ = ("mlp.down_proj", "mlp.c_proj", "mlp.fc2", "mlp.dense_4h_to_h")
 
@@ -58,6 +58,13 @@ def down_projection(layer: nn.Module) -> tuple[str, nn.Module]:
 
 class _Stop(Exception):
     pass
+
+
+def steering_control(model, coeff: float) -> torch.Tensor:
+    """c * u / ||u||, u ~ U(0, 1)^d with a fixed seed (d = hidden size): RMU's forget target."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(_base(model).config.hidden_size, generator=g)
+    return (coeff * u / u.norm()).to(next(model.parameters()).device)
 
 
 def hidden_state(model, batch: dict, layer: nn.Module, **call) -> torch.Tensor:
@@ -120,11 +127,7 @@ class RMU(LLMMethod):
         base = _base(model)
         self.param_names = [f"{m}.{p}" for m in self.module_names for p, _ in base.get_submodule(m).named_parameters()]
         self.frozen = {n: p.detach().clone() for n, p in base.named_parameters() if n in set(self.param_names)}
-        d = base.config.hidden_size
-        g = torch.Generator().manual_seed(0)
-        u = torch.rand(d, generator=g)
-        device = next(model.parameters()).device
-        self.control = (self.hparams["steering_coeff"] * u / u.norm()).to(device)
+        self.control = steering_control(model, self.hparams["steering_coeff"])
 
     def lora_config(self, model):
         config = default_lora_config()
