@@ -4,12 +4,10 @@ import pytest
 import torch
 
 import unlearnx as ux
-from unlearnx.data import class_forget, digits_dataset, random_forget
+from unlearnx.data import class_forget, random_forget
 from unlearnx.methods import train_classifier
 from unlearnx.models import small_cnn
 
-# The recipe of the original model (and of Retrain), as in benchmarks/bench_methods_classification.py.
-RECIPE = {"epochs": 20, "lr": 0.05, "batch_size": 64}
 # Small-data overrides of the reference-code defaults (documented in the benchmark script).
 DIGITS_HPARAMS = {
     "ga": {"lr": 0.02},
@@ -24,30 +22,10 @@ STRONG = ["rl", "scrub", "bad_teacher", "laf", "boundary_expand"]  # forget the 
 PARTIAL = ["ga", "boundary_shrink", "l1_sparse"]  # measured UA 10-20 % at these settings
 
 
-def _trained(scenario):
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = small_cnn()
-    train_classifier(model, scenario.train, seed=0, progress=False, **RECIPE)
-    retrain = ux.unlearn(model, "retrain", retain=scenario.retain, seed=0, progress=False, **RECIPE)
-    return model, ux.evaluate(model, scenario=scenario), ux.evaluate(retrain.model, scenario=scenario)
-
-
 @pytest.fixture(scope="module")
-def digits():
-    return digits_dataset(seed=0)
-
-
-@pytest.fixture(scope="module")
-def classwise(digits):
-    scenario = class_forget(*digits, classes=0)
-    return (scenario, *_trained(scenario))
-
-
-@pytest.fixture(scope="module")
-def random10(digits):
+def random10(digits, train_with_oracle):
     scenario = random_forget(*digits, fraction=0.1, seed=0)
-    return (scenario, *_trained(scenario))
+    return (scenario, *train_with_oracle(scenario))
 
 
 def _run(name, scenario, model, ref):

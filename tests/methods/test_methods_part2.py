@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import unlearnx as ux
-from unlearnx.data import class_forget, digits_dataset, random_forget, worst_case_forget
+from unlearnx.data import class_forget, random_forget, worst_case_forget
 from unlearnx.eval.classification import model_outputs
 from unlearnx.methods import ssd as ssd_mod
 from unlearnx.methods import train_classifier
@@ -24,7 +24,6 @@ from unlearnx.methods.salun import saliency_masks
 from unlearnx.methods.training import union_loader
 from unlearnx.models import small_cnn
 from unlearnx.ops import ssd_dampen_reference
-from test_methods_classifier import _trained  # the part-1 fixture recipe (original + Retrain)
 
 # Small-model overrides, as in benchmarks/bench_methods_classification.py (measured on digits).
 DIGITS_HPARAMS = {
@@ -40,17 +39,6 @@ DIGITS_HPARAMS = {
 BOUNDS = {"salun": (90.0, 3.0, 4.0), "ssd": (90.0, 3.0, 4.0), "lfssd": (90.0, 7.0, 7.0),
           "fisher": (70.0, 20.0, 20.0), "influence": (90.0, 8.0, 10.0), "prune_first": (85.0, 5.0, 7.0),
           "salun_soft": (4.0, 2.0, 3.0)}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_dataset(seed=0)
-
-
-@pytest.fixture(scope="module")
-def classwise(digits):
-    scenario = class_forget(*digits, classes=0)
-    return (scenario, *_trained(scenario))
 
 
 @pytest.fixture(scope="module")
