@@ -11,17 +11,21 @@ from unlearnx.models.lm_training import answer_nll, finetune_lm
 
 
 class TinySetup:
-    """A tiny Llama (4 layers, hidden 64) trained on 10 fictitious authors; forget10 = 1 author (20 QAs)."""
+    """A tiny LM trained on 10 fictitious authors; forget10 = 1 author (20 QAs).
 
-    def __init__(self):
+    Default: a Llama (4 layers, hidden 64, 12 epochs); `arch` and `model_kw` build another tiny
+    model with the same data and recipe (test_uoe.py uses a Qwen2-MoE).
+    """
+
+    def __init__(self, arch: str = "llama", epochs: int = 12, **model_kw):
         self.qa = make_authors(10, n_real_authors=0, n_world_facts=0)
         t = QATemplate()
         self.tok = build_tokenizer(self.qa.texts() + [t.render(i.question, i.answer) for i in self.qa["full"]],
                                    vocab_size=600)
         self.forget = self.qa["forget10"]
         self.retain = self.qa["retain90"]
-        model = build_lm("llama", tokenizer=self.tok, layers=4, hidden=64)
-        finetune_lm(model, QADataset(self.qa["full"], self.tok), epochs=12, lr=3e-3, batch_size=16, progress=False)
+        model = build_lm(arch, tokenizer=self.tok, **(model_kw or {"layers": 4, "hidden": 64}))
+        finetune_lm(model, QADataset(self.qa["full"], self.tok), epochs=epochs, lr=3e-3, batch_size=16, progress=False)
         self._model = model
         self.forget_eval = QADataset(self.forget, self.tok)
         self.retain_eval = QADataset(self.retain[:40], self.tok)
@@ -36,6 +40,12 @@ class TinySetup:
         f = answer_nll(model, self.forget_eval.collate(list(self.forget_eval))).mean().item()
         r = answer_nll(model, self.retain_eval.collate(list(self.retain_eval))).mean().item()
         return f, r
+
+
+@pytest.fixture(scope="session")
+def tiny_setup_class():
+    """TinySetup itself, for modules that build their own tiny model (conftest is not importable)."""
+    return TinySetup
 
 
 @pytest.fixture(scope="session")

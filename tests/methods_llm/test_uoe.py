@@ -4,49 +4,24 @@ import pytest
 import torch
 
 import unlearnx as ux
-from unlearnx.data.authors import make_authors
-from unlearnx.data.lm_batches import QADataset, QATemplate
-from unlearnx.data.text import build_tokenizer
+from unlearnx.data.lm_batches import QADataset
 from unlearnx.models.lm import build_lm
-from unlearnx.models.lm_training import answer_nll, finetune_lm
+from unlearnx.models.lm_training import finetune_lm
 from unlearnx.stats import expert_attribution
 
 
-class TinyMoE:
-    """A tiny Qwen2-MoE (2 layers, 4 experts top-2 + shared) trained on 10 fictitious authors."""
-
-    def __init__(self):
-        self.qa = make_authors(10, n_real_authors=0, n_world_facts=0)
-        t = QATemplate()
-        self.tok = build_tokenizer(self.qa.texts() + [t.render(i.question, i.answer) for i in self.qa["full"]],
-                                   vocab_size=600)
-        self.forget, self.retain = self.qa["forget10"], self.qa["retain90"]
-        model = build_lm("moe", tokenizer=self.tok, layers=2, hidden=32, heads=2, experts=4, top_k=2)
-        finetune_lm(model, QADataset(self.qa["full"], self.tok), epochs=6, lr=3e-3, batch_size=16, progress=False)
-        self._model = model
-        self.forget_eval = QADataset(self.forget, self.tok)
-        self.retain_eval = QADataset(self.retain[:40], self.tok)
-
-    def model(self):
-        return copy.deepcopy(self._model)
-
-    @torch.no_grad()
-    def nll(self, model):
-        f = answer_nll(model, self.forget_eval.collate(list(self.forget_eval))).mean().item()
-        r = answer_nll(model, self.retain_eval.collate(list(self.retain_eval))).mean().item()
-        return f, r
-
-    def retain_affinity(self, model):
-        batch = self.retain_eval.collate(list(self.retain_eval))
-        return expert_attribution(model, [batch], progress=False).affinity()
+def retain_affinity(moe, model):
+    batch = moe.retain_eval.collate(list(moe.retain_eval))
+    return expert_attribution(model, [batch], progress=False).affinity()
 
 
 @pytest.fixture(scope="module")
-def moe():
+def moe(tiny_setup_class):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield TinyMoE()
+        # A tiny Qwen2-MoE: 2 layers, 4 experts top-2 + a shared expert, 6 epochs.
+        yield tiny_setup_class("moe", epochs=6, layers=2, hidden=32, heads=2, experts=4, top_k=2)
     finally:
         torch.set_num_threads(threads)
 
@@ -89,7 +64,7 @@ def test_uoe_keeps_retain_routing_close(moe):
     # layers=2: one expert in each of the two MoE layers, so layer 1's router sees a changed input
     res = run(moe, base="graddiff", train_router=False, layers=2)
     assert sorted(layer for layer, _ in res.log["uoe_experts"]) == [0, 1]
-    a0, a1 = moe.retain_affinity(moe._model), moe.retain_affinity(res.model)
+    a0, a1 = retain_affinity(moe, moe._model), retain_affinity(moe, res.model)
     assert torch.equal(a0[0], a1[0])  # layer 0's router input is untouched by any expert
     # layer 1's retain routing moves, within 0.1 per expert (measured 0.04 with GradDiff; 0.13 with GA)
     assert 0 < float((a0[1] - a1[1]).abs().max()) < 0.1
