@@ -55,3 +55,7 @@ from unlearnx.ops.router_stats import (  # noqa: E402
 )
 
 __all__ += ["moe_router_stats_", "moe_router_stats_reference", "router_stats_buffer"]
+
+from unlearnx.ops.logit_diff import logit_diff_logprobs, logit_diff_sample  # noqa: E402
+
+__all__ += ["logit_diff_logprobs", "logit_diff_sample"]
