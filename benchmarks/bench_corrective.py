@@ -18,7 +18,6 @@ Writes benchmarks/results/corrective.md and .csv (atomically).
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import statistics
 import sys
@@ -35,10 +34,8 @@ from unlearnx.models import small_cnn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_methods_classification import RECIPE  # noqa: E402  (same folder)
 
-from unlearnx.report.io import atomic_write_text  # noqa: E402
-from harness import device_name  # noqa: E402
+from harness import device_name, write_table_files  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("ASR", "Acc_corr", "Acc_retain", "seconds")
 # (row label, method, hyper-parameters): SSD at its paper default and at the digits choice of the
 # classification benchmark, LFSSD, and two training-based methods for contrast.
@@ -114,13 +111,9 @@ def main(argv=None) -> int:
               f"class 0. Original recipe: {RECIPE}.\n")
     print(text.getvalue() + footer)
     if not args.no_write:
-        atomic_write_text(RESULTS / "corrective.md", "# Corrective unlearning: BadNets on digits\n\n" + text.getvalue() + footer)
-        buf = io.StringIO()
-        fields = ["identified_fraction", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std", "worst")]
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(records)
-        atomic_write_text(RESULTS / "corrective.csv", buf.getvalue())
+        write_table_files("corrective", "Corrective unlearning: BadNets on digits", text.getvalue() + footer,
+                          ["identified_fraction", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std", "worst")],
+                          records)
     return 0
 
 

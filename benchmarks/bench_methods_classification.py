@@ -15,7 +15,6 @@ images, 5k forget images per class) to a 1.4k-image data set with a ~20k-paramet
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import statistics
 import sys
@@ -27,13 +26,12 @@ import torch
 import unlearnx as ux
 from unlearnx.data import class_forget, digits_dataset, random_forget
 from unlearnx.methods import train_classifier
+from unlearnx.methods.presets import DIGITS_HPARAMS
 from unlearnx.models import small_cnn
-from unlearnx.report.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name  # noqa: E402  (the shared benchmark harness, same folder)
+from harness import device_name, write_table_files  # noqa: E402  (the shared benchmark harness, same folder)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METRICS = ("UA", "RA", "TA", "MIA-Efficacy", "Avg.Gap", "RTE-s", "RTE-ratio")
 PART1 = ("ft", "ga", "rl", "l1_sparse", "boundary_shrink", "boundary_expand", "scrub", "bad_teacher", "laf")
 PART2 = ("salun", "salun_soft", "ssd", "lfssd", "fisher", "influence", "prune_first")
@@ -41,28 +39,6 @@ ALL = PART1 + PART2
 # The recipe of the original model; Retrain re-runs it on D_r.
 RECIPE = {"epochs": 20, "lr": 0.05, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
           "batch_size": 64, "schedule": "cosine"}
-# Measured on digits (tests/methods/test_methods_classifier.py uses the same values): the reference
-# lrs (GA 1e-4, Boundary 1e-5, SCRUB 5e-4, Bad teacher 1e-4, LAF 5e-5/1e-4) barely move a model
-# after the few steps a 145-image forget set gives; larger values forget without collapsing it.
-DIGITS_HPARAMS: dict[str, dict] = {
-    "ga": {"lr": 0.02},
-    "l1_sparse": {"gamma": 0.003, "lr": 0.03},
-    "boundary_shrink": {"lr": 0.03, "epochs": 20},
-    "boundary_expand": {"lr": 0.01},
-    "scrub": {"lr": 0.002},
-    "bad_teacher": {"lr": 0.003, "epochs": 2},
-    "laf": {"lr": 5e-4, "lr_align": 1e-3, "epochs": 10, "vae_epochs": 10},
-    # SSD/LFSSD: with α 10 (the paper's) SSD dampens 13% of a 15k-parameter CNN's weights on a
-    # class-wise request and costs ~7 points of RA on one seed; α 30 keeps RA within 1.5 points
-    # and forgets the class on 4 of 5 seeds (seed 1 dampens only 101 weights: measured).
-    "ssd": {"alpha": 30.0},
-    "lfssd": {"alpha": 3.0},
-}
-# FF (α 1e-6, σ_max 1e-3) and IU (α 100) run at their defaults: on digits FF needs σ_max ~0.1 and
-# IU α ~300 to forget a class, and both then destroy 10%-random forgetting (tests/methods/
-# test_methods_part2.py shows the class-wise settings).
-
-
 def run_scenario(scenario, seed: int, methods, progress: bool) -> dict[str, dict[str, float]]:
     torch.manual_seed(seed)
     original = small_cnn()
@@ -129,14 +105,8 @@ def main(argv=None) -> int:
               f"Per-method overrides of the defaults: {DIGITS_HPARAMS or 'none'}.\n")
     print(footer)
     if not args.no_write:
-        atomic_write_text(RESULTS / "methods_classification.md",
-                      "# Classifier unlearning methods on digits\n\n" + out.getvalue() + footer)
-        buf = io.StringIO()
-        fields = ["scenario", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std")]
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(csv_rows)
-        atomic_write_text(RESULTS / "methods_classification.csv", buf.getvalue())
+        write_table_files("methods_classification", "Classifier unlearning methods on digits", out.getvalue() + footer,
+                          ["scenario", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std")], csv_rows)
     return 0
 
 

@@ -95,6 +95,21 @@ def append_results(family: str, rows: list[dict]) -> Path:
     return path
 
 
+def write_table_files(stem: str, title: str, markdown: str, fields: list[str], rows: list[dict]) -> None:
+    """Write results/<stem>.md ("# title" + markdown) and results/<stem>.csv (rows under fields), each
+    atomically, so an interrupted benchmark never leaves a half-written table."""
+    import io
+
+    from unlearnx.report.io import atomic_write_text
+
+    atomic_write_text(RESULTS_DIR / f"{stem}.md", f"# {title}\n\n{markdown}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(RESULTS_DIR / f"{stem}.csv", buf.getvalue())
+
+
 def print_table(headers: list[str], rows: list[list]) -> None:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print("| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |")

@@ -6,18 +6,9 @@ import torch
 import unlearnx as ux
 from unlearnx.data import class_forget, random_forget
 from unlearnx.methods import train_classifier
+from unlearnx.methods.presets import DIGITS_HPARAMS
 from unlearnx.models import small_cnn
 
-# Small-data overrides of the reference-code defaults (documented in the benchmark script).
-DIGITS_HPARAMS = {
-    "ga": {"lr": 0.02},
-    "l1_sparse": {"gamma": 0.003, "lr": 0.03},
-    "boundary_shrink": {"lr": 0.03, "epochs": 20},
-    "boundary_expand": {"lr": 0.01},
-    "scrub": {"lr": 0.002},
-    "bad_teacher": {"lr": 0.003, "epochs": 2},
-    "laf": {"lr": 5e-4, "lr_align": 1e-3, "epochs": 10, "vae_epochs": 10},
-}
 STRONG = ["rl", "scrub", "bad_teacher", "laf", "boundary_expand"]  # forget the class almost entirely
 PARTIAL = ["ga", "boundary_shrink", "l1_sparse"]  # measured UA 10-20 % at these settings
 

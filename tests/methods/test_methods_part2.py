@@ -20,19 +20,14 @@ from unlearnx.methods import train_classifier
 from unlearnx.methods.fisher_forgetting import fisher_noise_std
 from unlearnx.methods.influence import woodfisher_inverse_hvp
 from unlearnx.methods.masking import magnitude_prune
+from unlearnx.methods.presets import DIGITS_CLASSWISE_HPARAMS
 from unlearnx.methods.salun import saliency_masks
 from unlearnx.methods.training import union_loader
 from unlearnx.models import small_cnn
 from unlearnx.ops import ssd_dampen_reference
 
-# Small-model overrides, as in benchmarks/bench_methods_classification.py (measured on digits).
-DIGITS_HPARAMS = {
-    "ssd": {"alpha": 30.0},
-    "lfssd": {"alpha": 3.0},
-    "fisher": {"alpha": 1e-4, "max_std": 0.1},
-    "influence": {"alpha": 300.0},
-    "prune_first": {"then": "salun"},
-}
+# The measured digits overrides, and prune-first followed by SalUn.
+DIGITS_HPARAMS = {**DIGITS_CLASSWISE_HPARAMS, "prune_first": {"then": "salun"}}
 # method -> (min UA, max RA drop, max TA drop) in points, from measured class-wise runs
 # (UA / RA / TA: SalUn 100/99.4/97.2, SSD 100/99.9/97.8, LFSSD 100/96.1/95.7, FF 90/87.6/86.7,
 # IU 100/95.4/92.9, prune-first+SalUn 96/97.9/94.8, SalUn-soft 8/100/98.8; original 0/100/98.5).
