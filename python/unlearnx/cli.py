@@ -103,11 +103,13 @@ def _experiment(cfg_or_path, overrides, args, *, eval_only: bool) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg["task"] == "llm":
+        return _finish_llm(results, out, started)
     return _finish(results, out, started)
 
 
 def _demo_llm(args: argparse.Namespace) -> int:
-    from unlearnx.experiment_llm import llm_summary_table, run_llm_demo
+    from unlearnx.experiment_llm import run_llm_demo
 
     started = time.perf_counter()
     out = Path(args.out or "runs/demo-llm")
@@ -119,6 +121,12 @@ def _demo_llm(args: argparse.Namespace) -> int:
     except ImportError as exc:  # transformers / rouge-score: the "llm" extra
         print(f"error: --task llm needs the llm extra (pip install 'unlearnx[llm]'): {exc}", file=sys.stderr)
         return 2
+    return _finish_llm(results, out, started)
+
+
+def _finish_llm(results: dict, out: Path, started: float) -> int:
+    from unlearnx.experiment_llm import llm_summary_table
+
     for s in results["skipped"]:
         print(f"note: {s['method']} skipped ({s['reason']})")
     if results["cached_steps"]:

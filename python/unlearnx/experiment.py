@@ -74,6 +74,8 @@ DISPLAY_NAMES = {
 }
 
 SCHEMA: dict = {
+    "task": Field("str", "classification", choices=("classification", "llm"),
+                  help="classification (this schema) or llm (unlearnx.experiment_llm.LLM_SCHEMA)"),
     "name": Field("str", "experiment", help="experiment name (report title, default output folder)"),
     "out_dir": Field("str", None, help="run directory (default runs/<name>)"),
     "seeds": Field("int_list", [0], help="one full run per seed: split, scenario, init, methods"),
@@ -228,12 +230,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _registered_methods() -> dict[str, str]:
-    """{normalised name: registered name} of `unlearnx.methods.available()` ({} before any exists)."""
+def _registered_methods(task: str = "classifier") -> dict[str, str]:
+    """{normalised name: registered name} of the methods registered for `task` ("classifier" or "causal_lm")."""
     from unlearnx import methods
 
-    available = getattr(methods, "available", None)
-    return {_norm(n): n for n in (available() if available else [])}
+    return {_norm(n): n for n in methods.available(task=task)}
 
 
 def _hparam_kind(default) -> Field:
@@ -248,13 +249,17 @@ def _hparam_kind(default) -> Field:
     return Field("any", default)
 
 
-def _validate_methods(entries) -> tuple[list[dict], list[dict]]:
-    """Return (runnable entries, skipped entries). An entry: {label, method, hparams}."""
+def _validate_methods(entries, task: str = "classifier") -> tuple[list[dict], list[dict]]:
+    """Return (runnable entries, skipped entries). An entry: {label, method, hparams}.
+
+    task: the registry to look names up in; classifier runs label methods with their paper names
+    (DISPLAY_NAMES), LLM runs with the registered names.
+    """
     if isinstance(entries, str):
         entries = [entries]
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"config key 'methods': expected a non-empty list of methods, got {entries!r}")
-    registry = _registered_methods()
+    registry = _registered_methods(task)
     from unlearnx import methods as methods_mod
 
     runnable, skipped, labels = [], [], set()
@@ -275,17 +280,17 @@ def _validate_methods(entries) -> tuple[list[dict], list[dict]]:
             hint = _suggest(name, list(registry.values())) if registry else " (no method is registered yet)"
             raise ConfigError(f"config key '{path}.name': unknown method {name!r}{hint}")
         registered = registry[_norm(name)]
-        if registered in _REGRESSION_METHODS:
+        if task == "classifier" and registered in _REGRESSION_METHODS:
             raise ConfigError(f"config key '{path}.name': {registered!r} unlearns regression models; experiments "
                               "run classification (use it through unlearnx.unlearn)")
-        label = entry.get("label", DISPLAY_NAMES.get(registered, registered))
+        label = entry.get("label", DISPLAY_NAMES.get(registered, registered) if task == "classifier" else registered)
         if not isinstance(label, str) or not label.strip():
             raise ConfigError(f"config key '{path}.label': expected a non-empty string, got {label!r}")
-        if label in labels or label == "Retrain" or label == "Original":
-            raise ConfigError(f"config key '{path}.label': the label {label!r} is used twice (set 'label' to tell "
-                              "the runs apart)")
+        if label in labels or label in ("Retrain", "Original", "target"):
+            raise ConfigError(f"config key '{path}.label': the label {label!r} is used twice (a duplicate: set "
+                              "'label' to tell the runs apart)")
         labels.add(label)
-        defaults = dict(getattr(methods_mod.get(registered), "defaults", {}))
+        defaults = dict(getattr(methods_mod.get(registered, task=task), "defaults", {}))
         hparams = {}
         for key, value in entry.items():
             if key in _METHOD_ENTRY_KEYS:
@@ -344,6 +349,10 @@ def validate_config(config: Mapping) -> dict:
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"the config must be a mapping of keys to values, got {type(config).__name__}")
+    if _check_value("task", config.get("task", "classification"), SCHEMA["task"]) == "llm":
+        from unlearnx.experiment_llm import validate_llm_config
+
+        return validate_llm_config(config)
     cfg = _validate_section({k: v for k, v in config.items() if not str(k).startswith("_")}, SCHEMA, "")
     if cfg["out_dir"] is None:
         cfg["out_dir"] = str(Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", cfg["name"]))
@@ -792,6 +801,10 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
     """
     cfg = validate_config(config)
     out = Path(out_dir if out_dir is not None else cfg["out_dir"])
+    if cfg["task"] == "llm":
+        from unlearnx.experiment_llm import run_llm_experiment
+
+        return run_llm_experiment(cfg, out, quiet=quiet, eval_only=eval_only, echo=echo)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)

@@ -42,16 +42,17 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["LLM_DEMO_METHODS", "METHOD_HPARAMS", "BASE_HPARAMS", "llm_demo_config", "build_authors_data",
-           "EncodedItems", "train_lm", "run_llm_demo", "llm_summary_table"]
+__all__ = ["LLM_DEMO_METHODS", "METHOD_HPARAMS", "BASE_HPARAMS", "llm_demo_config", "validate_llm_config",
+           "build_authors_data", "EncodedItems", "train_lm", "run_llm_experiment", "run_llm_demo", "llm_summary_table"]
 
 # Unlearning methods of the demo; "uld" is picked up (and until then skipped with a note) once registered.
 LLM_DEMO_METHODS = ("ga", "graddiff", "npo", "simnpo", "uld")
@@ -75,8 +76,86 @@ COLUMNS = {
 }
 
 
-def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None, seed: int = 0) -> dict:
-    """The demo's configuration (what the cache keys hash).
+def _llm_schema() -> dict:
+    from unlearnx.experiment import Field
+
+    return {
+        "task": Field("str", "llm", choices=("llm",)),
+        "name": Field("str", "llm experiment", help="report title, default output folder"),
+        "out_dir": Field("str", None, help="run directory (default runs/<name>)"),
+        "seed": Field("int", 0, help="data order, model initialisation and every method's seed"),
+        "threads": Field("int", 1, help="torch CPU threads during the run (0: torch's default)"),
+        "data": {
+            "authors": Field("int", 20, help="fictitious authors (forget10 = the last ceil(10%) of them)"),
+            "n_real_authors": Field("int", 8, help="held 'real authors' utility set size"),
+            "n_world_facts": Field("int", 18, help="held 'world facts' utility set size"),
+            "vocab_size": Field("int", 2048, help="byte-level BPE vocabulary trained on the data"),
+        },
+        "model": {
+            "name": Field("str", "llama", help="a builder of unlearnx.models.lm (available_lms())"),
+            "hidden": Field("int", 64), "layers": Field("int", 2), "heads": Field("int", 4),
+            "kwargs": Field("dict", {}, help="other builder arguments (e.g. experts, top_k for moe)"),
+        },
+        "train": {"epochs": Field("int", 30), "lr": Field("number", 2e-3), "batch_size": Field("int", 16)},
+        "methods": Field("any", list(LLM_DEMO_METHODS),
+                         help="list of method names or {name, label?, optional?, <hparams>}; hyper-parameters "
+                              "default to BASE_HPARAMS and METHOD_HPARAMS (tiny-model values)"),
+        "eval": {"retain_subset": Field("int", 60, help="retain QA scored for model utility"),
+                 "max_new_tokens": Field("int", 48, help="greedy answer length for ROUGE")},
+    }
+
+
+def validate_llm_config(config: Mapping) -> dict:
+    """Check an LLM experiment config (`task: llm`) and return a complete copy with defaults.
+
+    Adds "_methods" ([{label, method, hparams}], hparams = BASE_HPARAMS < METHOD_HPARAMS < the
+    entry's own, limited to the method's hyper-parameters; each method is instantiated once so bad
+    values fail here, before any work) and "_skipped". Raises ConfigError naming the key.
+    """
+    import unlearnx as ux
+    from unlearnx.experiment import ConfigError, _suggest, _validate_methods, _validate_section
+    from unlearnx.models.lm import available_lms
+
+    cfg = _validate_section({k: v for k, v in config.items() if not str(k).startswith("_")}, _llm_schema(), "")
+    if cfg["out_dir"] is None:
+        cfg["out_dir"] = str(Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", cfg["name"]))
+    for path, value, low in (("threads", cfg["threads"], 0), ("data.authors", cfg["data"]["authors"], 2),
+                             ("data.vocab_size", cfg["data"]["vocab_size"], 300),
+                             ("data.n_real_authors", cfg["data"]["n_real_authors"], 0),
+                             ("data.n_world_facts", cfg["data"]["n_world_facts"], 0),
+                             ("model.hidden", cfg["model"]["hidden"], 1), ("model.layers", cfg["model"]["layers"], 1),
+                             ("model.heads", cfg["model"]["heads"], 1), ("train.epochs", cfg["train"]["epochs"], 1),
+                             ("train.batch_size", cfg["train"]["batch_size"], 1),
+                             ("eval.retain_subset", cfg["eval"]["retain_subset"], 1),
+                             ("eval.max_new_tokens", cfg["eval"]["max_new_tokens"], 1)):
+        if value < low:
+            raise ConfigError(f"config key {path!r}: expected an integer >= {low}, got {value}")
+    if not cfg["train"]["lr"] > 0:
+        raise ConfigError(f"config key 'train.lr': expected a number > 0, got {cfg['train']['lr']}")
+    if cfg["model"]["name"] not in available_lms():
+        raise ConfigError(f"config key 'model.name': unknown model {cfg['model']['name']!r}"
+                          f"{_suggest(cfg['model']['name'], available_lms())}")
+    clash = sorted(set(cfg["model"]["kwargs"]) & {"hidden", "layers", "heads", "vocab_size", "tokenizer", "seed"})
+    if clash:
+        raise ConfigError(f"config key 'model.kwargs': {clash} are set elsewhere (model.hidden/layers/heads; the "
+                          "vocabulary comes from the tokenizer, the seed from 'seed')")
+    methods, skipped = _validate_methods(cfg["methods"], task="causal_lm")
+    for i, entry in enumerate(methods):
+        cls = ux.methods.get(entry["method"], task="causal_lm")
+        base = {k: v for k, v in {**BASE_HPARAMS, **METHOD_HPARAMS.get(entry["method"], {})}.items()
+                if k in cls.defaults}
+        entry["hparams"] = {**base, **entry["hparams"]}
+        try:
+            cls(**entry["hparams"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config key 'methods[{i}]' ({entry['method']}): {exc}") from None
+    cfg["_methods"], cfg["_skipped"] = methods, skipped
+    return cfg
+
+
+def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None, seed: int = 0,
+                    out_dir: str = "runs/demo-llm") -> dict:
+    """The demo's configuration (an LLM experiment config, see `validate_llm_config`).
 
     quick: fewer authors and epochs and a smaller evaluation (under 5 minutes on 2 CPU cores).
     methods: unlearning methods to run (default `LLM_DEMO_METHODS`, each skipped with a note when
@@ -90,10 +169,13 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
              "max_new_tokens": 24} if quick else
             {"authors": 20, "epochs": 30, "n_real_authors": 8, "n_world_facts": 18, "eval_retain": 60,
              "max_new_tokens": 48})
+    entries = ([{"name": m} for m in methods] if methods is not None
+               else [{"name": m, "optional": True} for m in LLM_DEMO_METHODS])
     return {
+        "task": "llm",
         "name": f"LLM demo: forget10 of {size['authors']} fictitious authors, tiny Llama"
                 + (" (quick)" if quick else ""),
-        "quick": quick,
+        "out_dir": str(out_dir),
         "seed": seed,
         # One torch thread: the models are tiny, so intra-op threads mostly add synchronisation.
         "threads": 1,
@@ -101,8 +183,7 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
                  "n_world_facts": size["n_world_facts"], "vocab_size": 2048},
         "model": {"name": "llama", "hidden": 64, "layers": 2, "heads": 4},
         "train": {"epochs": size["epochs"], "lr": 2e-3, "batch_size": 16},
-        "methods": list(methods) if methods is not None else list(LLM_DEMO_METHODS),
-        "methods_explicit": methods is not None,
+        "methods": entries,
         "eval": {"retain_subset": size["eval_retain"], "max_new_tokens": size["max_new_tokens"]},
     }
 
@@ -184,52 +265,44 @@ def _epoch_means(losses: Sequence[float], epochs: int) -> list[float]:
 
 
 class _Steps:
-    """Cached steps of one run directory: models/<label>.safetensors + models/<label>.json."""
+    """Cached steps of one run directory: models/<label>.safetensors + models/<label>.json.
 
-    def __init__(self, out: Path, echo: Callable[[str], None]):
-        self.out, self.echo = out, echo
+    eval_only: never compute; a step without a matching saved model raises FileNotFoundError.
+    """
+
+    def __init__(self, out: Path, echo: Callable[[str], None], *, eval_only: bool = False):
+        self.out, self.echo, self.eval_only = out, echo, eval_only
         self.cached: list[str] = []
 
     def run(self, label: str, key: str, fresh_model: Callable[[], torch.nn.Module],
             compute: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[torch.nn.Module, dict]:
         """Load step `label` when its record matches `key` and its weights' sha256, else compute it
         (compute() -> (model, record)) and save weights then record (a record always points at
-        complete weights)."""
+        complete weights). A result that is not a `fresh_model()` (an inference-time wrapper such
+        as ULD's target + assistant or a prompt guard) is saved for inspection but recomputed on a
+        rerun: it cannot be rebuilt from its weights alone."""
         from unlearnx.experiment import _file_sha256
         from unlearnx.report import atomic_write_json, load_state_dict, read_json, save_state_dict
 
         weights, rec_path = self.out / "models" / f"{label}.safetensors", self.out / "models" / f"{label}.json"
         rec = read_json(rec_path)
-        if rec is not None and rec.get("key") == key and weights.is_file() and _file_sha256(weights) == rec.get("sha256"):
+        if (rec is not None and rec.get("key") == key and rec.get("reloadable", True) and weights.is_file()
+                and _file_sha256(weights) == rec.get("sha256")):
             self.echo(f"{label}: reusing {weights.relative_to(self.out)}")
             self.cached.append(label)
             return load_state_dict(fresh_model(), weights).eval(), rec
+        if self.eval_only:
+            why = "its result is a wrapper model that is not stored" if rec is not None and not rec.get(
+                "reloadable", True) else "it is missing or was made with another config"
+            raise FileNotFoundError(f"{label}: no saved model to evaluate at {weights} ({why}); run `unlearnx run` first")
         model, rec = compute()
-        rec = {"label": label, "key": key, **rec}
+        rec = {"label": label, "key": key, **rec, "reloadable": type(model) is type(fresh_model())}
         save_state_dict(model, weights, metadata={"unlearnx_step": label, "key": key})
         rec["sha256"] = _file_sha256(weights)
         rec["model_file"] = str(weights.relative_to(self.out))
         rec["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(rec_path, rec)
         return model.eval(), rec
-
-
-def _resolve_methods(cfg: dict) -> tuple[list[str], list[dict]]:
-    import unlearnx as ux
-
-    registered = set(ux.methods.available(task="causal_lm"))
-    if cfg["methods_explicit"]:
-        unknown = [m for m in cfg["methods"] if m not in registered]
-        if unknown:
-            raise ValueError(f"methods: {', '.join(map(repr, unknown))} not registered for LLMs; available: "
-                             f"{', '.join(sorted(registered))}")
-        if len(set(cfg["methods"])) != len(cfg["methods"]):
-            raise ValueError(f"methods: duplicate names in {cfg['methods']}")
-        return list(cfg["methods"]), []
-    run = [m for m in cfg["methods"] if m in registered]
-    skipped = [{"method": m, "reason": "not registered in this installation"} for m in cfg["methods"]
-               if m not in registered]
-    return run, skipped
 
 
 def _tofu_row(tofu, mu_target: float | None) -> dict:
@@ -280,7 +353,7 @@ def _write_report(results: dict, out: Path) -> None:
         ("h", 1, f"unlearnx report: {results['name']}"),
         ("p", (f"TOFU-style unlearning (Maini et al. 2024) on the built-in fictitious authors: forget10 = "
                f"{d['n_forget']} QA of {d['forget_authors']} author(s), retain90 = {d['n_retain']} QA, held sets "
-               f"{d['held']}; tiny Llama (hidden {cfg['model']['hidden']}, {cfg['model']['layers']} layers) "
+               f"{d['held']}; tiny {cfg['model']['name']} (hidden {cfg['model']['hidden']}, {cfg['model']['layers']} layers) "
                f"trained {cfg['train']['epochs']} epochs. **Retrain** is the retain oracle (same recipe without "
                f"the forget authors); **target** is the model before unlearning. Utility is measured on the "
                f"first {cfg['eval']['retain_subset']} retain QA and the held sets; greedy answers of "
@@ -311,29 +384,32 @@ def _write_report(results: dict, out: Path) -> None:
     atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
 
 
-def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Sequence[str] | None = None,
-                 quiet: bool = False, seed: int = 0, echo: Callable[[str], None] | None = None) -> dict:
-    """Run the LLM demo (see the module docstring) into `out_dir`; return the results dict.
+def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_only: bool = False,
+                       echo: Callable[[str], None] | None = None) -> dict:
+    """Run an LLM experiment (`task: llm` config, see `validate_llm_config`) into `out_dir`
+    (default: the config's out_dir); return the results dict.
 
-    Writes results.json, report.md, report.html, plots/*.png, models/*.safetensors (+ records)
-    and cache/ (metric values). Raises ValueError naming the argument for bad input (e.g. an
-    unregistered method named in `methods`).
+    Trains (or reloads) the target and the retain oracle, runs every method on a copy of the
+    target, evaluates all of them with the TOFU metrics against the oracle, and writes
+    results.json, report.md, report.html, plots/*.png, models/*.safetensors (+ records) and cache/
+    (metric values). eval_only: never train or unlearn (FileNotFoundError naming a missing model).
     """
     import unlearnx as ux
     from unlearnx.eval.llm import MetricCache, evaluate_tofu
-    from unlearnx.experiment import machine, versions
+    from unlearnx.experiment import ConfigError, machine, versions
     from unlearnx.report import atomic_write_json
 
-    cfg = llm_demo_config(quick=quick, methods=methods, seed=seed)
-    method_names, skipped = _resolve_methods(cfg)
-    out = Path(out_dir)
+    cfg = validate_llm_config(config)
+    out = Path(out_dir if out_dir is not None else cfg["out_dir"])
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir: {out} exists and is not a directory")
+        raise ConfigError(f"out_dir: {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     echo = (lambda msg: None) if quiet else (echo or (lambda msg: print(msg, file=sys.stderr, flush=True)))
+    seed, entries = cfg["seed"], cfg["_methods"]
     start = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg["threads"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
     try:
         mach = machine()
         timings: dict[str, float] = {}
@@ -343,7 +419,7 @@ def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Seque
         tok = build_demo_tokenizer(data, vocab_size=dc["vocab_size"])
         held = [i for v in data["held"].values() for i in v]
         timings["data_tokenizer_s"] = time.perf_counter() - t0
-        steps = _Steps(out, echo)
+        steps = _Steps(out, echo, eval_only=eval_only)
         base_key = (cfg["data"], cfg["model"], cfg["train"], seed)
         train_sets = {
             "target": data["forget"] + data["retain"] + held + data["forget_bios"] + data["retain_bios"],
@@ -351,44 +427,46 @@ def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Seque
         }
         from unlearnx.models.lm import build_lm
 
+        model_kw = {**{k: v for k, v in cfg["model"].items() if k not in ("name", "kwargs")}, **cfg["model"]["kwargs"]}
+
         def fresh():
-            return build_lm(cfg["model"]["name"], tokenizer=tok, seed=seed,
-                            **{k: v for k, v in cfg["model"].items() if k != "name"})
+            return build_lm(cfg["model"]["name"], tokenizer=tok, seed=seed, **model_kw)
 
         runs, models = {}, {}
         for label, items in train_sets.items():
             def compute(label=label, items=items):
                 echo(f"{label}: training on {len(items)} QA items / texts for {cfg['train']['epochs']} epochs")
                 t = time.perf_counter()
-                model, losses = train_lm(tok, items, model=cfg["model"], train=cfg["train"], seed=seed,
-                                         progress=not quiet)
+                model, losses = train_lm(tok, items, model={"name": cfg["model"]["name"], **model_kw},
+                                         train=cfg["train"], seed=seed, progress=not quiet)
                 return model, {"seconds": time.perf_counter() - t,
                                "loss_curve": _epoch_means(losses, cfg["train"]["epochs"])}
 
             models[label], runs[label] = steps.run(label, _key("train", label, base_key), fresh, compute)
             timings[f"train {label}_s"] = runs[label]["seconds"]
 
-        for name in method_names:
-            hp = {**BASE_HPARAMS, **METHOD_HPARAMS.get(name, {})}
+        for entry in entries:
+            label, name, hp = entry["label"], entry["method"], entry["hparams"]
 
             def compute(name=name, hp=hp):
                 echo(f"{name}: unlearning forget10 ({len(data['forget'])} QA) with {hp}")
                 res = ux.unlearn(copy.deepcopy(models["target"]), name, forget=data["forget"],
-                                 retain=data["retain"], tokenizer=tok, progress=not quiet, **hp)
+                                 retain=data["retain"], tokenizer=tok, seed=seed, progress=not quiet, **hp)
                 curve = res.log.get("loss") if isinstance(res.log, dict) else None
-                return res.model, {"seconds": res.seconds, "hparams": res.hparams,
+                return res.model, {"method": name, "seconds": res.seconds, "hparams": res.hparams,
                                    "loss_curve": [float(v) for v in curve] if curve else []}
 
-            models[name], runs[name] = steps.run(name, _key("unlearn", name, hp, base_key, runs["target"]["sha256"]),
-                                                 fresh, compute)
-            timings[f"unlearn {name}_s"] = runs[name]["seconds"]
+            models[label], runs[label] = steps.run(label, _key("unlearn", name, hp, base_key, runs["target"]["sha256"]),
+                                                   fresh, compute)
+            timings[f"unlearn {label}_s"] = runs[label]["seconds"]
 
         # Evaluation: the oracle first (its per-item forget truth ratios are every model's KS reference).
         cache = MetricCache(out / "cache")
         ev = cfg["eval"]
         t0 = time.perf_counter()
         tofu = {}
-        for label in ["Retrain", "target", *method_names]:
+        labels = [e["label"] for e in entries]
+        for label in ["Retrain", "target", *labels]:
             echo(f"{label}: TOFU evaluation")
             tofu[label] = evaluate_tofu(models[label], tok, forget=data["forget"],
                                         retain=data["retain"][:ev["retain_subset"]], held=data["held"],
@@ -397,22 +475,25 @@ def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Seque
         timings["evaluation_s"] = time.perf_counter() - t0
         mu_target = tofu["target"]["model_utility"]
         rows = {label: _tofu_row(tofu[label], mu_target) for label in tofu}
-        for name in method_names:
-            rows[name]["unlearn_s"] = runs[name]["seconds"]
+        for label in labels:
+            rows[label]["unlearn_s"] = runs[label]["seconds"]
     finally:
         torch.set_num_threads(threads)
     timings["total_s"] = time.perf_counter() - start
+    public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     results = {
         "format": "unlearnx-llm-results/1",
+        "task": "llm",
         "name": cfg["name"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "config_key": _key(cfg),
+        "command": "eval" if eval_only else "run",
+        "config_key": _key(public_cfg),
         "data": {"n_forget": len(data["forget"]), "n_retain": len(data["retain"]),
                  "forget_authors": len(data["forget_bios"]), "n_holdout": len(data["holdout"]),
                  "held": {k: len(v) for k, v in data["held"].items()}},
         "rows": rows,
-        "methods": method_names,
-        "skipped": skipped,
+        "methods": labels,
+        "skipped": cfg["_skipped"],
         "runs": runs,
         "tofu": {label: {"aggregate": r.aggregate,
                          "forget_truth_ratio_raw": r.per_item["forget/truth_ratio_raw"]} for label, r in tofu.items()},
@@ -421,8 +502,17 @@ def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Seque
         "timings": timings,
         "versions": versions(),
         "machine": mach,
-        "config": cfg,
+        "config": public_cfg,
     }
     atomic_write_json(out / "results.json", results)
     _write_report(results, out)
     return results
+
+
+def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Sequence[str] | None = None,
+                 quiet: bool = False, seed: int = 0, echo: Callable[[str], None] | None = None) -> dict:
+    """Run the LLM demo (`llm_demo_config`, see the module docstring) into `out_dir`; return the
+    results dict. Raises ValueError naming the argument for bad input (e.g. an unregistered method
+    named in `methods`)."""
+    return run_llm_experiment(llm_demo_config(quick=quick, methods=methods, seed=seed, out_dir=str(out_dir)),
+                              quiet=quiet, echo=echo)

@@ -1,0 +1,80 @@
+"""`unlearnx run` / `eval` with LLM configs (task: llm): validation before any work, a tiny run end
+to end, resume and re-evaluation."""
+import json
+
+import pytest
+import yaml
+
+from unlearnx import cli
+from unlearnx.experiment import ConfigError, load_config, validate_config
+
+
+def tiny(out, **extra):
+    cfg = {"task": "llm", "name": "tiny-llm", "out_dir": str(out), "seed": 0,
+           "data": {"authors": 4, "n_real_authors": 2, "n_world_facts": 4, "vocab_size": 600},
+           "model": {"name": "llama", "hidden": 32, "layers": 1, "heads": 2},
+           "train": {"epochs": 4, "lr": 3e-3, "batch_size": 16},
+           "methods": [{"name": "ga", "epochs": 2}, {"name": "npo", "label": "NPO-b0.2", "beta": 0.2, "epochs": 2}],
+           "eval": {"retain_subset": 8, "max_new_tokens": 8}}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.update(trian={}), "did you mean 'train'"),
+    (lambda c: c["model"].update(name="llamma"), "model.name"),
+    (lambda c: c.update(methods=["npo", "no_such_method"]), "no_such_method"),
+    (lambda c: c.update(methods=[{"name": "npo", "betta": 0.1}]), "methods[0].betta"),
+    (lambda c: c.update(methods=[{"name": "npo", "beta": "high"}]), "methods[0].beta"),
+    (lambda c: c.update(methods=[{"name": "npo", "lr": -1.0}]), "methods[0]"),
+    (lambda c: c.update(methods=["npo", "npo"]), "duplicate"),
+    (lambda c: c["data"].update(authors=1), "data.authors"),
+    (lambda c: c["model"].update(kwargs={"layers": 3}), "model.kwargs"),
+    (lambda c: c.update(task="vision"), "task"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    cfg = tiny(tmp_path / "out")
+    change(cfg)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_config(cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hyper_parameters_layer_defaults_and_entry_values(tmp_path):
+    cfg = validate_config(tiny(tmp_path))
+    ga, npo = cfg["_methods"]
+    assert ga == {"label": "ga", "method": "ga", "hparams": {"lr": 1e-3, "epochs": 2, "batch_size": 8}}
+    assert npo["label"] == "NPO-b0.2" and npo["hparams"]["beta"] == 0.2 and npo["hparams"]["lr"] == 1e-3
+
+
+def test_shipped_llm_configs_validate():
+    for path in ("configs/llm/tofu_forget10.yaml", "configs/llm/moe_uoe.yaml"):
+        cfg = load_config(path)
+        assert cfg["task"] == "llm" and cfg["_methods"]
+
+
+@pytest.mark.slow
+def test_tiny_llm_run_end_to_end_resume_and_eval(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny(tmp_path / "out")))
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["rows"]) == ["Retrain", "target", "ga", "NPO-b0.2"]
+    assert results["runs"]["NPO-b0.2"]["hparams"]["beta"] == 0.2
+    for label in results["rows"]:
+        assert f"| {label} |" in printed and (out / "models" / f"{label}.safetensors").is_file()
+    rows = results["rows"]
+    assert rows["Retrain"]["forget_quality"] == 1.0
+    assert rows["ga"]["forget_prob"] < rows["target"]["forget_prob"]  # gradient ascent moved the forget set
+    # A rerun reuses every step; `eval` re-evaluates the stored models without training.
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert sorted(again["cached_steps"]) == sorted(results["rows"]) and again["rows"] == rows
+    assert cli.main(["eval", str(path), "--quiet"]) == 0
+    ev = json.loads((out / "results.json").read_text())
+    assert ev["command"] == "eval" and ev["rows"] == rows
+    # eval on a config whose steps never ran fails naming the missing model, without training.
+    assert cli.main(["eval", str(path), "train.epochs=5", "--quiet"]) == 2
+    assert "no saved model" in capsys.readouterr().err
