@@ -86,15 +86,16 @@ template <int L, typename T>
 __attribute__((always_inline)) inline void router_transpose_rows(const T* const* rows, int64_t E, float* blk) {
   int64_t e0 = 0;
 #ifdef __AVX512F__
-  if constexpr (L == 16)
-  for (; e0 + L <= E; e0 += L) {
-    RouterVec16 r[L];
-    for (int l = 0; l < L; ++l) r[l] = router_load16(rows[l] + e0);
-    router_transpose_stage<0>(r);
-    router_transpose_stage<1>(r);
-    router_transpose_stage<2>(r);
-    router_transpose_stage<3>(r);
-    for (int c = 0; c < L; ++c) router_store(blk + (e0 + c) * L, r[c]);
+  if constexpr (L == 16) {
+    for (; e0 + L <= E; e0 += L) {
+      RouterVec16 r[L];
+      for (int l = 0; l < L; ++l) r[l] = router_load16(rows[l] + e0);
+      router_transpose_stage<0>(r);
+      router_transpose_stage<1>(r);
+      router_transpose_stage<2>(r);
+      router_transpose_stage<3>(r);
+      for (int c = 0; c < L; ++c) router_store(blk + (e0 + c) * L, r[c]);
+    }
   }
 #endif
   for (int l = 0; l < L; ++l)
