@@ -15,7 +15,8 @@ from unlearnx import _native
 
 # Hot loops of the per-ISA kernel files (csrc/cpu/isa/*_isa.cpp), matched by name inside each
 # ISA's namespace: each must be vector code (entry points may delegate to inner helpers).
-VECTOR_KERNELS = ("ssd_dampen", "micro_tile", "grad_sq_accum", "hist_top", "mask_bytes", "restore_span", "token_stats")
+VECTOR_KERNELS = ("ssd_dampen", "micro_tile", "grad_sq_accum", "hist_top", "mask_bytes", "restore_span", "token_stats",
+                  "router_stats")
 
 pytestmark = pytest.mark.skipif(not _native.native_loaded(), reason="native library not built")
 

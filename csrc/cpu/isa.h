@@ -83,3 +83,15 @@ struct f16_bits;
 UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(base)
 UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(avx2)
 UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(avx512)
+
+// moe_router_stats_ (csrc/cpu/isa/router_stats_isa.cpp): one chunk of router logits -> [2][4][E] sums.
+#define UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(ns)                                                          \
+  namespace unlearnx::cpu::ns {                                                                           \
+  void router_stats_chunk_f32(const float* z, const int64_t* flags, int64_t n, int64_t E, int64_t k,       \
+                              bool normalize, float* work, int32_t* topi, int32_t* order, float* acc);     \
+  void router_stats_chunk_bf16(const bf16_bits* z, const int64_t* flags, int64_t n, int64_t E, int64_t k,  \
+                               bool normalize, float* work, int32_t* topi, int32_t* order, float* acc);    \
+  }
+UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(base)
+UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(avx2)
+UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(avx512)

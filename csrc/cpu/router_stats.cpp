@@ -1,6 +1,7 @@
 // CPU implementation of unlearnx::moe_router_stats_ (schema in csrc/registration.cpp).
-// One CPU file (no per-ISA entry points): a token's work is E exps, an insertion top-k and E-wide sums
-// the compiler vectorizes at the base ISA; threads split the tokens.
+// Threads split the tokens into fixed chunks; each chunk runs the per-ISA kernel
+// (csrc/cpu/isa/router_stats_isa.cpp, body in csrc/include/unlearnx/router_stats.h: one token per
+// vector lane).
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "isa.h"
 #include "unlearnx/router_stats.h"
 
 namespace unlearnx {
@@ -39,28 +41,25 @@ void moe_router_stats_cpu(Tensor stats, Tensor logits, Tensor flags, int64_t top
            "; allowed: 0 (ignore), 1 (forget), 2 (retain)");
   if (T == 0) return;
 
-  // Fixed chunks of 1024 tokens (independent of the thread count): fp32 sums within a chunk (exact
-  // counts; < 1024 terms), fp64 across chunks in chunk order -> deterministic, accurate at 1e6+ tokens.
-  const int64_t chunk = 1024;
+  // Fixed chunks of kRouterChunk = 1024 tokens (independent of the thread count): fp32 sums within
+  // a chunk (exact counts; < 1024 terms), fp64 across chunks in chunk order -> deterministic,
+  // accurate at 1e6+ tokens.
+  const int64_t chunk = kRouterChunk;
   const int64_t nchunks = (T + chunk - 1) / chunk;
   const int64_t G = 2 * 4 * E;  // per chunk: group x {cnt, gate, ps, ps2} x E
   std::vector<double> part(static_cast<size_t>(nchunks) * G, 0.0);
   const void* z = logits.const_data_ptr();
   torch::stable::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> p(E), topv(top_k), acc(G);
-    std::vector<int64_t> topi(top_k);
+    std::vector<float> work(static_cast<size_t>(router_stats_work_floats(E, top_k))), acc(G);
+    std::vector<int32_t> topi(static_cast<size_t>(top_k * kRouterMaxLanes)), order(static_cast<size_t>(chunk));
     for (int64_t c = c0; c < c1; ++c) {
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t = c * chunk, t1 = std::min(T, (c + 1) * chunk); t < t1; ++t) {
-        if (fl[t] == 0) continue;
-        float* a = acc.data() + (fl[t] - 1) * 4 * E;
-        if (st == ScalarType::Float)
-          router_stats_token(static_cast<const float*>(z) + t * E, E, top_k, normalize_topk, p.data(), topv.data(),
-                             topi.data(), a, a + E, a + 2 * E, a + 3 * E);
-        else
-          router_stats_token(static_cast<const bf16_bits*>(z) + t * E, E, top_k, normalize_topk, p.data(),
-                             topv.data(), topi.data(), a, a + E, a + 2 * E, a + 3 * E);
-      }
+      const int64_t t0 = c * chunk, n = std::min(T, t0 + chunk) - t0;
+      if (st == ScalarType::Float)
+        UNLEARNX_ISA_DISPATCH(router_stats_chunk_f32, static_cast<const float*>(z) + t0 * E, fl + t0, n, E, top_k,
+                              normalize_topk, work.data(), topi.data(), order.data(), acc.data());
+      else
+        UNLEARNX_ISA_DISPATCH(router_stats_chunk_bf16, static_cast<const bf16_bits*>(z) + t0 * E, fl + t0, n, E,
+                              top_k, normalize_topk, work.data(), topi.data(), order.data(), acc.data());
       double* dst = part.data() + c * G;
       for (int64_t i = 0; i < G; ++i) dst[i] = acc[i];
     }

@@ -16,7 +16,7 @@ def _batch(b=3, t=11, seed=0):
     return ids, mask, labels
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "moe"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "moe", "mixtral", "olmoe", "deepseek"])
 def test_forward_backward(name):
     model = build_lm(name, vocab_size=VOCAB)
     ids, mask, labels = _batch()
@@ -32,7 +32,7 @@ def test_forward_backward(name):
     assert sum(g > 0 for g in grads) >= 0.9 * len(grads)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "moe"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "moe", "mixtral", "olmoe", "deepseek"])
 def test_seeded_init_and_global_rng_untouched(name):
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -97,7 +97,7 @@ def test_build_lm_from_tokenizer_and_errors():
     model = build_lm("llama", tokenizer=Tok())
     assert model.config.vocab_size == 50 and model.config.pad_token_id == 5 and model.config.eos_token_id == 7
     assert model.generation_config.eos_token_id == 7
-    assert available_lms() == ["gpt2", "llama", "moe"]
+    assert available_lms() == ["deepseek", "gpt2", "llama", "mixtral", "moe", "olmoe"]
     with pytest.raises(ValueError, match="name"):
         build_lm("bert", vocab_size=10)
     with pytest.raises(ValueError, match="vocab_size"):

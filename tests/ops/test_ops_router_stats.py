@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,6 +83,50 @@ def test_ties_go_to_lower_expert_index():
     # the gate-weight values agree with torch.topk's (which may pick 1 and 3 instead)
     want = truth(logits, flags, 2)
     assert abs(float(got[0, :, 1].sum()) - float(want[0, :, 1].sum())) < 1e-6
+
+
+@native
+def test_thread_count_does_not_change_the_result():
+    # fixed 1024-token chunks, fp64 across chunks in chunk order: bit-identical for any thread count
+    logits, flags = make(5000, 24, seed=4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run(logits, flags, 3)
+        torch.set_num_threads(2)
+        two = run(logits, flags, 3)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@native
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+def test_every_compiled_isa_matches_reference(isa):
+    # The ISA is chosen once per process, so each one runs in its own interpreter. Shapes: E below,
+    # at and above a vector width (4 / 8 / 16 lanes) and the 16 x 16 transpose tile, ragged token
+    # blocks, top-k up to E, ties, -inf logits; counts must be exact.
+    code = (
+        "import torch, unlearnx; from unlearnx import _native\n"
+        "from unlearnx.ops.router_stats import moe_router_stats_reference as r\n"
+        "g=torch.Generator().manual_seed(2)\n"
+        "for dt in (torch.float32, torch.bfloat16):\n"
+        "  for T, E, k in ((1, 1, 1), (37, 3, 2), (1100, 8, 2), (203, 16, 16), (77, 17, 5), (300, 64, 6), (50, 130, 8)):\n"
+        "    z=(torch.randn(T, E, generator=g)*3).to(dt); f=torch.randint(0, 3, (T,), generator=g)\n"
+        "    z[::7, : max(1, E // 2)] = 1.0; z[1::9, -1] = float('-inf')\n"
+        "    for norm in (True, False):\n"
+        "      s=torch.zeros(2, E, 4); torch.ops.unlearnx.moe_router_stats_(s, z, f, k, norm)\n"
+        "      w=r(z.double(), f, k, norm)\n"
+        "      assert torch.equal(s[..., 0].double(), w[..., 0]), (dt, T, E, k)\n"
+        "      assert torch.allclose(s.double(), w, rtol=1e-5, atol=1e-4), (dt, T, E, k, (s.double()-w).abs().max())\n"
+        "print(_native.build_info()['cpu_isa_active'])\n"
+    )
+    env = dict(os.environ, UNLEARNX_CPU_ISA=isa)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    active = out.stdout.strip().splitlines()[-1]
+    if active != isa:
+        pytest.skip(f"this CPU cannot run {isa} (ran {active})")
 
 
 def test_float64_uses_reference():

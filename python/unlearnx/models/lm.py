@@ -10,6 +10,15 @@ Three architectures cover the layer types the LLM unlearning methods touch:
                  `mlp.experts.gate_up_proj` [E, 2*I, H] and `mlp.experts.down_proj` [E, H, I];
                  the router is `mlp.gate.weight` [E, H]; the shared expert is `mlp.shared_expert`.
                  Pass `output_router_logits=True` to the forward to get per-layer router logits.
+    tiny_mixtral MixtralForCausalLM: top-k routed experts, no shared expert, softmax router with the
+                 top-k weights always renormalized.
+    tiny_olmoe   OlmoeForCausalLM: like Mixtral, but the top-k weights are the raw softmax
+                 probabilities (OLMoE's `norm_topk_prob=False`).
+    tiny_deepseek DeepseekV3ForCausalLM: multi-head latent attention, the first `dense_layers`
+                 decoder layers dense, then sigmoid-scored routers (`mlp.gate`, with DeepSeek-V3's
+                 `e_score_correction_bias` buffer) and `mlp.shared_experts` in every MoE layer.
+    All four MoE families store a layer's routed experts fused as above (`experts.gate_up_proj`,
+    `experts.down_proj`), and their routers return (logits [N, E], top-k weights, top-k indices).
 
 Initialization is seeded and leaves the global torch RNG untouched. Special-token ids default to
 those of `unlearnx.data.text.build_tokenizer` (pad 0, bos 2, eos 3); `build_lm(name,
@@ -21,7 +30,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["tiny_llama", "tiny_gpt2", "tiny_moe", "build_lm", "available_lms"]
+__all__ = ["tiny_llama", "tiny_gpt2", "tiny_moe", "tiny_mixtral", "tiny_olmoe", "tiny_deepseek", "build_lm",
+           "available_lms"]
 
 _PAD, _BOS, _EOS = 0, 2, 3
 
@@ -35,6 +45,13 @@ def _check_positive(**kwargs) -> None:
 def _check_heads(hidden: int, heads: int) -> None:
     if hidden % heads:
         raise ValueError(f"heads: hidden={hidden} must be divisible by heads={heads}")
+
+
+def _check_moe(*, hidden: int, heads: int, experts: int, top_k: int, **sizes) -> None:
+    _check_positive(hidden=hidden, heads=heads, experts=experts, top_k=top_k, **sizes)
+    _check_heads(hidden, heads)
+    if top_k > experts:
+        raise ValueError(f"top_k: {top_k} exceeds experts={experts}")
 
 
 def _seeded(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -108,12 +125,9 @@ def tiny_moe(vocab_size: int, *, hidden: int = 64, layers: int = 4, heads: int =
 
     expert_intermediate = 2 * hidden if expert_intermediate is None else expert_intermediate
     shared_intermediate = 2 * hidden if shared_intermediate is None else shared_intermediate
-    _check_positive(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, experts=experts,
-                    top_k=top_k, expert_intermediate=expert_intermediate,
-                    shared_intermediate=shared_intermediate, max_positions=max_positions)
-    _check_heads(hidden, heads)
-    if top_k > experts:
-        raise ValueError(f"top_k: {top_k} exceeds experts={experts}")
+    _check_moe(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, experts=experts, top_k=top_k,
+               expert_intermediate=expert_intermediate, shared_intermediate=shared_intermediate,
+               max_positions=max_positions)
     config = Qwen2MoeConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                             num_attention_heads=heads, num_key_value_heads=heads, num_experts=experts,
                             num_experts_per_tok=top_k, moe_intermediate_size=expert_intermediate,
@@ -126,7 +140,91 @@ def tiny_moe(vocab_size: int, *, hidden: int = 64, layers: int = 4, heads: int =
     return _seeded(lambda: Qwen2MoeForCausalLM(config), seed)
 
 
-_BUILDERS: dict[str, Callable] = {"llama": tiny_llama, "gpt2": tiny_gpt2, "moe": tiny_moe}
+def tiny_mixtral(vocab_size: int, *, hidden: int = 64, layers: int = 4, heads: int = 4, experts: int = 4,
+                 top_k: int = 2, expert_intermediate: int | None = None, max_positions: int = 512, seed: int = 0,
+                 pad_token_id: int = _PAD, bos_token_id: int = _BOS, eos_token_id: int = _EOS,
+                 attn_implementation: str = "sdpa"):
+    """A small `MixtralForCausalLM`: `experts` routed experts per layer, top `top_k`, gate weights
+    renormalized over the top k; no shared expert. `expert_intermediate` defaults to 2 * hidden.
+    """
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    expert_intermediate = 2 * hidden if expert_intermediate is None else expert_intermediate
+    _check_moe(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, experts=experts, top_k=top_k,
+               expert_intermediate=expert_intermediate, max_positions=max_positions)
+    config = MixtralConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=expert_intermediate,
+                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                           num_local_experts=experts, num_experts_per_tok=top_k, max_position_embeddings=max_positions,
+                           tie_word_embeddings=False, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+                           eos_token_id=eos_token_id, attn_implementation=attn_implementation)
+    return _seeded(lambda: MixtralForCausalLM(config), seed)
+
+
+def tiny_olmoe(vocab_size: int, *, hidden: int = 64, layers: int = 4, heads: int = 4, experts: int = 4,
+               top_k: int = 2, expert_intermediate: int | None = None, norm_topk_prob: bool = False,
+               max_positions: int = 512, seed: int = 0, pad_token_id: int = _PAD, bos_token_id: int = _BOS,
+               eos_token_id: int = _EOS, attn_implementation: str = "sdpa"):
+    """A small `OlmoeForCausalLM` (QK-norm attention; `norm_topk_prob=False` as in OLMoE: the gate
+    weights are the raw top-k softmax probabilities). `expert_intermediate` defaults to 2 * hidden.
+    """
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    expert_intermediate = 2 * hidden if expert_intermediate is None else expert_intermediate
+    _check_moe(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, experts=experts, top_k=top_k,
+               expert_intermediate=expert_intermediate, max_positions=max_positions)
+    if not isinstance(norm_topk_prob, bool):
+        raise ValueError(f"norm_topk_prob: must be a bool, got {norm_topk_prob!r}")
+    config = OlmoeConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=expert_intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         num_experts=experts, num_experts_per_tok=top_k, norm_topk_prob=norm_topk_prob,
+                         max_position_embeddings=max_positions, tie_word_embeddings=False,
+                         pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                         attn_implementation=attn_implementation)
+    return _seeded(lambda: OlmoeForCausalLM(config), seed)
+
+
+def tiny_deepseek(vocab_size: int, *, hidden: int = 64, layers: int = 4, heads: int = 4, experts: int = 4,
+                  top_k: int = 2, dense_layers: int = 1, shared_experts: int = 1,
+                  expert_intermediate: int | None = None, kv_rank: int | None = None,
+                  routed_scaling_factor: float = 2.5, max_positions: int = 512, seed: int = 0,
+                  pad_token_id: int = _PAD, bos_token_id: int = _BOS, eos_token_id: int = _EOS,
+                  attn_implementation: str = "sdpa"):
+    """A small `DeepseekV3ForCausalLM`: the first `dense_layers` decoder layers have a dense MLP
+    (4 * hidden), the others `experts` routed experts (top `top_k` of sigmoid scores, gate weights
+    renormalized over the top k and scaled by `routed_scaling_factor`) plus `shared_experts` shared
+    experts fused into one MLP. One expert group (no group-limited routing), no q compression,
+    latent KV rank `kv_rank` (hidden / 2), head dims hidden / heads split evenly between rotary and
+    non-rotary parts. `expert_intermediate` defaults to hidden.
+    """
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    expert_intermediate = hidden if expert_intermediate is None else expert_intermediate
+    kv_rank = hidden // 2 if kv_rank is None else kv_rank
+    _check_moe(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, experts=experts, top_k=top_k,
+               shared_experts=shared_experts, expert_intermediate=expert_intermediate, kv_rank=kv_rank,
+               max_positions=max_positions)
+    head_dim = hidden // heads
+    if head_dim % 4:
+        raise ValueError(f"heads: hidden / heads = {head_dim} must be a multiple of 4 (rotary half of each head)")
+    if not isinstance(dense_layers, int) or isinstance(dense_layers, bool) or not 0 <= dense_layers < layers:
+        raise ValueError(f"dense_layers: must be an int in [0, layers={layers}), got {dense_layers!r}")
+    if not isinstance(routed_scaling_factor, (int, float)) or routed_scaling_factor <= 0:
+        raise ValueError(f"routed_scaling_factor: must be a number > 0, got {routed_scaling_factor!r}")
+    config = DeepseekV3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden,
+                              moe_intermediate_size=expert_intermediate, num_hidden_layers=layers,
+                              num_attention_heads=heads, num_key_value_heads=heads, n_shared_experts=shared_experts,
+                              n_routed_experts=experts, num_experts_per_tok=top_k, n_group=1, topk_group=1,
+                              first_k_dense_replace=dense_layers, norm_topk_prob=True,
+                              routed_scaling_factor=float(routed_scaling_factor), kv_lora_rank=kv_rank,
+                              q_lora_rank=None, qk_rope_head_dim=head_dim // 2, qk_nope_head_dim=head_dim // 2,
+                              v_head_dim=head_dim, max_position_embeddings=max_positions, tie_word_embeddings=False,
+                              pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                              attn_implementation=attn_implementation)
+    return _seeded(lambda: DeepseekV3ForCausalLM(config), seed)
+
+
+_BUILDERS: dict[str, Callable] = {"llama": tiny_llama, "gpt2": tiny_gpt2, "moe": tiny_moe, "mixtral": tiny_mixtral,
+                                  "olmoe": tiny_olmoe, "deepseek": tiny_deepseek}
 
 
 def available_lms() -> list[str]:
@@ -135,10 +233,10 @@ def available_lms() -> list[str]:
 
 
 def build_lm(name: str, *, vocab_size: int | None = None, tokenizer=None, **kwargs):
-    """Build a tiny LM by name ("llama", "gpt2", "moe").
+    """Build a tiny LM by name ("llama", "gpt2", "moe", "mixtral", "olmoe", "deepseek").
 
     Give `vocab_size`, or a `tokenizer` from which the vocabulary size and the pad/bos/eos ids
-    are taken. Other keyword arguments go to the builder (tiny_llama, tiny_gpt2, tiny_moe).
+    are taken. Other keyword arguments go to the builder (tiny_llama, tiny_gpt2, tiny_moe, ...).
     """
     if name not in _BUILDERS:
         raise ValueError(f"name: unknown model {name!r}; expected one of {available_lms()}")

@@ -1,12 +1,24 @@
 """Per-(layer, expert) router attribution of a mixture-of-experts LM over forget / retain data.
 
-Routers are found generically: a module that owns both a ``gate`` submodule and an ``experts``
-submodule is a sparse MoE block, and its ``gate`` is the router (Qwen2-MoE's
-``Qwen2MoeTopKRouter``, Mixtral's / Qwen2-MoE 4.x's ``nn.Linear``). A forward hook on the router
-takes its router logits [N, E] (the output, or the first element of a tuple output) and feeds them
-to `unlearnx.ops.moe_router_stats_` with a per-token flag (0 for padding by the attention mask,
-1 forget, 2 retain). top-k and the renormalization come from the router (``top_k``,
-``norm_topk_prob``) or the model config (``num_experts_per_tok``, ``norm_topk_prob``).
+Routers are found generically: a module that owns both a ``gate`` submodule (2-D ``weight``
+[E, H]) and an ``experts`` submodule is a sparse MoE block, and its ``gate`` is the router. Layouts
+covered (transformers 5): Qwen2-MoE, Mixtral, OLMoE and DeepSeek-V3 (``*TopKRouter`` returning
+(logits, top-k weights, top-k indices); experts fused into [E, ...] parameters ``gate_up_proj`` /
+``down_proj``), and the transformers 4.x layout (``nn.Linear`` gate returning logits, an
+``nn.ModuleList`` of expert MLPs). A forward hook on the router takes its logits [N, E] (the output,
+or the first element of a tuple output) and feeds them to `unlearnx.ops.moe_router_stats_` with a
+per-token flag (0 for padding by the attention mask, 1 forget, 2 retain). top-k and the
+renormalization come from the router (``top_k``, ``norm_topk_prob``) or the model config
+(``num_experts_per_tok``, ``norm_topk_prob``).
+
+Router probability p = softmax(z) for softmax routers (Qwen2-MoE, Mixtral, OLMoE, DeepSeek-V2).
+DeepSeek-V3-style routers (``config.scoring_func == "sigmoid"``, or a router with an
+``e_score_correction_bias``) score experts with s = sigmoid(z); there the op is fed log s, so
+p = s / sum_e s (the scores normalized over all experts), the top-k is that of s and the gate
+weight s_e / sum_topk s is DeepSeek-V3's ``norm_topk_prob`` weight (before
+``routed_scaling_factor``). The count / gate-weight columns follow plain top-k of the scores: with
+group-limited routing (``topk_group < n_group``) or a non-zero ``e_score_correction_bias`` the
+model's actual selection can differ; the probability columns (and the affinity) are exact.
 
 Shared experts (Qwen2-MoE ``shared_expert``, DeepSeek ``shared_experts``) are always active, have
 no router column, and are listed in ``shared`` and never selected.
@@ -20,19 +32,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from unlearnx.ops.router_stats import moe_router_stats_
 
-__all__ = ["ExpertAttribution", "expert_attribution", "find_moe_blocks"]
+__all__ = ["ExpertAttribution", "MoEBlock", "expert_attribution", "find_moe_blocks"]
 
 _SHARED_NAMES = ("shared_expert", "shared_experts")
+_SCORINGS = ("softmax", "sigmoid")
 
 
 @dataclass
 class MoEBlock:
-    """One sparse MoE block: its module name, router, expert container, E, top-k, renormalization."""
+    """One sparse MoE block: module name, router, expert container, E, top-k, renormalization,
+    the shared expert's name (or None) and the router's scoring function ("softmax" | "sigmoid")."""
 
     name: str
     block: nn.Module
@@ -42,10 +57,50 @@ class MoEBlock:
     top_k: int
     normalize_topk: bool
     shared: str | None
+    scoring: str = "softmax"
+
+    def probability_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """[N, E] router logits -> [N, E] logits whose softmax is the router probability p: z itself
+        (softmax routers) or log sigmoid(z) (sigmoid routers: softmax(log s) = s / sum_e s)."""
+        return F.logsigmoid(logits.float()) if self.scoring == "sigmoid" else logits
+
+    def expert_parameters(self, expert: int) -> list[tuple[str, nn.Parameter, torch.Tensor | None]]:
+        """The parameters of routed expert `expert`: (name, parameter, mask) with mask a bool tensor
+        of the parameter's shape selecting slice [expert] of a fused [E, ...] parameter, or None when
+        the whole parameter is the expert's (``nn.ModuleList`` layout)."""
+        if isinstance(expert, bool) or not isinstance(expert, int) or not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert must be an int in [0, {self.num_experts}), got {expert!r}")
+        if isinstance(self.experts, nn.ModuleList):
+            if len(self.experts) != self.num_experts:
+                raise ValueError(f"model: {self.name}.experts has {len(self.experts)} modules but the router "
+                                 f"scores {self.num_experts} experts")
+            return [(f"{self.name}.experts.{expert}.{n}", p, None) for n, p in self.experts[expert].named_parameters()]
+        fused = list(self.experts.named_parameters(recurse=False))
+        nested = [n for n, _ in self.experts.named_parameters() if "." in n]
+        if not fused or nested or any(p.dim() < 2 or p.shape[0] != self.num_experts for _, p in fused):
+            raise ValueError(f"model: {self.name}.experts is neither an nn.ModuleList of experts nor fused "
+                             f"[E={self.num_experts}, ...] parameters (got {[n for n, _ in fused] + nested})")
+        out = []
+        for n, p in fused:
+            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            mask[expert] = True
+            out.append((f"{self.name}.experts.{n}", p, mask))
+        return out
+
+
+def _scoring(router: nn.Module, config) -> str:
+    scoring = getattr(config, "scoring_func", None)
+    if scoring is None:
+        # transformers' DeepSeek-V3-family routers hard-code sigmoid scores and own this bias buffer
+        scoring = "sigmoid" if isinstance(getattr(router, "e_score_correction_bias", None), torch.Tensor) else "softmax"
+    if scoring not in _SCORINGS:
+        raise ValueError(f"model: router scoring function {scoring!r} is not supported (expected one of {_SCORINGS})")
+    return scoring
 
 
 def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
-    """Every module with a ``gate`` router and an ``experts`` container, in model order."""
+    """Every module with a ``gate`` router (2-D ``weight`` [E, H]) and an ``experts`` container, in
+    model order (dense layers, e.g. DeepSeek's first ones, are skipped)."""
     config = getattr(model, "config", None)
     blocks = []
     for name, mod in model.named_modules():
@@ -63,7 +118,8 @@ def find_moe_blocks(model: nn.Module) -> list[MoEBlock]:
             raise ValueError(f"model: cannot tell the top-k of the router {name}.gate (no top_k attribute "
                              "and no config.num_experts_per_tok)")
         shared = next((f"{name}.{s}" for s in _SHARED_NAMES if isinstance(getattr(mod, s, None), nn.Module)), None)
-        blocks.append(MoEBlock(name, mod, router, experts, int(weight.shape[0]), int(top_k), bool(norm), shared))
+        blocks.append(MoEBlock(name, mod, router, experts, int(weight.shape[0]), int(top_k), bool(norm), shared,
+                               _scoring(router, config)))
     return blocks
 
 
@@ -141,7 +197,7 @@ def expert_attribution(model: nn.Module, data: Iterable[dict], *, retain: Iterab
     def hook_for(i: int, blk: MoEBlock):
         def hook(_mod, _inp, out):
             logits = out[0] if isinstance(out, tuple) else out
-            logits = logits.reshape(-1, blk.num_experts).detach()
+            logits = blk.probability_logits(logits.reshape(-1, blk.num_experts).detach())
             moe_router_stats_(stats[i], logits.float() if logits.dtype not in (torch.float32, torch.bfloat16)
                               else logits, current["flags"], top_k=blk.top_k, normalize_topk=blk.normalize_topk)
         return hook

@@ -5,15 +5,19 @@ Expert Is Enough for Mixture-of-Experts LLMs").
    affinity a_{l,e} = mean router probability of routed expert e at MoE layer l over forget tokens
    (attention-mask padding excluded; shared experts are never candidates).
 2. The `layers` (default 1) MoE layers with the highest max_e a_{l,e} are chosen, and in each its
-   top expert e*_l. Only those experts' slices of the fused expert weights (transformers 5
-   Qwen2-MoE: mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I]) are trained:
+   top routed expert e*_l. Only those experts' parameters train (`MoEBlock.expert_parameters`):
+   slice [e*] of the fused expert weights (transformers 5 Qwen2-MoE / Mixtral / OLMoE /
+   DeepSeek-V3: mlp.experts.gate_up_proj [E, 2I, H], mlp.experts.down_proj [E, H, I]), where
    unlearnx.methods.masking.MaskedOptimizer zeroes the other slices' gradients and restores them
-   bit-exactly after every step; every other parameter is frozen.
+   bit-exactly after every step, or the whole module experts[e*] of an nn.ModuleList layout; every
+   other parameter is frozen. Shared experts have no router column and are never chosen.
 3. Loss: the base LLM method's loss (`base` = "ga" | "graddiff" | "npo" | "rmu", with its own
    hyper-parameters) plus the router anchor loss
        L_A = anchor * mean_{l chosen} mean_{forget tokens t} || g_{l,t} - onehot(e*_l) ||_2^2,
-   g_{l,t} = softmax(router logits) of token t at layer l, so the router keeps sending forget tokens
-   to the expert being unlearned (the paper's guard against the router routing around it).
+   g_{l,t} = router probability of token t at layer l (softmax of the logits; for sigmoid-scored
+   DeepSeek-V3 routers the scores normalized over the experts, see unlearnx.stats.experts), so the
+   router keeps sending forget tokens to the expert being unlearned (the paper's guard against the
+   router routing around it).
    Router l's input does not depend on layer l's experts, so L_A has a gradient only through the
    router: with ``train_router`` (default True) the chosen layers' router weights [E, H] are trained
    too (a few hundred parameters per layer); with it False, L_A is a constant and only logged.
@@ -35,7 +39,6 @@ __all__ = ["UOE"]
 
 _UOE_DEFAULTS = {"base": "ga", "layers": 1, "anchor": 1.0, "train_router": True}
 _BASES = ("ga", "graddiff", "npo", "rmu")
-_EXPERT_TENSORS = ("gate_up_proj", "down_proj")
 
 
 def _batches(dataset, batch_size: int):
@@ -74,28 +77,23 @@ class _UOEMixin:
         best, expert = att.affinity("forget").max(1)
         order = torch.argsort(best, descending=True, stable=True)[: self.hparams["layers"]]
         self.chosen = [(int(i), int(expert[i])) for i in order]
-        self.masks, names = {}, []
+        self.masks, self._trainable, names = {}, [], []
         for li, e in self.chosen:
-            blk = blocks[li]
-            for t in _EXPERT_TENSORS:
-                p = getattr(blk.experts, t, None)
-                if not isinstance(p, torch.nn.Parameter) or p.shape[0] != blk.num_experts:
-                    raise ValueError(f"model: {blk.name}.experts has no fused [E, ...] parameter {t!r}")
-                mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-                mask[e] = True
-                self.masks[p] = mask
-                names.append(f"{blk.name}.experts.{t}")
-        self._routers = [blocks[li].router for li, _ in self.chosen]
-        self._trainable = list(self.masks)
+            # fused [E, ...] tensors train slice [e] only (masked); a ModuleList expert trains whole
+            for name, p, mask in blocks[li].expert_parameters(e):
+                if mask is not None:
+                    self.masks[p] = mask
+                self._trainable.append(p)
+                names.append(name)
+        self._blocks = [blocks[li] for li, _ in self.chosen]
         if self.hparams["train_router"]:
-            self._trainable += [blocks[li].router.weight for li, _ in self.chosen]
-            names += [f"{blocks[li].name}.gate.weight" for li, _ in self.chosen]
+            self._trainable += [blk.router.weight for blk in self._blocks]
+            names += [f"{blk.name}.gate.weight" for blk in self._blocks]
         self.param_names = names  # also what RMU's train() unfreezes
         if isinstance(self, RMU):
-            self._setup_rmu(model, [blocks[li] for li, _ in self.chosen])
+            self._setup_rmu(model, self._blocks)
         total = sum(p.numel() for p in model.parameters())
-        touched = sum(int(m.sum()) for m in self.masks.values()) + sum(
-            p.numel() for p in self._trainable if p not in self.masks)
+        touched = sum(int(self.masks[p].sum()) if p in self.masks else p.numel() for p in self._trainable)
         self.touched_fraction = touched / total
 
     def _setup_rmu(self, model, chosen_blocks):
@@ -135,7 +133,7 @@ class _UOEMixin:
     def loss(self, model, batch):
         f = batch["forget"]
         n_tokens = f["input_ids"].numel()
-        captured: list[list[torch.Tensor]] = [[] for _ in self._routers]
+        captured: list[list[torch.Tensor]] = [[] for _ in self._blocks]
 
         def hook_for(i):
             def hook(_m, _i, out):
@@ -144,7 +142,7 @@ class _UOEMixin:
                     captured[i].append(logits)
             return hook
 
-        handles = [r.register_forward_hook(hook_for(i)) for i, r in enumerate(self._routers)]
+        handles = [blk.router.register_forward_hook(hook_for(i)) for i, blk in enumerate(self._blocks)]
         try:
             total, parts = super().loss(model, batch)
             if self.hparams["anchor"] > 0 and not all(captured):
@@ -155,8 +153,8 @@ class _UOEMixin:
         if self.hparams["anchor"] > 0:
             valid = f.get("attention_mask", torch.ones_like(f["input_ids"])).reshape(-1).bool()
             terms = []
-            for (_, e), logits in zip(self.chosen, captured):
-                g = logits[0].float().softmax(-1)[valid]
+            for (_, e), blk, logits in zip(self.chosen, self._blocks, captured):
+                g = blk.probability_logits(logits[0]).float().softmax(-1)[valid]
                 target = torch.zeros_like(g)
                 target[:, e] = 1.0
                 terms.append(((g - target) ** 2).sum(-1).mean())
