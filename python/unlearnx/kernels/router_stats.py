@@ -1,7 +1,7 @@
 """Triton moe_router_stats_ kernel: the GPU path when the native CUDA kernel is not compiled.
 
 One program per BLOCK_T tokens: the [BLOCK_T, E] logit tile is read once, softmax and the top-k
-(k passes of max, ties to the lower expert index, as csrc/include/unlearnx/router_stats.h) are
+(k passes of max; ties to the lower expert index, the same rule as the CPU kernel) are
 done in registers, the tile is reduced over tokens per group and added to stats with 8·E float
 atomics per program. No one_hot, no host sync.
 """
