@@ -548,9 +548,8 @@ class ECOGuard(nn.Module):
                 # One clean pass gives both the hidden states to classify and, if nothing is flagged,
                 # the answer itself: unflagged batches cost one forward and are bit-identical.
                 wanted = kwargs.pop("output_hidden_states", False)
-                with torch.no_grad() if not torch.is_grad_enabled() else contextlib.nullcontext():
-                    out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                                     **kwargs)
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                                 **kwargs)
                 flags = self.classifier.flag(self._features_from_hidden(out.hidden_states, mask).detach())
                 flags = flags.to(input_ids.device)
                 if not wanted:
