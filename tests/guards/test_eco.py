@@ -163,6 +163,24 @@ def test_flagged_forget_probability_moves_to_the_target(tiny, fitted):
     assert trace[0] == [0.0, pytest.approx(before)]
 
 
+def test_surrogate_target_and_left_padded_prompts(tiny, fitted):
+    model, guard, _ = fitted
+    unseen = make_authors(2, seed=7, n_real_authors=0, n_world_facts=0)["full"]
+    g2, log = build_eco_guard(model, tiny.forget, tiny.retain, tokenizer=tiny.tok, surrogate=unseen,
+                              search_steps=2, progress=False)
+    assert log["target_source"] == "surrogate"
+    assert log["target"] == pytest.approx(forget_probability(model, QADataset(unseen, tiny.tok)))
+    # Left padding (as batched generation uses): same prompt positions and flags as unpadded rows.
+    b = _batch(tiny, [tiny.forget[0], tiny.retain[0]])
+    ids, att = b["input_ids"], b["attention_mask"]
+    n = att.sum(1)
+    left = torch.stack([torch.cat([r.new_zeros(ids.shape[1] - k), r[:k]]) for r, k in zip(ids, n)])
+    left_att = torch.stack([torch.cat([a.new_zeros(ids.shape[1] - k), a[:k]]) for a, k in zip(att, n)])
+    pm, pm_left = guard.prompt_mask(ids, att), guard.prompt_mask(left, left_att)
+    assert pm.sum(1).tolist() == pm_left.sum(1).tolist() and (pm.sum(1) < n).all()
+    assert guard.flag(left, left_att).tolist() == guard.flag(ids, att).tolist() == [True, False]
+
+
 def test_search_strength_converges_on_a_monotone_toy():
     s, trace = search_strength(lambda s: 1 / (1 + s), 0.2, tol=1e-3, steps=40, progress=False)
     assert abs(1 / (1 + s) - 0.2) <= 1e-3 * 0.2 and 1 / (1 + s) <= 0.2 + 1e-12
@@ -220,6 +238,8 @@ def test_errors_name_arguments(tiny, fitted):
         fit_prompt_classifier(torch.zeros(4, 2), torch.zeros(4, 2), holdout=0.0)
     with pytest.raises(ValueError, match="input_ids"):
         guard(inputs_embeds=torch.zeros(1, 3, 64))
+    with pytest.raises(ValueError, match="prompt_mask"):
+        guard(input_ids=torch.ones(2, 3, dtype=torch.long), prompt_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="flags"):
         guard(input_ids=torch.ones(2, 3, dtype=torch.long), flags=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="tokenizer"):

@@ -460,6 +460,13 @@ class ECOGuard(nn.Module):
             raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)}")
         return attention_mask
 
+    def _resolve_prompt_mask(self, prompt_mask, input_ids, attention_mask) -> torch.Tensor:
+        if prompt_mask is None:
+            return self.prompt_mask(input_ids, attention_mask)
+        if not isinstance(prompt_mask, torch.Tensor) or prompt_mask.shape != input_ids.shape:
+            raise ValueError(f"prompt_mask: expected a [B, L] tensor of shape {tuple(input_ids.shape)}")
+        return prompt_mask.bool().to(input_ids.device) & attention_mask.bool()
+
     def _features_from_hidden(self, hidden_states, mask: torch.Tensor) -> torch.Tensor:
         if not -len(hidden_states) <= self.layer < len(hidden_states):
             raise ValueError(f"layer: {self.layer} out of range for {len(hidden_states)} hidden-state layers")
@@ -472,7 +479,7 @@ class ECOGuard(nn.Module):
                         prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, D] classifier input of each row's prompt (clean model; hidden states or `embed`)."""
         attention_mask = self._check_inputs(input_ids, attention_mask)
-        mask = self.prompt_mask(input_ids, attention_mask) if prompt_mask is None else prompt_mask.bool()
+        mask = self._resolve_prompt_mask(prompt_mask, input_ids, attention_mask)
         if self.embed is not None:
             texts = [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True)
                      for row, m in zip(input_ids.cpu(), mask.cpu())]
@@ -539,7 +546,7 @@ class ECOGuard(nn.Module):
             # A continuation (its attention_mask also covers the cached positions): pass through.
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         attention_mask = self._check_inputs(input_ids, attention_mask)
-        mask = self.prompt_mask(input_ids, attention_mask) if prompt_mask is None else prompt_mask.bool()
+        mask = self._resolve_prompt_mask(prompt_mask, input_ids, attention_mask)
         flags = self._resolve_flags(flags, input_ids.shape[0], input_ids.device)
         out = None
         if flags is None:
@@ -568,7 +575,7 @@ class ECOGuard(nn.Module):
                  prompt_mask: torch.Tensor | None = None, flags=None, **kwargs):
         """`model.generate` with flagged prompts corrupted in the prefill only (KV-cache decoding)."""
         attention_mask = self._check_inputs(input_ids, attention_mask)
-        mask = self.prompt_mask(input_ids, attention_mask) if prompt_mask is None else prompt_mask.bool()
+        mask = self._resolve_prompt_mask(prompt_mask, input_ids, attention_mask)
         flags = self._resolve_flags(flags, input_ids.shape[0], input_ids.device)
         if flags is None:
             flags = self.flag(input_ids, attention_mask, mask)
