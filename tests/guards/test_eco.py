@@ -257,7 +257,8 @@ def test_guard_state_saves_and_loads(tmp_path, tiny, fitted):
     assert config["strength"] == guard.strength and config["mode"] == "rand_noise_first_n"
     loaded = ECOGuard.load(tmp_path / "g", model)
     b = _batch(tiny, list(tiny.forget[:3]) + list(tiny.retain[:5]))
-    assert torch.equal(loaded.flag(b["input_ids"], b["attention_mask"]), guard.flag(b["input_ids"], b["attention_mask"]))
+    ids, att = b["input_ids"], b["attention_mask"]
+    assert torch.equal(loaded.flag(ids, att), guard.flag(ids, att))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
                            guard(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)

@@ -701,11 +701,12 @@ def _as_qa(data, name: str, template, tokenizer):
 
 
 def build_eco_guard(model: nn.Module, forget, retain, *, tokenizer=None, mode: str = "rand_noise_first_n",
-                    n_dims: int = 1, layer: int | None = None, target: float | None = None, oracle: nn.Module | None = None,
-                    surrogate=None, embed: Callable | None = None, holdout: float = 0.25, target_fpr: float = 0.05,
-                    weight_decay: float = 1e-3, classifier_steps: int = 100, strength_init: float = 1.0,
-                    max_strength: float = 1e4, search_steps: int = 16, tol: float = 0.02, batch_size: int = 32,
-                    seed: int = 0, progress: bool = True) -> tuple[ECOGuard, dict]:
+                    n_dims: int = 1, layer: int | None = None, target: float | None = None,
+                    oracle: nn.Module | None = None, surrogate=None, embed: Callable | None = None,
+                    holdout: float = 0.25, target_fpr: float = 0.05, weight_decay: float = 1e-3,
+                    classifier_steps: int = 100, strength_init: float = 1.0, max_strength: float = 1e4,
+                    search_steps: int = 16, tol: float = 0.02, batch_size: int = 32, seed: int = 0,
+                    progress: bool = True) -> tuple[ECOGuard, dict]:
     """Fit an ECO guard around `model` (left unchanged); returns (guard, log).
 
     forget, retain, surrogate: QADatasets or QA items (tokenized with `tokenizer`). Steps:
