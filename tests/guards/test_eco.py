@@ -170,6 +170,9 @@ def test_surrogate_target_and_left_padded_prompts(tiny, fitted):
                               search_steps=2, progress=False)
     assert log["target_source"] == "surrogate"
     assert log["target"] == pytest.approx(forget_probability(model, QADataset(unseen, tiny.tok)))
+    # An oracle that still knows the forget answers (the model itself) sets a target met uncorrupted.
+    _, log = build_eco_guard(model, tiny.forget, tiny.retain, tokenizer=tiny.tok, oracle=model, progress=False)
+    assert log["target_source"] == "oracle" and log["strength"] == 0.0 and log["target_reached"]
     # Left padding (as batched generation uses): same prompt positions and flags as unpadded rows.
     b = _batch(tiny, [tiny.forget[0], tiny.retain[0]])
     ids, att = b["input_ids"], b["attention_mask"]
