@@ -38,7 +38,7 @@ Per request t (`O3Guard.add_request`):
    layer score u_l = (c_l - a_l)/b_l - (m_l - a'_l)/b'_l, standardized by the mean/std (a, b) of
    the same quantities on the forget set, each computed leave-one-example-out; aggregated over the
    layers as s(x) = mean_l u_l(x). Calibration (forget data only): threshold tau_t = the
-   `threshold_quantile` quantile of the leave-one-out forget scores (so ~95% of unseen forget-like
+   `threshold_quantile` quantile of the leave-one-out forget prompt scores (so ~80% of unseen forget-like
    inputs are flagged by default), reference rho_t = their median.
 
 Inference (`O3Guard.forward`): the base model runs once with its hidden states; each request's
@@ -92,7 +92,7 @@ O3_DEFAULTS = {
     "detector_views": 4,          # masked views per example (the CEL queries)
     "mask_rate": 0.15,            # fraction of tokens hidden in a masked view (MLM's rate)
     "shrinkage": 0.1,             # covariance shrinkage towards tr(S)/p * I for the Mahalanobis distance
-    "threshold_quantile": 0.05,   # gate threshold: this quantile of the leave-one-out forget scores
+    "threshold_quantile": 0.2,    # gate threshold: this quantile of the leave-one-out forget prompt scores
 }
 _OBJECTIVES = ("ga", "npo")
 _FORMAT = "unlearnx-o3/1"
@@ -186,11 +186,17 @@ class _Detector(nn.Module):
         return F.normalize(torch.stack([x + h(x) for h, x in zip(self.heads, pooled)]), dim=-1)
 
     @staticmethod
-    def _fit_gaussian(z: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """z [n_layers, N, p] -> mean [n_layers, p], shrunk precision [n_layers, p, p] (fp64 inverse)."""
-        mean = z.mean(1)
-        d = (z - mean[:, None]).double()
-        cov = d.transpose(1, 2) @ d / max(1, z.shape[1] - 1)
+    def _fit_gaussian(z: torch.Tensor, kinds: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-conditional Gaussian with a tied covariance (Lee et al., 2018), one class per input kind.
+
+        z [n_layers, N, p], kinds [N] (0 = whole example, 1 = prompt alone) -> means [n_layers, K, p]
+        (K = 2; a kind absent from z repeats the other's mean), shrunk precision [n_layers, p, p].
+        """
+        present = [k for k in (0, 1) if bool((kinds == k).any())]
+        means = {k: z[:, kinds == k].mean(1) for k in present}
+        mean = torch.stack([means.get(k, means[present[0]]) for k in (0, 1)], 1)
+        d = (z - mean[:, kinds]).double()
+        cov = d.transpose(1, 2) @ d / max(1, z.shape[1] - len(present))
         p = z.shape[-1]
         scale = torch.diagonal(cov, dim1=1, dim2=2).sum(-1).clamp(min=1e-12) / p
         eye = torch.eye(p, dtype=cov.dtype, device=cov.device)
@@ -199,20 +205,19 @@ class _Detector(nn.Module):
 
     @staticmethod
     def _raw(z: torch.Tensor, keys: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor):
-        """(c [n_layers, B] nearest-key cosine, m [n_layers, B] Mahalanobis distance)."""
+        """(c [n_layers, B] nearest-key cosine, m [n_layers, B] Mahalanobis distance to the nearest class mean)."""
         c = (z @ keys.transpose(1, 2)).amax(-1)
-        d = z - mean[:, None]
-        m = torch.einsum("lbp,lpq,lbq->lb", d, precision, d).clamp(min=0).sqrt()
+        d = z[:, :, None] - mean[:, None]  # [n_layers, B, K, p]
+        m = torch.einsum("lbkp,lpq,lbkq->lbk", d, precision, d).clamp(min=0).amin(-1).sqrt()
         return c, m
 
-    def fit(self, pooled: torch.Tensor, masked: torch.Tensor, groups: torch.Tensor, calibrate: torch.Tensor, *,
+    def fit(self, pooled: torch.Tensor, masked: torch.Tensor, groups: torch.Tensor, kinds: torch.Tensor, *,
             hp: dict, generator: torch.Generator, progress: bool) -> list[float]:
         """Train the heads with L_CEL, store keys and the Gaussian, calibrate the threshold.
 
         pooled [n_layers, N, H] (unmasked), masked [V, n_layers, N, H] (V masked views), groups [N]
-        (the forget example each row comes from; leave-one-out removes a whole group), calibrate [N]
-        bool (the rows whose leave-one-out scores set the standardization and the threshold: the
-        prompts, what a generation request looks like). Returns the per-epoch CEL values.
+        (the forget example each row comes from; leave-one-out removes a whole group), kinds [N]
+        (0 = whole example, 1 = its prompt alone). Returns the per-epoch CEL values.
         """
         from tqdm import tqdm
 
@@ -240,20 +245,23 @@ class _Detector(nn.Module):
         with torch.no_grad():
             z = self.project(pooled)
             self.keys = z
-            self.mean, self.precision = self._fit_gaussian(z, hp["shrinkage"])
+            self.mean, self.precision = self._fit_gaussian(z, kinds, hp["shrinkage"])
             # Leave-one-example-out values: what an unseen forget-like input would score.
             cs, ms = torch.empty_like(z[..., 0]), torch.empty_like(z[..., 0])
             for g in groups.unique():
                 out = groups == g
-                mean, prec = self._fit_gaussian(z[:, ~out], hp["shrinkage"])
+                mean, prec = self._fit_gaussian(z[:, ~out], kinds[~out], hp["shrinkage"])
                 c, m = self._raw(z[:, out], z[:, ~out], mean, prec)
                 cs[:, out], ms[:, out] = c, m
-            cs, ms = cs[:, calibrate], ms[:, calibrate]
+            # Calibrate on the prompts when there are any: a prompt alone is the hardest input to flag.
+            cal = kinds == 1 if bool((kinds == 1).any()) else torch.ones_like(kinds, dtype=torch.bool)
+            cs, ms = cs[:, cal], ms[:, cal]
             self.stats = torch.stack([cs.mean(1), cs.std(1).clamp(min=1e-6), ms.mean(1), ms.std(1).clamp(min=1e-6)], 1)
             scores = self._combine(cs, ms)
-            self.threshold = torch.quantile(scores, hp["threshold_quantile"])
+            # Shape [1], not 0-d: unlearnx.eval.llm.fingerprint_model cannot byte-view 0-d tensors.
+            self.threshold = torch.quantile(scores, hp["threshold_quantile"]).reshape(1)
             # The ramp needs reference > threshold; a degenerate calibration gets a unit-wide ramp.
-            self.reference = torch.maximum(scores.median(), self.threshold + 1e-3)
+            self.reference = torch.maximum(scores.median(), self.threshold + 1e-3).reshape(1)
         return losses
 
     def _combine(self, c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -486,10 +494,11 @@ class O3Guard(nn.Module):
             torch.manual_seed(seed)
             detector = _Detector(len(self.detector_layer_indices), self.hidden)
         request = _Request(self._shapes, self.rank, detector, generator).to(device)
-        cel = self._fit_detector(request.detector, data, generator, progress)
         self.requests.append(request)
         try:
-            log = self.method.train_request(self, len(self.requests) - 1, data, seed=seed, progress=progress)
+            with torch.enable_grad():  # also when called under torch.no_grad()
+                cel = self._fit_detector(request.detector, data, generator, progress)
+                log = self.method.train_request(self, len(self.requests) - 1, data, seed=seed, progress=progress)
         except BaseException:
             self.requests = nn.ModuleList(list(self.requests)[:-1])
             raise
@@ -500,19 +509,18 @@ class O3Guard(nn.Module):
 
     def _fit_detector(self, detector: _Detector, data, generator: torch.Generator, progress: bool) -> list[float]:
         hp = self.method.hparams
-        items, groups, prompts = [], [], []
+        items, groups, kinds = [], [], []
         for i in range(len(data)):
             ex = data[i]
             ids, labels = list(ex["input_ids"]), list(ex["labels"])
             items.append(ids)
             groups.append(i)
-            prompts.append(False)
+            kinds.append(0)
             first = next((j for j, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
             if 2 <= first < len(ids):  # the prompt alone, as generation sees it
                 items.append(ids[:first])
                 groups.append(i)
-                prompts.append(True)
-        calibrate = torch.tensor(prompts) if any(prompts) else torch.ones(len(items), dtype=torch.bool)
+                kinds.append(1)
         masks = [[1] * len(ids) for ids in items]
         views = []
         for _ in range(hp["detector_views"]):
@@ -524,7 +532,7 @@ class O3Guard(nn.Module):
             views.append(view)
         pooled = self._pool_items(items, masks)
         masked = torch.stack([self._pool_items(items, v) for v in views])
-        return detector.fit(pooled, masked, torch.tensor(groups), calibrate, hp=hp, generator=generator,
+        return detector.fit(pooled, masked, torch.tensor(groups), torch.tensor(kinds), hp=hp, generator=generator,
                             progress=progress)
 
     @torch.no_grad()
