@@ -371,36 +371,38 @@ class O3Guard(nn.Module):
         return len(self.requests)
 
     def _hook(self, index: int):
-        scale = self.lora_alpha / self.rank
-
         def hook(_module, args, output):
-            gates = self._active  # [T, B]
             x = args[0]
-            b = gates.shape[1]
+            rows, active, all_rows = self._active
+            b = rows.shape[0]
             if x.shape[0] != b:
                 if x.dim() == 2 and x.shape[0] % b == 0:  # [B*L, d] flattened rows, row-major by sample
-                    gates = gates.repeat_interleave(x.shape[0] // b, dim=1)
+                    k = x.shape[0] // b
+                    rows = rows.repeat_interleave(k)
+                    active = [(t, g.repeat_interleave(k)) for t, g in active]
                 else:
                     raise ValueError(f"model: layer {self.target_names[index]} sees {x.shape[0]} rows for a "
                                      f"batch of {b}; O3 cannot map its rows to samples")
             delta = None
-            for t, req in enumerate(self.requests):
-                g = gates[t]
-                if not bool((g > 0).any()):
-                    continue
-                a, bm = req.lora_A[index], req.lora_B[index]
+            for t, g in active:  # g [B] = (lora_alpha / r) * gate
+                a, bm = self.requests[t].lora_A[index], self.requests[t].lora_B[index]
                 d = (x.to(a.dtype) @ a.T) @ bm.T
-                d = d * (scale * g).view(-1, *([1] * (d.dim() - 1))).to(d.dtype)
+                d = d * g.view(-1, *([1] * (d.dim() - 1))).to(d.dtype)
                 delta = d if delta is None else delta + d
             if delta is None:
                 return output
-            rows = (gates > 0).any(0).view(-1, *([1] * (output.dim() - 1)))
-            return torch.where(rows, output + delta.to(output.dtype), output)
+            if all_rows:
+                return output + delta.to(output.dtype)
+            return torch.where(rows.view(-1, *([1] * (output.dim() - 1))), output + delta.to(output.dtype), output)
 
         return hook
 
     def _adapters_on(self, gates: torch.Tensor) -> None:
-        self._active = gates
+        """Register the adapter hooks for one forward with gates [T, B]."""
+        scale = self.lora_alpha / self.rank
+        rows = (gates > 0).any(0)
+        active = [(t, scale * gates[t]) for t in range(gates.shape[0]) if bool((gates[t] > 0).any())]
+        self._active = (rows, active, bool(rows.all()))
         self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self._targets)]
 
     def _adapters_off(self) -> None:
