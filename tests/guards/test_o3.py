@@ -195,6 +195,19 @@ def test_registered_method_and_tofu_suite(tiny):
     assert ev["model_utility"] > 0.9 * ev_base["model_utility"]
 
 
+def test_npo_objective_and_lora_config(tiny):
+    from peft import LoraConfig
+
+    guard = O3Guard(tiny.model(), **HP, objective="npo", lora=LoraConfig(r=4, lora_alpha=8,
+                                                                         target_modules=["q_proj", "v_proj"]))
+    guard.add_request(tiny.forget, tokenizer=tiny.tok, progress=False)
+    assert len(guard.target_names) == 8 and all(n.endswith(("q_proj", "v_proj")) for n in guard.target_names)
+    assert all(a.shape == (4, 64) for a in guard.adapter_matrices(0))
+    # NPO is bounded, yet the forget answers become unlikely (answer NLL measured 0.60 -> 4.6)
+    assert nll(guard, tiny, tiny.forget) > tiny.base_forget_nll + 1.0
+    assert guard.logs[0]["forget_loss"][-1] < guard.logs[0]["forget_loss"][0]
+
+
 def test_deterministic_for_a_seed(tiny):
     a = O3Guard(tiny.model(), **{**HP, "epochs": 1})
     b = O3Guard(tiny.model(), **{**HP, "epochs": 1})

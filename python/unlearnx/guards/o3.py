@@ -18,28 +18,33 @@ Per request t (`O3Guard.add_request`):
    frozen; only request t's adapter is active while it trains. The paper's Eq. 6 regularizes
    against the previous request only; the sum over every earlier request used here is O-LoRA's
    form and implies it.
-2. OOD detector, trained on D_t alone. Features: the base model's hidden states at
+2. OOD detector, fitted on D_t alone. Features h_l: the base model's hidden states at
    `detector_layers` evenly spaced decoder layers, taken at the last attended token (the causal
-   LM's summary of its input), of every forget example and of its prompt alone (what generation
-   sees). One linear head per layer
-   (H -> detector_dim) is trained with the contrastive entropy loss (Eq. 7): for a batch of B
-   examples, queries q_i = head(masked view of x_i) and keys k_j = head(x_j), both L2-normalized,
+   LM's summary of its input; mean pooling is dominated by the shared question template), of every
+   forget example and of its prompt alone (what a generation request looks like). Per layer a
+   residual head z_l = normalize(h_l + W_l h_l), W_l = 0 at the start, can be trained
+   (`detector_epochs` > 0) with the contrastive entropy loss (Eq. 7): for a batch of B examples,
+   queries q_i = head(masked view of x_i), keys k_j = head(x_j),
 
        p_ij = softmax_j(cos(q_i, k_j) / detector_tau),    L_CEL = (1/B) sum_i -sum_j p_ij log p_ij
 
    i.e. the entropy of each masked query's similarity distribution over the batch is minimized.
-   A masked view hides a random `mask_rate` fraction of the tokens (<bos> and the last token
-   kept) from attention. The detector backbone is the frozen base model, so the paper's MLM term (which keeps
-   its separately trained detector LM from collapsing) has no counterpart here.
-3. Glocal score of an input x, per layer l with z_l = normalized head_l output:
+   A masked view hides a random `mask_rate` fraction of the tokens (<bos> and the last token kept)
+   from attention. The backbone is the frozen base model, so the paper's MLM term (which trains its
+   separate detector LM) has no counterpart. Off by default: on the built-in data CEL training
+   spreads the forget examples apart, erasing what they share (the author), and every prompt ends
+   up flagged (docs/o3.md has the numbers).
+3. Glocal score of an input x, per layer l:
    local  c_l(x) = max_j cos(z_l(x), K_{l,j})        (nearest stored forget key)
-   global m_l(x) = sqrt((z_l - mu_l)^T Sigma_l^{-1} (z_l - mu_l)),
-                   Sigma_l = (1 - shrinkage) S_l + shrinkage * tr(S_l)/p * I   (S_l: forget covariance)
+   global m_l(x) = min_k sqrt((z_l - mu_{l,k})^T Sigma_l^{-1} (z_l - mu_{l,k})), a class-conditional
+                   Gaussian (Lee et al., 2018) with one class per input kind (whole example, prompt)
+                   and a tied covariance Sigma_l = (1 - shrinkage) S_l + shrinkage * tr(S_l)/p * I
    layer score u_l = (c_l - a_l)/b_l - (m_l - a'_l)/b'_l, standardized by the mean/std (a, b) of
-   the same quantities on the forget set, each computed leave-one-example-out; aggregated over the
-   layers as s(x) = mean_l u_l(x). Calibration (forget data only): threshold tau_t = the
-   `threshold_quantile` quantile of the leave-one-out forget prompt scores (so ~80% of unseen forget-like
-   inputs are flagged by default), reference rho_t = their median.
+   the same quantities on the forget prompts, each computed leave-one-example-out (what an unseen
+   forget-like prompt scores); aggregated over the layers as s(x) = mean_l u_l(x). Calibration
+   (forget data only): threshold tau_t = the `threshold_quantile` quantile of the leave-one-out
+   forget prompt scores (so ~80% of unseen forget-like prompts are flagged by default), reference
+   rho_t = their median.
 
 Inference (`O3Guard.forward`): the base model runs once with its hidden states; each request's
 detector gives the soft gate of its LoRA for every row,
@@ -47,7 +52,7 @@ detector gives the soft gate of its LoRA for every row,
        g_t(x) = clip((s_t(x) - tau_t) / (rho_t - tau_t), 0, 1)      (0 at or below the threshold)
 
 If no row is flagged (all g = 0) that first forward's output is returned as is: unflagged inputs
-get the base model's outputs bit for bit, at the cost of the detector heads only. Otherwise the
+get the base model's outputs bit for bit, at the cost of the detector only. Otherwise the
 batch runs again with every adapter active, W x + sum_t g_t(row) s B_t A_t x, and unflagged rows
 keep the first forward's logits. A KV-cached continuation step (cache of length > 0) reuses the
 gates its prompt got. The gates are per-row and continuous, which peft's adapters cannot express,
@@ -342,8 +347,8 @@ class O3Guard(nn.Module):
         hp = self.method.hparams
         lora = hp["lora"] if hp["lora"] not in (None, True) else default_lora_config()
         self.rank, self.lora_alpha = int(lora.r), float(lora.lora_alpha)
-        targets = lora.target_modules
-        targets = "all-linear" if targets == "all-linear" else sorted(targets)
+        targets = lora.target_modules or "all-linear"
+        targets = "all-linear" if targets == "all-linear" else sorted([targets] if isinstance(targets, str) else targets)
         self.target_names = _lora_targets(model, targets)
         if not self.target_names:
             raise ValueError(f"lora: target_modules {targets!r} match no linear layer of the model")
