@@ -188,7 +188,7 @@ def test_registered_method_and_tofu_suite(tiny):
     assert isinstance(guard, O3Guard) and guard.num_requests == 1 and res.method == "o3"
     base = tiny.model()
     kw = dict(forget=tiny.forget, retain=tiny.retain[:20], held={"others": tiny.retain[20:40]}, max_new_tokens=8)
-    ev, ev_base = evaluate_tofu(guard, tiny.tok, **kw), evaluate_tofu(base, tiny.tok, **kw)
+    ev, ev_base = ux.evaluate(guard, suite="tofu", tokenizer=tiny.tok, **kw), evaluate_tofu(base, tiny.tok, **kw)
     assert ev["forget/probability"] < 0.1 * ev_base["forget/probability"]
     assert ev["forget/rouge_l_recall"] < ev_base["forget/rouge_l_recall"] - 0.3
     assert ev["retain/probability"] == pytest.approx(ev_base["retain/probability"], abs=0.05)
