@@ -42,11 +42,11 @@ from unlearnx.models.lm_training import answer_nll, finetune_lm  # noqa: E402
 HP = {"lr": 1e-2, "epochs": 5, "batch_size": 8}
 
 
-def setup(epochs: int):
+def setup(epochs: int, hidden: int = 64, layers: int = 4):
     qa = make_authors(10, n_real_authors=0, n_world_facts=0)
     t = QATemplate()
     tok = build_tokenizer(qa.texts() + [t.render(i.question, i.answer) for i in qa["full"]], vocab_size=600)
-    model = build_lm("llama", tokenizer=tok, layers=4, hidden=64)
+    model = build_lm("llama", tokenizer=tok, layers=layers, hidden=hidden, heads=max(1, hidden // 16))
     finetune_lm(model, QADataset(qa["full"], tok), epochs=epochs, lr=3e-3, batch_size=16, progress=False)
     return qa, tok, model.eval()
 
@@ -105,11 +105,14 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=12, help="training epochs of the tiny model")
+    ap.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny Llama")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers of the tiny Llama")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import copy
 
-    qa, tok, base = setup(args.epochs)
+    qa, tok, base = setup(args.epochs, args.hidden, args.layers)
+    shape = f"h={args.hidden},L={args.layers}"
     first, second = qa["forget10"], qa["retain90"][-20:]
     other = qa["retain90"][:160]
     device = harness.device_name("cpu")
@@ -146,7 +149,7 @@ def main():
         pre, per_token = statistics.median(samples[name][0]), statistics.median(samples[name][1])
         q_pre, q_tok = statistics.quantiles(samples[name][0], n=10), statistics.quantiles(samples[name][1], n=10)
         timing[name] = (pre, per_token)
-        x = f"B={args.batch},prompt={b['input_ids'].shape[1]},new={args.new_tokens},h=64,L=4"
+        x = f"B={args.batch},prompt={b['input_ids'].shape[1]},new={args.new_tokens},{shape}"
         rows += [{"kernel": "o3_guard", "provider": name, "mode": "prefill", "metric": "time", "unit": "ms",
                   "x": x, "p50": round(pre, 4), "p20": round(q_pre[1], 4), "p80": round(q_pre[7], 4), "device": device},
                  {"kernel": "o3_guard", "provider": name, "mode": "decode", "metric": "time_per_token", "unit": "ms",
@@ -155,7 +158,7 @@ def main():
     for name, ref in (("guard_unflagged", "bare"), ("guard_flagged", "bare_flagged_prompts")):
         (p, d), (pr, dr) = timing[name], timing[ref]
         table.append([name, f"{p:.2f} ({p / pr:.2f}x)", f"{d:.3f} ({d / dr:.2f}x)"])
-    print(f"\nOverhead vs the bare model ({device}), batch {args.batch}, {args.new_tokens} new tokens")
+    print(f"\nOverhead vs the bare model ({device}, {shape}), batch {args.batch}, {args.new_tokens} new tokens")
     print("prefill ms / decode ms per token, ratio to the bare model on the same prompts")
     harness.print_table(["case", "prefill ms", "decode ms/token"], table)
     print(f"request training + detector fit: {request_s[0]:.1f} s, {request_s[1]:.1f} s")
@@ -179,18 +182,18 @@ def main():
         qrows.append([name] + [f"{v:.3f}" for v in vals])
         for metric, v in zip(("p_request1", "p_request2", "p_other", "rouge_request1"), vals):
             rows.append({"kernel": "o3_quality", "provider": name, "mode": "tofu", "metric": metric, "unit": "",
-                         "x": "authors=10,h=64,L=4", "p50": round(v, 4), "device": device})
+                         "x": f"authors=10,{shape}", "p50": round(v, 4), "device": device})
     for cel in (0, 20):
         tpr, fpr = detector_rates(copy.deepcopy(base), tok, qa, other, cel)
         qrows.append([f"detector (CEL epochs {cel})", f"TPR unseen {tpr:.2f}", "", f"FPR {fpr:.3f}", ""])
         for metric, v in (("tpr_unseen", tpr), ("fpr_other", fpr)):
             rows.append({"kernel": "o3_detector", "provider": f"cel_epochs={cel}", "mode": "prompts", "metric": metric,
-                         "unit": "", "x": "authors=10,h=64,L=4", "p50": round(v, 4), "device": device})
+                         "unit": "", "x": f"authors=10,{shape}", "p50": round(v, 4), "device": device})
     b = prompts(tok, other)
     fpr = (guard.gate_weights(guard.detector_scores(b["input_ids"], b["attention_mask"])) > 0).any(0).float().mean()
     qrows.append(["o3 guard, other prompts flagged", "", "", f"FPR {fpr.item():.3f}", ""])
     rows.append({"kernel": "o3_detector", "provider": "guard_2_requests", "mode": "prompts", "metric": "fpr_other",
-                 "unit": "", "x": "authors=10,h=64,L=4", "p50": round(fpr.item(), 4), "device": device})
+                 "unit": "", "x": f"authors=10,{shape}", "p50": round(fpr.item(), 4), "device": device})
     print("\nQuality (TOFU probability of the answers; ROUGE-L recall of generated answers)")
     harness.print_table(["model", "p request 1", "p request 2", "p other authors", "ROUGE-L request 1"], qrows)
     path = harness.append_results("o3", rows)
