@@ -348,7 +348,8 @@ class O3Guard(nn.Module):
         lora = hp["lora"] if hp["lora"] not in (None, True) else default_lora_config()
         self.rank, self.lora_alpha = int(lora.r), float(lora.lora_alpha)
         targets = lora.target_modules or "all-linear"
-        targets = "all-linear" if targets == "all-linear" else sorted([targets] if isinstance(targets, str) else targets)
+        if targets != "all-linear":
+            targets = sorted([targets] if isinstance(targets, str) else targets)
         self.target_names = _lora_targets(model, targets)
         if not self.target_names:
             raise ValueError(f"lora: target_modules {targets!r} match no linear layer of the model")
@@ -367,7 +368,7 @@ class O3Guard(nn.Module):
         self.logs: list[dict] = []  # add_request's log of every request
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        self._active: torch.Tensor | None = None
+        self._active: tuple | None = None  # (flagged rows [B], [(request, scaled gate [B])], all rows flagged)
         self._handles: list = []
 
     # ---- adapters ------------------------------------------------------------------------------
