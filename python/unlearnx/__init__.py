@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 from unlearnx import _native  # noqa: E402  (loads the native library, registers the ops)
 from unlearnx import ops  # noqa: E402
 
-_LAZY_SUBMODULES = ("stats", "methods", "eval", "data", "models", "exact", "integrations", "report")
+_LAZY_SUBMODULES = ("stats", "methods", "eval", "data", "models", "exact", "integrations", "report", "guards")
 _LAZY_FUNCTIONS = {"unlearn": "unlearnx.methods", "evaluate": "unlearnx.eval"}
 
 

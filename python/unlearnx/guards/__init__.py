@@ -7,7 +7,10 @@
     guard.save("eco/"); ECOGuard.load("eco/", model)
 
 ECO (embedding-corrupted prompts, Liu et al., NeurIPS 2024) lives in unlearnx.guards.eco and is
-registered as the causal-LM method "eco".
+registered as the causal-LM method "eco"; O3 (orthogonal LoRA per request + OOD detector, Gao et
+al. 2025, continual unlearning) in unlearnx.guards.o3, registered as "o3":
+
+    guard = O3Guard(model); guard.add_request(forget_1, tokenizer=tok); guard.add_request(forget_2, ...)
 """
 from unlearnx.guards.eco import (
     CORRUPTIONS,
@@ -20,6 +23,8 @@ from unlearnx.guards.eco import (
     forget_probability,
     search_strength,
 )
+from unlearnx.guards.o3 import O3, O3Guard, contrastive_entropy_loss, orthogonality_loss, subspace_overlap
 
 __all__ = ["CORRUPTIONS", "ECO", "ECOGuard", "PromptClassifier", "build_eco_guard", "corrupt_embeddings",
            "fit_prompt_classifier", "forget_probability", "search_strength"]
+__all__ += ["O3", "O3Guard", "contrastive_entropy_loss", "orthogonality_loss", "subspace_overlap"]

@@ -36,6 +36,7 @@ from unlearnx.methods import (  # noqa: F401  (registers the methods)
     ssd,
 )
 from unlearnx.methods import llm  # noqa: F401  (registers the causal-LM methods)
+from unlearnx import guards  # noqa: F401,E402  (registers the inference-time guards "eco" and "o3")
 from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, available, get, register_method
 from unlearnx.methods.training import method_loaders, model_device, seeded, train_classifier
 

@@ -1,8 +1,6 @@
-"""ECO prompt guards on the tiny Llama trained on fictitious authors (TinySetup of tests/methods_llm)."""
-import importlib.util
+"""ECO prompt guards on the tiny Llama trained on fictitious authors (TinySetup of conftest.py, the session-wide `tiny` fixture)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,28 +12,7 @@ from unlearnx.guards import (ECO, ECOGuard, PromptClassifier, build_eco_guard, c
                              fit_prompt_classifier, forget_probability, search_strength)
 from unlearnx.guards.eco import _auc
 
-_CONFTEST = Path(__file__).resolve().parents[1] / "methods_llm" / "conftest.py"
-
-
-def _tiny_setup_class():
-    # TinySetup lives in tests/methods_llm/conftest.py, whose fixtures this folder does not see.
-    spec = importlib.util.spec_from_file_location("_methods_llm_conftest", _CONFTEST)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.TinySetup
-
-
 TARGET = 0.3  # between the forget probability of the model (~0.55) and where prompt corruption saturates
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small runs faster on one thread of the 2 shared cores
-    try:
-        yield _tiny_setup_class()()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """O3 guard: detector separation, bit-identical unflagged outputs, orthogonal sequential LoRAs,
 continual unlearning, the registered method with the LLM eval suite, errors, save/load.
 
-Bounds come from real runs on the tiny Llama of tests/methods_llm/conftest.py (10 fictitious
+Bounds come from real runs on the tiny Llama of conftest.py (the session-wide `tiny` fixture) (10 fictitious
 authors; forget10 = 1 author, 20 QAs); each is stated next to its assertion.
 """
-import importlib.util
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,23 +16,8 @@ from unlearnx.data.lm_batches import QADataset, QATemplate, pad_batch
 from unlearnx.eval.llm import evaluate_tofu, greedy_generate
 from unlearnx.guards.o3 import O3Guard, contrastive_entropy_loss, orthogonality_loss, subspace_overlap
 
-# TinySetup lives in the LLM-methods conftest, which pytest does not expose to this folder.
-_spec = importlib.util.spec_from_file_location("_llm_tiny", Path(__file__).parents[1] / "methods_llm" / "conftest.py")
-_llm_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_llm_tiny)
-
 # Tiny-model hyper-parameters (lr ~1000x the 7B default, as for the other LLM methods' tests).
 HP = {"lr": 1e-2, "epochs": 5, "batch_size": 8}
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield _llm_tiny.TinySetup()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
