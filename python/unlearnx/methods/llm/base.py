@@ -184,6 +184,11 @@ class LLMMethod(UnlearningMethod):
             total = total + hp["alpha"] * lr_
         return total, parts
 
+    def result_model(self, model):
+        """The model `unlearn` returns, given the trained one: itself (ULD wraps the untouched target
+        and its trained assistant in one inference model)."""
+        return model
+
     def lora_config(self, model):
         """The LoraConfig used for lora=True (RMU narrows it to the layers it updates)."""
         return default_lora_config()
@@ -367,4 +372,4 @@ def run_lm(algo: LLMMethod, model, forget, retain, *, tokenizer=None, template: 
     finally:
         model = finish_lm(algo, model)
     log["steps"] = len(log.get("loss", []))
-    return model, log
+    return algo.result_model(model), log
