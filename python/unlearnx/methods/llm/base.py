@@ -189,6 +189,11 @@ class LLMMethod(UnlearningMethod):
         and its trained assistant in one inference model)."""
         return model
 
+    def result_skeleton(self, model):
+        """An untrained model with the structure `result_model` returns, built around `model`: what
+        saved results of this method load into (default: `model` itself)."""
+        return model
+
     def lora_config(self, model):
         """The LoraConfig used for lora=True (RMU narrows it to the layers it updates)."""
         return default_lora_config()

@@ -16,7 +16,8 @@ min(log p_max + log r, log p of the ⌊r·V⌋-th token)), c = z_target elsewher
 near-uniform on retain data, so subtracting it barely moves the target there; on forget data it is
 confident about the forget answers, which the subtraction pushes down. The result model is a
 `ULDModel` (unlearnx.methods.llm.uld_model): a causal LM whose logits are the combined log-probs
-and whose `generate` runs both models with their own KV caches.
+and whose `generate` runs both models with their own KV caches; its assistant has the trained
+adapters merged into its weights (no LoRA branches at decoding time).
 
 Defaults (the authors' released TOFU scripts, Llama-2-7B): K = 8 layers, LoRA r 16, α 32,
 dropout 0.05, lr 1e-3, effective batch 32, w = 0.8, r = 0.01 (their model config's defaults are
@@ -190,6 +191,15 @@ class ULD(LLMMethod):
         return log
 
     def result_model(self, model):
+        """ULDModel(target, assistant with its adapters merged): merging removes the LoRA branches
+        (three extra matmuls per linear layer) from every decoding step."""
         hp = self.hparams
-        assistant, self.assistant = self.assistant.eval().requires_grad_(False), None
+        assistant, self.assistant = self.assistant.merge_and_unload().eval().requires_grad_(False), None
         return ULDModel(model, assistant, weight=hp["weight"], relative_top=hp["relative_top"])
+
+    def result_skeleton(self, model):
+        """ULDModel(model, an untrained merged assistant of it): what saved ULD results load into."""
+        hp = self.hparams
+        assistant = build_assistant(model, layers=hp["layers"], lora_r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
+                                    lora_dropout=hp["lora_dropout"]).merge_and_unload()
+        return ULDModel(model, assistant.requires_grad_(False), weight=hp["weight"], relative_top=hp["relative_top"])

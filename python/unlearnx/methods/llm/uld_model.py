@@ -50,6 +50,14 @@ def _cache_arg(model: nn.Module) -> str | None:
     return _cache_argument(_base(model))
 
 
+def _last_only(model: nn.Module) -> dict:
+    """{"logits_to_keep": 1} for models that can skip the LM head on all but the last position
+    (decoding reads only that one; the prompt step would otherwise project every prompt token)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
+
+
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     # A left-padded row gets the positions it would have alone (0 at its first real token).
     return (attention_mask.cumsum(1) - 1).clamp(min=0)
@@ -98,6 +106,7 @@ class ULDModel(nn.Module):
         self.register_buffer("uld_weight", torch.tensor(weight, dtype=torch.float64))
         self.register_buffer("uld_relative_top", torch.tensor(relative_top, dtype=torch.float64))
         self._cache_arg = _cache_arg(target)
+        self._last = (_last_only(target), _last_only(assistant))
 
     @property
     def weight(self) -> float:
@@ -208,8 +217,8 @@ class ULDModel(nn.Module):
                     step_ids = torch.cat([input_ids, *[t[:, None] for t in generated]], 1)
                     step_pos = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(
                         len(generated), device=input_ids.device)], 1)
-                zt, tc, _ = _run(self.target, arg, step_ids, mask, step_pos, caches[0])
-                za, ac, _ = _run(self.assistant, arg, step_ids, mask, step_pos, caches[1])
+                zt, tc, _ = _run(self.target, arg, step_ids, mask, step_pos, caches[0], **self._last[0])
+                za, ac, _ = _run(self.assistant, arg, step_ids, mask, step_pos, caches[1], **self._last[1])
                 caches = (tc, ac)
                 tok, _ = logit_diff_sample(zt[:, -1], za[:, -1].to(zt.dtype), mode="uld", weight=self.weight,
                                            relative_top=self.relative_top, temperature=temperature, top_k=top_k,
@@ -256,6 +265,7 @@ class ULDLogitsProcessor:
         self.assistant = assistant
         self.prompt_attention_mask = prompt_attention_mask
         self._arg = _cache_arg(assistant)
+        self._last = _last_only(assistant)
         self._cache, self._mask, self._pos, self._seen = None, None, None, 0
 
     @torch.no_grad()
@@ -274,7 +284,7 @@ class ULDLogitsProcessor:
         was_training = self.assistant.training
         self.assistant.eval()
         try:
-            za, self._cache, _ = _run(self.assistant, self._arg, ids, self._mask, pos, cache)
+            za, self._cache, _ = _run(self.assistant, self._arg, ids, self._mask, pos, cache, **self._last)
         finally:
             self.assistant.train(was_training)
         self._seen = length
