@@ -14,7 +14,8 @@ prompts (rows left-padded to different lengths), greedy:
     uld_loop        ULDModel.generate: target + assistant, each with its own KV cache, one
                     logit_diff_sample per step
     uld_processor   target.generate(logits_processor=[ULDLogitsProcessor(assistant)])
-Ratios: each ULD provider vs target_hf and vs target_loop. Weights are random (speed only); the
+Ratios: each ULD provider vs target_hf and vs target_loop, the median over rounds of the ratio
+within a round (every provider once per round, back to back). Weights are random (speed only); the
 assistant's adapters are merged, as in the model the uld method returns. One torch thread (a tiny model on a shared 2-core host).
 
     python benchmarks/bench_uld_e2e.py [--quick] [--hidden 256] [--layers 8] [--assistant-layers 2]
@@ -24,6 +25,7 @@ Rows go to benchmarks/results/uld_e2e.csv (harness schema) and benchmarks/result
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,7 +89,7 @@ def main(argv=None) -> dict:
     assistant = build_assistant(target, layers=args.assistant_layers).merge_and_unload().requires_grad_(False)
     uld = ULDModel(target, assistant).eval()
     no_eos = {"eos_token_id": [], "pad_token_id": PAD}
-    device = harness.device_name("cpu") + " x1 threads"
+    device = harness.device_name("cpu")
     rows, csv_rows, table = [], [], []
     for b in args.batches:
         ids, mask = prompts(b, args.prompt, args.vocab, seed=b)
@@ -110,21 +112,33 @@ def main(argv=None) -> dict:
         }
         # Same greedy tokens from both ULD paths (the benchmark measures equal work).
         assert torch.equal(providers["uld_loop"]()[:, args.prompt:], hf_processor()[:, args.prompt:])
-        tps = {}
-        for name, fn in providers.items():
-            p50, p20, p80 = harness.time_fn(fn, warmup=1, reps=args.reps)
-            tokens = b * args.new
-            tps[name] = tokens / (p50 * 1e-3)
-            x = f"B={b},h={args.hidden},L={args.layers},K={args.assistant_layers},V={args.vocab},new={args.new}"
+        # Round-robin repetitions: on a shared host the load drifts over seconds, so each ratio is
+        # taken within one round (providers timed back to back), then the median over rounds.
+        times = {name: [] for name in providers}
+        for fn in providers.values():
+            fn()  # warm-up
+        for _ in range(args.reps):
+            for name, fn in providers.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        tokens = b * args.new
+        tps = {name: tokens / statistics.median(ts) for name, ts in times.items()}
+        x = f"B={b},h={args.hidden},L={args.layers},K={args.assistant_layers},V={args.vocab},new={args.new}"
+        for name, ts in times.items():
+            q = statistics.quantiles(ts, n=10) if len(ts) > 1 else [ts[0]] * 9
             csv_rows.append({"kernel": "uld_generate", "provider": name, "mode": "greedy", "metric": "tokens_per_s",
-                             "unit": "tok/s", "x": x, "p50": round(tps[name], 1),
-                             "p20": round(tokens / (p80 * 1e-3), 1), "p80": round(tokens / (p20 * 1e-3), 1),
-                             "device": device})
+                             "unit": "tok/s", "x": x, "p50": round(tps[name], 1), "p20": round(tokens / q[7], 1),
+                             "p80": round(tokens / q[1], 1), "device": device})
+
+        def ratio(uld_name, base_name):
+            return statistics.median(tb / tu for tu, tb in zip(times[uld_name], times[base_name]))
+
         row = {"batch": b, "tokens_per_s": {k: round(v, 1) for k, v in tps.items()},
-               "uld_loop_vs_target_hf": tps["uld_loop"] / tps["target_hf"],
-               "uld_loop_vs_target_loop": tps["uld_loop"] / tps["target_loop"],
-               "uld_processor_vs_target_hf": tps["uld_processor"] / tps["target_hf"],
-               "uld_processor_vs_target_loop": tps["uld_processor"] / tps["target_loop"]}
+               "uld_loop_vs_target_hf": ratio("uld_loop", "target_hf"),
+               "uld_loop_vs_target_loop": ratio("uld_loop", "target_loop"),
+               "uld_processor_vs_target_hf": ratio("uld_processor", "target_hf"),
+               "uld_processor_vs_target_loop": ratio("uld_processor", "target_loop")}
         rows.append(row)
         table.append([b, *(f"{tps[k]:.0f}" for k in providers), f"{row['uld_loop_vs_target_hf']:.2f}",
                       f"{row['uld_loop_vs_target_loop']:.2f}", f"{row['uld_processor_vs_target_hf']:.2f}"])
