@@ -135,6 +135,19 @@ def test_training_reverses_the_goals(tiny, uld):
     assert isinstance(res.model, ULDModel) and res.model.weight == 0.8 and res.model.relative_top == 0.01
 
 
+def test_saved_uld_model_loads_into_the_skeleton_with_w_and_r(tiny, uld, tmp_path):
+    from unlearnx.report import load_state_dict, save_state_dict
+
+    algo = ux.methods.get("uld", task="causal_lm")(layers=K, weight=0.5, relative_top=0.1)
+    skeleton = algo.result_skeleton(tiny.model())
+    assert (skeleton.weight, skeleton.relative_top) == (0.5, 0.1)
+    path = save_state_dict(uld.model, tmp_path / "uld.safetensors")
+    loaded = load_state_dict(skeleton, path)
+    assert (loaded.weight, loaded.relative_top) == (0.8, 0.01)  # the saved w and r, not the skeleton's
+    ids, mask = _prompts(tiny, tiny.forget, 3)
+    assert torch.equal(loaded.generate(ids, mask, max_new_tokens=8), uld.model.generate(ids, mask, max_new_tokens=8))
+
+
 def test_uniform_kl_is_zero_for_uniform_and_log_v_for_one_hot():
     labels = torch.tensor([[-100, 5, 6, -100]])
     flat = torch.zeros(1, 4, 11)

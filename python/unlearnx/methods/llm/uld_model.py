@@ -107,14 +107,14 @@ class ULDModel(nn.Module):
         self.register_buffer("uld_relative_top", torch.tensor(relative_top, dtype=torch.float64))
         self._cache_arg = _cache_arg(target)
         self._last = (_last_only(target), _last_only(assistant))
+        # Python copies for the decoding step (reading a CUDA buffer every step would sync the
+        # device), refreshed whenever a state dict is loaded.
+        self.weight, self.relative_top = weight, relative_top
+        self.register_load_state_dict_post_hook(ULDModel._refresh)
 
-    @property
-    def weight(self) -> float:
-        return float(self.uld_weight)
-
-    @property
-    def relative_top(self) -> float:
-        return float(self.uld_relative_top)
+    @staticmethod
+    def _refresh(module, incompatible_keys) -> None:
+        module.weight, module.relative_top = _check_weights(float(module.uld_weight), float(module.uld_relative_top))
 
     @property
     def generation_config(self):
