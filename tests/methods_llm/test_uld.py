@@ -96,6 +96,27 @@ def test_assistant_of_gpt2_wraps_conv1d():
         assert assistant(input_ids=ids).logits.shape == (2, 7, 50)
 
 
+@pytest.mark.parametrize("family", ["qwen2_moe", "mistral"])
+def test_assistant_and_decoding_on_other_families(family):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    if family == "mistral":
+        model = MistralForCausalLM(MistralConfig(vocab_size=60, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                                                 pad_token_id=0, eos_token_id=3)).eval()
+    else:
+        model = build_lm("moe", vocab_size=60, layers=3, hidden=32, heads=2)
+    assistant = build_assistant(model, layers=2)
+    assert len(assistant.get_base_model().model.layers) == 2
+    uld = ULDModel(model, assistant.merge_and_unload(), weight=1.0, relative_top=0.1)
+    ids = torch.randint(4, 60, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    out = uld.generate(ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
+    assert out.shape == (2, 11)
+    assert torch.equal(out, uld.generate(ids, mask, max_new_tokens=6, eos_token_id=[], pad_token_id=0,
+                                         use_cache=False))
+
+
 def test_assistant_errors_name_the_argument(tiny):
     target = tiny.model()
     with pytest.raises(ValueError, match=r"layers: must be an int in \[1, 4\]"):
@@ -277,6 +298,12 @@ def test_evaluation_suite_runs_on_the_uld_model(tiny, uld):
                            held={"other": tiny.retain[40:46]}, max_new_tokens=8)
     assert 0 <= res.aggregate["model_utility"] <= 1
     assert res.aggregate["forget/probability"] < target.aggregate["forget/probability"]
+    # Representation probes read the target's hidden states: ULD does not change them.
+    from unlearnx.eval.llm.scoring import encode_items, hidden_states
+
+    feats = encode_items(tiny.tok, tiny.forget[:4])
+    pad = tiny.tok.pad_token_id
+    assert (hidden_states(uld.model, feats, pad_token_id=pad) == hidden_states(tiny._model, feats, pad_token_id=pad)).all()
 
 
 # ---- errors -------------------------------------------------------------------------------------

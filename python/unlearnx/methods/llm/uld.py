@@ -23,8 +23,9 @@ Defaults (the authors' released TOFU scripts, Llama-2-7B): K = 8 layers, LoRA r 
 dropout 0.05, lr 1e-3, effective batch 32, w = 0.8, r = 0.01 (their model config's defaults are
 w = 1, r = 0.1; the paper's range is w 0.8–1.0, r 0.01–0.1). The paper trains on an *augmented*
 forget set (the forget QA plus paraphrased and perturbed answers): pass that set as `forget=`.
-Tiny models (tests, the demo: a few layers, trained from scratch) take K = 1–2 and the same lr;
-the assistant must have fewer layers than exist, so `layers` must be ≤ the target's layer count.
+Tiny models (tests, the demo: a few layers, trained from scratch) take K = 1–2, lr 1e-2 and 30–60
+epochs (the KL term first flattens the assistant everywhere; the forget NLL recovers later).
+`layers` must be ≤ the target's layer count (K = all of them copies the whole model).
 """
 from __future__ import annotations
 
