@@ -9,10 +9,11 @@ Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 2. Models: a byte-level BPE tokenizer trained on the data, a tiny Llama "target" trained on
    forget + retain QA, their biographies and the held sets, and a retain oracle ("Retrain")
    trained with the same recipe without the forget authors (`train_lm`).
-3. Unlearning: GA, GradDiff, NPO, SimNPO (`LLM_DEMO_METHODS`; any method not registered is
+3. Unlearning: GA, GradDiff, NPO, SimNPO, ULD (`LLM_DEMO_METHODS`; any method not registered is
    skipped with a note) from the target on forget10, with the tiny-model hyper-parameters of
    tests/methods_llm (`METHOD_HPARAMS`: lr 1e-3, i.e. ~100x the 7B defaults, 3 epochs, batch 8;
-   SimNPO gamma 1 and 6 epochs).
+   SimNPO gamma 1 and 6 epochs; ULD a 1-layer assistant, lr 1e-2, 60 epochs). A method whose result
+   is a wrapper (ULD's target + assistant) is reloaded through its `result_skeleton`.
 4. Evaluation: `evaluate_tofu` (Maini et al. 2024, TOFU) against the retain oracle of the same run:
    forget quality = p-value of the two-sample KS test between the forget-set truth ratios of the
    model and of the oracle (so the oracle's own forget quality is 1), model utility (harmonic
