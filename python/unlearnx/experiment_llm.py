@@ -9,10 +9,11 @@ Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 2. Models: a byte-level BPE tokenizer trained on the data, a tiny Llama "target" trained on
    forget + retain QA, their biographies and the held sets, and a retain oracle ("Retrain")
    trained with the same recipe without the forget authors (`train_lm`).
-3. Unlearning: GA, GradDiff, NPO, SimNPO (`LLM_DEMO_METHODS`; any method not registered is
+3. Unlearning: GA, GradDiff, NPO, SimNPO, ULD (`LLM_DEMO_METHODS`; any method not registered is
    skipped with a note) from the target on forget10, with the tiny-model hyper-parameters of
    tests/methods_llm (`METHOD_HPARAMS`: lr 1e-3, i.e. ~100x the 7B defaults, 3 epochs, batch 8;
-   SimNPO gamma 1 and 6 epochs).
+   SimNPO gamma 1 and 6 epochs; ULD a 1-layer assistant, lr 1e-2, 60 epochs). A method whose result
+   is a wrapper (ULD's target + assistant) is reloaded through its `result_skeleton`.
 4. Evaluation: `evaluate_tofu` (Maini et al. 2024, TOFU) against the retain oracle of the same run:
    forget quality = p-value of the two-sample KS test between the forget-set truth ratios of the
    model and of the oracle (so the oracle's own forget quality is 1), model utility (harmonic
@@ -61,7 +62,11 @@ LLM_DEMO_METHODS = ("ga", "graddiff", "npo", "simnpo", "uld")
 BASE_HPARAMS = {"lr": 1e-3, "epochs": 3, "batch_size": 8}
 METHOD_HPARAMS = {
     "ga": {}, "graddiff": {}, "npo": {}, "simnpo": {"gamma": 1.0, "epochs": 6}, "idkdpo": {},
-    "flat": {"epochs": 2}, "rmu": {"lr": 1e-2, "epochs": 5, "steering_coeff": 20.0, "alpha": 100.0},  # needs >= 3 layers
+    "flat": {"epochs": 2},
+    # ULD: a 1-layer assistant of the 2-layer target; its reversed goals need ~60 epochs of 3 steps
+    # (30 epochs: MU/target 0.58; 60: 0.86, forget probability 0.36 -> 0.01; quick demo, 2-core CPU).
+    "uld": {"layers": 1, "lr": 1e-2, "epochs": 60},
+    "rmu": {"lr": 1e-2, "epochs": 5, "steering_coeff": 20.0, "alpha": 100.0},  # needs >= 3 layers
 }
 
 # Columns of the printed table / report, with how to read them.
@@ -278,8 +283,8 @@ class _Steps:
             compute: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[torch.nn.Module, dict]:
         """Load step `label` when its record matches `key` and its weights' sha256, else compute it
         (compute() -> (model, record)) and save weights then record (a record always points at
-        complete weights). A result that is not a `fresh_model()` (an inference-time wrapper such
-        as ULD's target + assistant or a prompt guard) is saved for inspection but recomputed on a
+        complete weights). A result whose class differs from `fresh_model()`'s (a wrapper with no
+        skeleton to load into, e.g. a prompt guard) is saved for inspection but recomputed on a
         rerun: it cannot be rebuilt from its weights alone."""
         from unlearnx.experiment import _file_sha256
         from unlearnx.report import atomic_write_json, load_state_dict, read_json, save_state_dict
@@ -456,8 +461,14 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
                 return res.model, {"method": name, "seconds": res.seconds, "hparams": res.hparams,
                                    "loss_curve": [float(v) for v in curve] if curve else []}
 
+            def fresh_result(name=name, hp=hp):
+                # What this method's saved result loads into: a wrapper (ULD's target + assistant)
+                # comes from the method's result_skeleton; a plain LM otherwise.
+                skeleton = getattr(ux.methods.get(name, task="causal_lm")(**hp), "result_skeleton", None)
+                return skeleton(fresh()) if skeleton else fresh()
+
             models[label], runs[label] = steps.run(label, _key("unlearn", name, hp, base_key, runs["target"]["sha256"]),
-                                                   fresh, compute)
+                                                   fresh_result, compute)
             timings[f"unlearn {label}_s"] = runs[label]["seconds"]
 
         # Evaluation: the oracle first (its per-item forget truth ratios are every model's KS reference).

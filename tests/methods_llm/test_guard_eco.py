@@ -275,8 +275,6 @@ def test_eco_method_returns_the_guard(tiny):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # weights untouched
 
 
-@pytest.mark.xfail(raises=ValueError, strict=True,
-                   reason="needs run_lm to pass retain= to non-training methods (shared change in methods/llm/base.py)")
 def test_unlearn_entry_point(tiny):
     import unlearnx as ux
 

@@ -184,6 +184,16 @@ class LLMMethod(UnlearningMethod):
             total = total + hp["alpha"] * lr_
         return total, parts
 
+    def result_model(self, model):
+        """The model `unlearn` returns, given the trained one: itself (ULD wraps the untouched target
+        and its trained assistant in one inference model)."""
+        return model
+
+    def result_skeleton(self, model):
+        """An untrained model with the structure `result_model` returns, built around `model`: what
+        saved results of this method load into (default: `model` itself)."""
+        return model
+
     def lora_config(self, model):
         """The LoraConfig used for lora=True (RMU narrows it to the layers it updates)."""
         return default_lora_config()
@@ -359,7 +369,15 @@ def run_lm(algo: LLMMethod, model, forget, retain, *, tokenizer=None, template: 
     """Unlearn with an LLM method; returns (unlearned model, log). `model` is changed in place."""
     algo.seed = seed
     if not algo.trains:
-        return algo.apply(model, as_lm_dataset(forget, "forget", tokenizer, template), progress), {"steps": 0}
+        # Methods with their own procedure (WHP's inference mix, task vectors, prompt guards) get the
+        # forget set, and retain data plus tokenizer when they declare they read retain data.
+        forget_ds = as_lm_dataset(forget, "forget", tokenizer, template)
+        if "retain" in algo.requires:
+            model = algo.apply(model, forget_ds, progress, retain=as_lm_dataset(retain, "retain", tokenizer, template),
+                               tokenizer=tokenizer)
+        else:
+            model = algo.apply(model, forget_ds, progress)
+        return model, {"steps": 0, **getattr(algo, "log", {})}
     model, loader = prepare_lm(algo, model, forget, retain, tokenizer=tokenizer, template=template, seed=seed,
                                progress=progress)
     try:
@@ -367,4 +385,4 @@ def run_lm(algo: LLMMethod, model, forget, retain, *, tokenizer=None, template: 
     finally:
         model = finish_lm(algo, model)
     log["steps"] = len(log.get("loss", []))
-    return model, log
+    return algo.result_model(model), log
