@@ -1,0 +1,307 @@
+// Logit-combination decoding, one row at a time (semantics: python/unlearnx/ops/logit_diff.py).
+//
+// Per row of target logits z_t and auxiliary logits z_a (V each), all in fp32:
+//   uld   c = z_t − w·z_a where z_t ≥ min(max z_t + log r, z_t,(k)), k = max(1, ⌊r·V⌋), z_a ≠ −inf;
+//         c = z_t elsewhere (Ji et al., 2024, the relative-top filter on logits)
+//   whp   c = v_b − w·ReLU(v_r − v_b), −inf where v_b = −inf (Eldan & Russinovich, 2023)
+//   none  c = z_t
+// then s = c / T, top-k on c (ties kept), top-p on softmax(s) (the smallest tie-inclusive nucleus),
+// ℓ = log_softmax(s over kept tokens), and argmax c (greedy) or argmax ℓ + g (Gumbel-max, counter-
+// based splitmix64 noise) with ties to the lower index.
+//
+// Every order statistic — the k-th largest target logit, the top-k threshold and the top-p
+// threshold — is one radix select on the order-preserving uint32 key of the fp32 value: an 11-bit
+// histogram pass over the row, a pass collecting the one bucket that holds the answer, then two
+// more digit levels (11 + 10 bits) over those few candidates. Top-p is the same walk with each
+// element weighted by e^{s − max s}: the threshold is the first key (from the top) at which the
+// cumulative mass reaches top_p·Σ, so the mass strictly above every kept value is < top_p·Σ.
+// No sort of the row anywhere.
+//
+// The arithmetic is written to round exactly as the fp32 reference (z_t − (w·z_a), not fused):
+// the translation unit is compiled with -ffp-contract=off.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "unlearnx/common.h"
+#include "unlearnx/token_stats.h"  // f16_bits, load_f32(f16), exp_nonpositive
+
+namespace unlearnx {
+
+enum LogitDiffMode : int { kLdNone = 0, kLdUld = 1, kLdWhp = 2 };
+
+struct LogitDiffParams {
+  int mode;
+  float weight;        // w (ULD) or α (WHP), rounded to fp32 as torch does for a scalar operand
+  int64_t filter_k;    // max(1, ⌊r·V⌋)
+  float log_r;         // log r rounded once to fp32
+  float temperature;
+  int64_t top_k;       // 0 or >= V: off
+  double top_p;        // 1: off
+  bool greedy;
+  uint64_t seed;
+  uint64_t offset;
+};
+
+// Order-preserving key: a < b  <=>  key(a) < key(b) for non-NaN floats; −0 and +0 share a key.
+inline uint32_t ld_key(float x) {
+  const uint32_t u = float_to_bits(x + 0.0f);  // -0 + 0 = +0 (round to nearest)
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+inline float ld_unkey(uint32_t k) { return bits_to_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k); }
+
+constexpr uint64_t kSplitmixGamma = 0x9E3779B97F4A7C15ull;
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += kSplitmixGamma;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// The noise stream of row `row` (global index: offset + row).
+inline uint64_t gumbel_stream(uint64_t seed, uint64_t global_row) {
+  return splitmix64(seed + kSplitmixGamma * global_row);
+}
+
+// g = −log(−log u), u = (24 hash bits + ½)·2⁻²⁴, all in fp32 as the reference computes it.
+inline float gumbel_at(uint64_t stream, int64_t v) {
+  const uint64_t x = splitmix64(stream + uint64_t(v));
+  const float u = (float(uint32_t(x >> 40)) + 0.5f) * 5.9604644775390625e-8f;
+  return -std::log(-std::log(u));
+}
+
+// Scratch reused across the rows one thread handles.
+struct LogitDiffScratch {
+  std::vector<float> buf;    // the row in fp32: z_t, then c, then s of kept tokens (−inf dropped)
+  std::vector<float> mass;   // e^{s − max s} for top-p
+  std::vector<uint32_t> cand_key;
+  std::vector<double> cand_w;
+  double hist[2048];
+};
+
+// First bucket from the top at which the running weight (carried in `cum`) reaches `target`;
+// -1 when the whole histogram stays below it.
+inline int ld_scan(const double* hist, int buckets, double target, double& cum) {
+  for (int b = buckets - 1; b >= 0; --b) {
+    if (cum + hist[b] >= target) return b;
+    cum += hist[b];
+  }
+  return -1;
+}
+
+// Lowest non-empty bucket (rounding fallback of a weighted walk: keep the whole candidate set).
+inline int ld_lowest(const std::vector<uint32_t>& keys, int shift, uint32_t mask) {
+  uint32_t lo = mask;
+  for (uint32_t k : keys) lo = ((k >> shift) & mask) < lo ? ((k >> shift) & mask) : lo;
+  return int(lo);
+}
+
+// Radix select from the top: the largest key K such that the total weight of keys >= K reaches
+// target (weights 1: K is the key of the target-th largest element, duplicates counted). item(i,
+// key, w) reports element i (false: not a candidate). Returns 0 (every key >= 0) when the total
+// weight never reaches the target.
+template <class Item>
+uint32_t ld_select(LogitDiffScratch& s, int64_t n, Item item, double target) {
+  constexpr int kBlock = 256;
+  for (double& h : s.hist) h = 0.0;
+  uint32_t keys[kBlock];
+  double ws[kBlock];
+  bool in[kBlock];
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int m = int(n - i0 < kBlock ? n - i0 : kBlock);
+    for (int i = 0; i < m; ++i) in[i] = item(i0 + i, keys[i], ws[i]);
+    for (int i = 0; i < m; ++i)
+      if (in[i]) s.hist[keys[i] >> 21] += ws[i];
+  }
+  double cum = 0.0;
+  const int b1 = ld_scan(s.hist, 2048, target, cum);
+  if (b1 < 0) return 0u;
+  s.cand_key.clear();
+  s.cand_w.clear();
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    const int m = int(n - i0 < kBlock ? n - i0 : kBlock);
+    for (int i = 0; i < m; ++i) in[i] = item(i0 + i, keys[i], ws[i]);
+    for (int i = 0; i < m; ++i)
+      if (in[i] && int(keys[i] >> 21) == b1) {
+        s.cand_key.push_back(keys[i]);
+        s.cand_w.push_back(ws[i]);
+      }
+  }
+  uint32_t prefix = uint32_t(b1) << 21;
+  // Digits 2 (bits 20..10) and 3 (bits 9..0) over the candidates only.
+  const int shifts[2] = {10, 0};
+  const uint32_t masks[2] = {0x7ffu, 0x3ffu};
+  for (int level = 0; level < 2; ++level) {
+    const int sh = shifts[level];
+    const uint32_t mk = masks[level];
+    for (uint32_t b = 0; b <= mk; ++b) s.hist[b] = 0.0;
+    for (size_t j = 0; j < s.cand_key.size(); ++j) s.hist[(s.cand_key[j] >> sh) & mk] += s.cand_w[j];
+    int b = ld_scan(s.hist, int(mk) + 1, target, cum);
+    if (b < 0) b = ld_lowest(s.cand_key, sh, mk);  // weights summed in another order fell short
+    prefix |= uint32_t(b) << sh;
+    size_t kept = 0;
+    for (size_t j = 0; j < s.cand_key.size(); ++j)
+      if (((s.cand_key[j] >> sh) & mk) == uint32_t(b)) {
+        s.cand_key[kept] = s.cand_key[j];
+        s.cand_w[kept] = s.cand_w[j];
+        ++kept;
+      }
+    s.cand_key.resize(kept);
+    s.cand_w.resize(kept);
+  }
+  return prefix;
+}
+
+// Combined logits c of one row into s.buf; returns the index of the first maximum of c.
+template <typename T>
+int64_t ld_combine_row(const T* __restrict__ zt, const T* __restrict__ za, int64_t vocab, const LogitDiffParams& p,
+                       LogitDiffScratch& s) {
+  float* __restrict__ buf = s.buf.data();
+  const float w = p.weight;
+  if (p.mode == kLdUld) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < vocab; ++i) {
+      buf[i] = load_f32(zt + i);
+      mx = buf[i] > mx ? buf[i] : mx;
+    }
+    const uint32_t kth_key = ld_select(
+        s, vocab,
+        [&](int64_t i, uint32_t& key, double& wt) {
+          key = ld_key(buf[i]);
+          wt = 1.0;
+          return true;
+        },
+        double(p.filter_k));
+    const float kth = ld_unkey(kth_key);
+    const float lifted = mx + p.log_r;
+    const float thr = lifted < kth ? lifted : kth;
+    for (int64_t i = 0; i < vocab; ++i) {
+      const float a = load_f32(za + i);
+      const float prod = w * a;
+      const float diff = buf[i] - prod;
+      buf[i] = (buf[i] >= thr && a != -INFINITY) ? diff : buf[i];
+    }
+  } else if (p.mode == kLdWhp) {
+    for (int64_t i = 0; i < vocab; ++i) {
+      const float b = load_f32(zt + i);
+      const float d = load_f32(za + i) - b;
+      const float relu = d > 0.0f ? d : 0.0f;
+      const float prod = w * relu;
+      const float mixed = b - prod;
+      buf[i] = b == -INFINITY ? -INFINITY : mixed;
+    }
+  } else {
+    for (int64_t i = 0; i < vocab; ++i) buf[i] = load_f32(zt + i);
+  }
+  int64_t arg = 0;
+  float best = buf[0];
+  for (int64_t i = 1; i < vocab; ++i)
+    if (buf[i] > best) {
+      best = buf[i];
+      arg = i;
+    }
+  return arg;
+}
+
+// log_softmax(c / T) of one row (no top-k / top-p) into out[0..V).
+template <typename T>
+void logit_diff_logprobs_row(const T* zt, const T* za, int64_t vocab, const LogitDiffParams& p,
+                             LogitDiffScratch& s, float* __restrict__ out) {
+  const int64_t arg = ld_combine_row(zt, za, vocab, p, s);
+  const float* __restrict__ buf = s.buf.data();
+  const float t = p.temperature;
+  const float smax = buf[arg] / t;
+  double z = 0.0;
+  float part[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= vocab; i += 16)
+    for (int l = 0; l < 16; ++l) part[l] += exp_nonpositive(buf[i + l] / t - smax);
+  for (; i < vocab; ++i) part[0] += exp_nonpositive(buf[i] / t - smax);
+  for (int l = 0; l < 16; ++l) z += part[l];
+  const float log_z = float(std::log(z));
+  for (i = 0; i < vocab; ++i) out[i] = (buf[i] / t - smax) - log_z;
+}
+
+// One decoding step of one row: the chosen token and its log-prob under the filtered distribution.
+template <typename T>
+void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitDiffParams& p, int64_t row,
+                           LogitDiffScratch& s, int64_t* token, float* logprob) {
+  const int64_t arg = ld_combine_row(zt, za, vocab, p, s);
+  float* __restrict__ buf = s.buf.data();
+  const float cmax = buf[arg];
+  // top-k on c (the k-th largest, duplicates and −inf entries counted); −inf never kept.
+  float kth = -INFINITY;
+  if (p.top_k > 0 && p.top_k < vocab)
+    kth = ld_unkey(ld_select(
+        s, vocab,
+        [&](int64_t i, uint32_t& key, double& wt) {
+          key = ld_key(buf[i]);
+          wt = 1.0;
+          return true;
+        },
+        double(p.top_k)));
+  const float t = p.temperature;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const float c = buf[i];
+    buf[i] = (c > -INFINITY && c >= kth) ? c / t : -INFINITY;
+  }
+  const float smax = cmax / t;
+  if (p.top_p < 1.0) {
+    float* __restrict__ mass = s.mass.data();
+    double total = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      mass[i] = exp_nonpositive(buf[i] - smax);
+      total += mass[i];
+    }
+    const uint32_t cut = ld_select(
+        s, vocab,
+        [&](int64_t i, uint32_t& key, double& wt) {
+          key = ld_key(buf[i]);
+          wt = mass[i];
+          return buf[i] > -INFINITY;
+        },
+        p.top_p * total);
+    for (int64_t i = 0; i < vocab; ++i) buf[i] = ld_key(buf[i]) >= cut ? buf[i] : -INFINITY;
+  }
+  double z = 0.0;
+  {
+    float part[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= vocab; i += 16)
+      for (int l = 0; l < 16; ++l) part[l] += exp_nonpositive(buf[i + l] - smax);
+    for (; i < vocab; ++i) part[0] += exp_nonpositive(buf[i] - smax);
+    for (int l = 0; l < 16; ++l) z += part[l];
+  }
+  const float log_z = float(std::log(z));
+  int64_t tok = arg;
+  if (!p.greedy) {
+    // Gumbel-max over kept tokens. g <= g_max for every 24-bit u, so a token whose log-prob is more
+    // than g_max below the best key so far cannot win: its two logs are skipped. The first maximum
+    // of c (the likeliest token) is scored first so the bound bites from the start.
+    const uint64_t stream = gumbel_stream(p.seed, p.offset + uint64_t(row));
+    const float g_max = -std::log(-std::log((16777215.0f + 0.5f) * 5.9604644775390625e-8f)) + 1e-3f;
+    float best = -INFINITY;
+    tok = 0;
+    if (buf[arg] > -INFINITY) {
+      best = ((buf[arg] - smax) - log_z) + gumbel_at(stream, arg);
+      tok = arg;
+    }
+    for (int64_t i = 0; i < vocab; ++i) {
+      if (!(buf[i] > -INFINITY) || i == arg) continue;
+      const float lp = (buf[i] - smax) - log_z;
+      if (lp + g_max < best) continue;
+      const float key = lp + gumbel_at(stream, i);
+      if (key > best || (key == best && i < tok)) {
+        best = key;
+        tok = i;
+      }
+    }
+  }
+  *token = tok;
+  *logprob = (buf[tok] - smax) - log_z;
+}
+
+}  // namespace unlearnx
