@@ -254,3 +254,18 @@ def logit_diff_sample(target: torch.Tensor, assistant: torch.Tensor | None, *, m
         return logit_diff_sample_reference(target, assistant, mode=mode, weight=weight, relative_top=relative_top,
                                            temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                                            seed=seed, offset=offset)
+
+
+if _native.native_loaded() and hasattr(torch.ops.unlearnx, "logit_diff_sample"):
+
+    @torch.library.register_fake("unlearnx::logit_diff_sample")
+    def _logit_diff_sample_fake(target, assistant, mode, weight, relative_top, temperature, top_k, top_p, greedy,
+                                seed, offset):
+        torch._check(target.dim() == 2, lambda: "target must be [B, V]")
+        rows = target.shape[0]
+        return (torch.empty((rows,), dtype=torch.int64, device=target.device),
+                torch.empty((rows,), dtype=torch.float32, device=target.device))
+
+    @torch.library.register_fake("unlearnx::logit_diff_logprobs")
+    def _logit_diff_logprobs_fake(target, assistant, mode, weight, relative_top, temperature):
+        return torch.empty(target.shape, dtype=torch.float32, device=target.device)
