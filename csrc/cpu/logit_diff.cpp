@@ -78,6 +78,7 @@ std::tuple<Tensor, Tensor> logit_diff_sample_cpu(Tensor target, std::optional<Te
   p.seed = uint64_t(seed);
   p.offset = uint64_t(offset);
   const int64_t rows = target.size(0), vocab = target.size(1);
+  if (vocab > int64_t(UINT32_MAX)) fail("target has more than 2^32 - 1 vocabulary entries");
   Tensor tokens = torch::stable::new_empty(target, {rows}, ScalarType::Long);
   Tensor logprob = torch::stable::new_empty(target, {rows}, ScalarType::Float);
   if (rows == 0) return {tokens, logprob};

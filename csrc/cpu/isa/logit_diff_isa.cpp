@@ -11,7 +11,11 @@ namespace {
 LogitDiffScratch make_scratch(int64_t vocab, const LogitDiffParams& p, bool sample) {
   LogitDiffScratch s;
   s.buf.resize(size_t(vocab));
-  if (sample && p.top_p < 1.0) s.mass.resize(size_t(vocab));
+  if (sample) {
+    s.val.resize(size_t(vocab));
+    s.idx.resize(size_t(vocab));
+    if (p.top_p < 1.0) s.mass.resize(size_t(vocab));
+  }
   return s;
 }
 

@@ -75,8 +75,10 @@ inline float gumbel_at(uint64_t stream, int64_t v) {
 
 // Scratch reused across the rows one thread handles.
 struct LogitDiffScratch {
-  std::vector<float> buf;    // the row in fp32: z_t, then c, then s of kept tokens (−inf dropped)
-  std::vector<float> mass;   // e^{s − max s} for top-p
+  std::vector<float> buf;    // the row in fp32: z_t, then c
+  std::vector<float> val;    // scaled logits s of the kept tokens, compacted
+  std::vector<uint32_t> idx; // their token ids
+  std::vector<float> mass;   // e^{s − max s} of the kept tokens, for top-p
   std::vector<uint32_t> cand_key;
   std::vector<double> cand_w;
   double hist[2048];
@@ -226,11 +228,13 @@ void logit_diff_logprobs_row(const T* zt, const T* za, int64_t vocab, const Logi
 }
 
 // One decoding step of one row: the chosen token and its log-prob under the filtered distribution.
+// After top-k the kept tokens are compacted (scaled logit, index; index order), so top-p, the
+// log-sum-exp and the Gumbel draw touch only them — 50 entries instead of V with top-k 50.
 template <typename T>
 void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitDiffParams& p, int64_t row,
                            LogitDiffScratch& s, int64_t* token, float* logprob) {
   const int64_t arg = ld_combine_row(zt, za, vocab, p, s);
-  float* __restrict__ buf = s.buf.data();
+  const float* __restrict__ buf = s.buf.data();
   const float cmax = buf[arg];
   // top-k on c (the k-th largest, duplicates and −inf entries counted); −inf never kept.
   float kth = -INFINITY;
@@ -244,64 +248,80 @@ void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitD
         },
         double(p.top_k)));
   const float t = p.temperature;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const float c = buf[i];
-    buf[i] = (c > -INFINITY && c >= kth) ? c / t : -INFINITY;
-  }
   const float smax = cmax / t;
-  if (p.top_p < 1.0) {
+  float* __restrict__ val = s.val.data();
+  uint32_t* __restrict__ idx = s.idx.data();
+  int64_t n = 0;
+  for (int64_t i = 0; i < vocab; ++i) {  // branch-free compaction
+    const float c = buf[i];
+    val[n] = c / t;
+    idx[n] = uint32_t(i);
+    n += (c > -INFINITY && c >= kth) ? 1 : 0;
+  }
+  if (p.top_p < 1.0 && n > 1) {
     float* __restrict__ mass = s.mass.data();
     double total = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      mass[i] = exp_nonpositive(buf[i] - smax);
-      total += mass[i];
+    for (int64_t j = 0; j < n; ++j) {
+      mass[j] = exp_nonpositive(val[j] - smax);
+      total += mass[j];
     }
     const uint32_t cut = ld_select(
-        s, vocab,
-        [&](int64_t i, uint32_t& key, double& wt) {
-          key = ld_key(buf[i]);
-          wt = mass[i];
-          return buf[i] > -INFINITY;
+        s, n,
+        [&](int64_t j, uint32_t& key, double& wt) {
+          key = ld_key(val[j]);
+          wt = mass[j];
+          return true;
         },
         p.top_p * total);
-    for (int64_t i = 0; i < vocab; ++i) buf[i] = ld_key(buf[i]) >= cut ? buf[i] : -INFINITY;
+    int64_t m = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      val[m] = val[j];
+      idx[m] = idx[j];
+      m += ld_key(val[j]) >= cut ? 1 : 0;
+    }
+    n = m;
+  }
+  if (n == 0) {  // nothing to choose from (every combined logit −inf): token 0, NaN, as the reference
+    *token = 0;
+    *logprob = NAN;
+    return;
   }
   double z = 0.0;
   {
     float part[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= vocab; i += 16)
-      for (int l = 0; l < 16; ++l) part[l] += exp_nonpositive(buf[i + l] - smax);
-    for (; i < vocab; ++i) part[0] += exp_nonpositive(buf[i] - smax);
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+      for (int l = 0; l < 16; ++l) part[l] += exp_nonpositive(val[j + l] - smax);
+    for (; j < n; ++j) part[0] += exp_nonpositive(val[j] - smax);
     for (int l = 0; l < 16; ++l) z += part[l];
   }
   const float log_z = float(std::log(z));
+  // The first maximum of c (the likeliest token, always kept) has log-prob (smax − smax) − log Σ.
+  const float lp_arg = (smax - smax) - log_z;
   int64_t tok = arg;
+  float tok_lp = lp_arg;
   if (!p.greedy) {
     // Gumbel-max over kept tokens. g <= g_max for every 24-bit u, so a token whose log-prob is more
-    // than g_max below the best key so far cannot win: its two logs are skipped. The first maximum
-    // of c (the likeliest token) is scored first so the bound bites from the start.
+    // than g_max below the best key so far cannot win: its two logs are skipped. The likeliest
+    // token is scored first so the bound bites from the start.
     const uint64_t stream = gumbel_stream(p.seed, p.offset + uint64_t(row));
     const float g_max = -std::log(-std::log((16777215.0f + 0.5f) * 5.9604644775390625e-8f)) + 1e-3f;
-    float best = -INFINITY;
-    tok = 0;
-    if (buf[arg] > -INFINITY) {
-      best = ((buf[arg] - smax) - log_z) + gumbel_at(stream, arg);
-      tok = arg;
-    }
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (!(buf[i] > -INFINITY) || i == arg) continue;
-      const float lp = (buf[i] - smax) - log_z;
+    float best = lp_arg + gumbel_at(stream, arg);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = idx[j];
+      if (i == arg) continue;
+      const float lp = (val[j] - smax) - log_z;
       if (lp + g_max < best) continue;
       const float key = lp + gumbel_at(stream, i);
       if (key > best || (key == best && i < tok)) {
         best = key;
         tok = i;
+        tok_lp = lp;
       }
     }
   }
   *token = tok;
-  *logprob = (buf[tok] - smax) - log_z;
+  *logprob = tok_lp;
 }
 
 }  // namespace unlearnx
