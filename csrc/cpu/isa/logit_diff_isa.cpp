@@ -8,13 +8,16 @@
 namespace unlearnx::cpu::UNLEARNX_ISA_NS {
 namespace {
 
-LogitDiffScratch make_scratch(int64_t vocab, const LogitDiffParams& p, bool sample) {
-  LogitDiffScratch s;
-  s.buf.resize(size_t(vocab));
-  if (sample) {
-    s.val.resize(size_t(vocab));
-    s.idx.resize(size_t(vocab));
-    if (p.top_p < 1.0) s.mass.resize(size_t(vocab));
+// Per-thread scratch kept between calls: fresh row-sized buffers would be new pages (mmap-backed
+// allocations), and faulting them in cost more than the whole step at V = 128k.
+LogitDiffScratch& scratch(int64_t vocab, bool sample) {
+  thread_local LogitDiffScratch s;
+  const size_t v = size_t(vocab);
+  if (s.buf.size() < v) s.buf.resize(v);
+  if (sample && s.val.size() < v) {
+    s.val.resize(v);
+    s.idx.resize(v);
+    s.mass.resize(v);
   }
   return s;
 }
@@ -22,7 +25,7 @@ LogitDiffScratch make_scratch(int64_t vocab, const LogitDiffParams& p, bool samp
 template <typename T>
 void sample_rows(const T* zt, const T* za, int64_t row0, int64_t rows, int64_t vocab, const LogitDiffParams& p,
                  int64_t* tokens, float* logprob) {
-  LogitDiffScratch s = make_scratch(vocab, p, true);
+  LogitDiffScratch& s = scratch(vocab, true);
   for (int64_t r = 0; r < rows; ++r)
     logit_diff_sample_row(zt + r * vocab, za ? za + r * vocab : nullptr, vocab, p, row0 + r, s, tokens + r,
                           logprob + r);
@@ -30,7 +33,7 @@ void sample_rows(const T* zt, const T* za, int64_t row0, int64_t rows, int64_t v
 
 template <typename T>
 void logprob_rows(const T* zt, const T* za, int64_t rows, int64_t vocab, const LogitDiffParams& p, float* out) {
-  LogitDiffScratch s = make_scratch(vocab, p, false);
+  LogitDiffScratch& s = scratch(vocab, false);
   for (int64_t r = 0; r < rows; ++r)
     logit_diff_logprobs_row(zt + r * vocab, za ? za + r * vocab : nullptr, vocab, p, s, out + r * vocab);
 }

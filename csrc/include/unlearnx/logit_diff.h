@@ -44,6 +44,14 @@ struct LogitDiffParams {
   uint64_t offset;
 };
 
+}  // namespace unlearnx
+
+// The kernels below are compiled once per ISA (csrc/cpu/isa/logit_diff_isa.cpp), so they live in
+// that ISA's namespace: one shared definition of a template or inline function would let the
+// linker keep, say, the AVX-512 copy for every caller (an ODR violation that crashes without AVX-512).
+#ifdef UNLEARNX_ISA_NS
+namespace unlearnx::cpu::UNLEARNX_ISA_NS {
+
 // Order-preserving key: a < b  <=>  key(a) < key(b) for non-NaN floats; −0 and +0 share a key.
 inline uint32_t ld_key(float x) {
   const uint32_t u = float_to_bits(x + 0.0f);  // -0 + 0 = +0 (round to nearest)
@@ -198,14 +206,18 @@ int64_t ld_combine_row(const T* __restrict__ zt, const T* __restrict__ za, int64
   } else {
     for (int64_t i = 0; i < vocab; ++i) buf[i] = load_f32(zt + i);
   }
+  // The max in 16 lanes (vectorizes), then its first index: ties go to the lower token id.
+  float lane[16];
+  for (int l = 0; l < 16; ++l) lane[l] = -INFINITY;
+  int64_t i = 0;
+  for (; i + 16 <= vocab; i += 16)
+    for (int l = 0; l < 16; ++l) lane[l] = buf[i + l] > lane[l] ? buf[i + l] : lane[l];
+  for (; i < vocab; ++i) lane[0] = buf[i] > lane[0] ? buf[i] : lane[0];
+  float best = lane[0];
+  for (int l = 1; l < 16; ++l) best = lane[l] > best ? lane[l] : best;
   int64_t arg = 0;
-  float best = buf[0];
-  for (int64_t i = 1; i < vocab; ++i)
-    if (buf[i] > best) {
-      best = buf[i];
-      arg = i;
-    }
-  return arg;
+  while (arg < vocab && !(buf[arg] == best)) ++arg;
+  return arg < vocab ? arg : 0;  // all NaN: no maximum (NaN logits are outside the contract)
 }
 
 // log_softmax(c / T) of one row (no top-k / top-p) into out[0..V).
@@ -254,10 +266,12 @@ void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitD
   int64_t n = 0;
   for (int64_t i = 0; i < vocab; ++i) {  // branch-free compaction
     const float c = buf[i];
-    val[n] = c / t;
+    val[n] = c;
     idx[n] = uint32_t(i);
     n += (c > -INFINITY && c >= kth) ? 1 : 0;
   }
+  if (t != 1.0f)
+    for (int64_t j = 0; j < n; ++j) val[j] = val[j] / t;  // s = c / T (a separate loop: it vectorizes)
   if (p.top_p < 1.0 && n > 1) {
     float* __restrict__ mass = s.mass.data();
     double total = 0.0;
@@ -324,4 +338,5 @@ void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitD
   *logprob = tok_lp;
 }
 
-}  // namespace unlearnx
+}  // namespace unlearnx::cpu::UNLEARNX_ISA_NS
+#endif  // UNLEARNX_ISA_NS
