@@ -266,3 +266,28 @@ def test_every_compiled_isa_matches_reference(isa):
     active = out.stdout.strip().splitlines()[-1]
     if active != isa:  # a CPU without this ISA caps the request at what it has
         pytest.skip(f"CPU runs {active}, not {isa}")
+
+
+def test_triton_kernels_under_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    from unlearnx.kernels.logit_diff import logit_diff_logprobs_triton, logit_diff_sample_triton
+
+    zt, za = make(4, 200, seed=12, ties=True)
+    for mode in MODES:
+        a = None if mode == "none" else za
+        for cfg in (dict(greedy=True, top_k=5, top_p=0.8), dict(temperature=0.7, top_k=30, top_p=0.9, seed=3)):
+            tok, lp = logit_diff_sample_triton(zt, a, MODES.index(mode), 0.8, 0.1, cfg.get("temperature", 1.0),
+                                               cfg["top_k"], cfg["top_p"], cfg.get("greedy", False),
+                                               cfg.get("seed", 0), 5)
+            rtok, rlp = ref_sample(zt, a, mode, offset=5, **cfg)
+            assert torch.equal(tok, rtok), (mode, cfg)
+            assert torch.allclose(lp, rlp, atol=2e-5), (mode, cfg)
+        got = logit_diff_logprobs_triton(zt, a, MODES.index(mode), 0.8, 0.1, 1.3)
+        want = logit_diff_logprobs_reference(zt, a, mode=mode, weight=0.8, relative_top=0.1, temperature=1.3)
+        fin = torch.isfinite(want)
+        assert torch.equal(torch.isfinite(got), fin) and torch.allclose(got[fin], want[fin], atol=1e-5), mode
+    # The wrapper routes to Triton when asked (CPU tensors: only under the interpreter).
+    monkeypatch.setenv("UNLEARNX_BACKEND", "triton")
+    tok, _ = logit_diff_sample(zt[:2], za[:2], seed=9, offset=1)
+    assert torch.equal(tok, logit_diff_sample_reference(zt[:2], za[:2], seed=9, offset=1)[0])
