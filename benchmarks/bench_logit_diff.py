@@ -12,7 +12,7 @@ The limit is one read of both rows (2·B·V·elem bytes) at the read bandwidth m
 (harness.read_bandwidth_gbs); "% of limit" = that time / the measured time.
 Rows go to benchmarks/results/logit_diff.csv (harness schema) and logit_diff.json (this run).
 
-    python benchmarks/bench_logit_diff.py [--quick] [--vocab 32000 128000] [--batch 1 64]
+    python benchmarks/bench_logit_diff.py [--quick] [--vocab 32000 128000] [--batch 1 64] [--threads N]
 """
 from __future__ import annotations
 
@@ -79,8 +79,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.vocab, args.batch, args.reps = [32000], [1, 8], 5
     device = torch.device("cpu")
