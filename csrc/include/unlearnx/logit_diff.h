@@ -297,10 +297,41 @@ void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitD
     for (int64_t j = 0; j < n; ++j) val[j] = val[j] / t;  // s = c / T (a separate loop: it vectorizes)
   if (p.top_p < 1.0 && n > 1) {
     float* __restrict__ mass = s.mass.data();
-    double total = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-      mass[j] = exp_nonpositive(val[j] - smax);
-      total += mass[j];
+    // Σ e^{s − smax} over the kept tokens and over the "heavy" ones (s − smax >= kHeavy), in 16
+    // float lanes so the loop vectorizes.
+    constexpr float kHeavy = -12.0f;
+    float all_l[16] = {0}, heavy_l[16] = {0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+      for (int l = 0; l < 16; ++l) {
+        const float d = val[j + l] - smax;
+        mass[j + l] = exp_nonpositive(d);
+        all_l[l] += mass[j + l];
+        heavy_l[l] += d >= kHeavy ? mass[j + l] : 0.0f;
+      }
+    for (; j < n; ++j) {
+      const float d = val[j] - smax;
+      mass[j] = exp_nonpositive(d);
+      all_l[0] += mass[j];
+      heavy_l[0] += d >= kHeavy ? mass[j] : 0.0f;
+    }
+    double total = 0.0, heavy = 0.0;
+    for (int l = 0; l < 16; ++l) {
+      total += all_l[l];
+      heavy += heavy_l[l];
+    }
+    const double target = p.top_p * total;
+    if (heavy >= target) {
+      // The nucleus lies among the heavy tokens (every token above a heavy one is heavy, and they
+      // alone reach the target), so the select only needs them: usually a small fraction of V.
+      int64_t m = 0;
+      for (j = 0; j < n; ++j) {
+        val[m] = val[j];
+        idx[m] = idx[j];
+        mass[m] = mass[j];
+        m += (val[j] - smax) >= kHeavy ? 1 : 0;
+      }
+      n = m;
     }
     const uint32_t cut = ld_select(
         s, n,
@@ -309,9 +340,9 @@ void logit_diff_sample_row(const T* zt, const T* za, int64_t vocab, const LogitD
           wt = mass[j];
           return true;
         },
-        p.top_p * total);
+        target);
     int64_t m = 0;
-    for (int64_t j = 0; j < n; ++j) {
+    for (j = 0; j < n; ++j) {
       val[m] = val[j];
       idx[m] = idx[j];
       m += ld_key(val[j]) >= cut ? 1 : 0;
