@@ -74,12 +74,14 @@ inline uint64_t gumbel_stream(uint64_t seed, uint64_t global_row) {
   return splitmix64(seed + kSplitmixGamma * global_row);
 }
 
-// g = −log(−log u), u = (24 hash bits + ½)·2⁻²⁴, all in fp32 as the reference computes it.
-inline float gumbel_at(uint64_t stream, int64_t v) {
+// u = (24 high hash bits + ½)·2⁻²⁴ of token v in the stream, in fp32 as the reference computes it.
+inline float gumbel_uniform(uint64_t stream, uint32_t v) {
   const uint64_t x = splitmix64(stream + uint64_t(v));
-  const float u = (float(int32_t(x >> 40)) + 0.5f) * 5.9604644775390625e-8f;
-  return -std::log(-std::log(u));
+  return (float(int32_t(x >> 40)) + 0.5f) * 5.9604644775390625e-8f;
 }
+
+// The exact noise g = −log(−log u) (libm logs in fp32, matching the reference).
+inline float gumbel_at(uint64_t stream, int64_t v) { return -std::log(-std::log(gumbel_uniform(stream, uint32_t(v)))); }
 
 // log x for a positive normal fp32 x, branch-free so loops over it vectorize: x = 2^e·m with
 // m in [√½, √2), log m = 2·atanh(t), t = (m − 1)/(m + 1), by its series to t^9 (|t| < 0.172: the
@@ -96,12 +98,6 @@ inline float log_positive(float x) {
   const float t2 = t * t;
   const float series = 1.0f + t2 * (1.0f / 3.0f + t2 * (1.0f / 5.0f + t2 * (1.0f / 7.0f + t2 * (1.0f / 9.0f))));
   return e * 0.693145751953125f + (e * 1.428606765330187e-6f + 2.0f * t * series);
-}
-
-// u of token v in the stream (gumbel_at's argument), from the 24 high bits of the hash.
-inline float gumbel_uniform(uint64_t stream, uint32_t v) {
-  const uint64_t x = splitmix64(stream + uint64_t(v));
-  return (float(int32_t(x >> 40)) + 0.5f) * 5.9604644775390625e-8f;
 }
 
 // Scratch reused across the rows one thread handles.
