@@ -291,3 +291,49 @@ def test_triton_kernels_under_interpreter(monkeypatch):
     monkeypatch.setenv("UNLEARNX_BACKEND", "triton")
     tok, _ = logit_diff_sample(zt[:2], za[:2], seed=9, offset=1)
     assert torch.equal(tok, logit_diff_sample_reference(zt[:2], za[:2], seed=9, offset=1)[0])
+
+
+@native
+def test_random_configurations_match_reference():
+    # Edge sizes (V = 1, 2, 3), negative weights, r down to 1e-4 (k = 1), top-k >= V, a vanishing
+    # top-p and rows with many -inf entries: greedy tokens equal, log-probs of equal tokens close.
+    rng = torch.Generator().manual_seed(2026)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=rng))]
+
+    sampled = agree = 0
+    for _ in range(150):
+        vocab, rows = pick([1, 2, 3, 7, 50, 513, 4097]), pick([1, 3, 8])
+        mode, dtype = pick(MODES), pick([torch.float32, torch.bfloat16, torch.float16])
+        if pick([True, False]):
+            zt = torch.randint(-3, 4, (rows, vocab), generator=rng).float()
+            za = torch.randint(-2, 3, (rows, vocab), generator=rng).float()
+        else:
+            scale = pick([0.01, 1.0, 5.0, 30.0])
+            zt, za = torch.randn(rows, vocab, generator=rng) * scale, torch.randn(rows, vocab, generator=rng) * scale
+        zt[torch.rand(rows, vocab, generator=rng) < pick([0.0, 0.3])] = float("-inf")
+        za[torch.rand(rows, vocab, generator=rng) < pick([0.0, 0.3])] = float("-inf")
+        zt, za = zt.to(dtype), za.to(dtype)
+        a = None if mode == "none" else za
+        kw = dict(weight=pick([1.0, 0.5, -0.7, 3.0]), relative_top=pick([1e-4, 0.1, 0.5, 1.0]),
+                  temperature=pick([0.3, 1.0, 2.0]), top_k=pick([0, 1, 5, vocab, vocab + 3]),
+                  top_p=pick([1.0, 0.9, 0.5, 1e-6]), greedy=pick([True, False]),
+                  seed=int(torch.randint(2**62, (1,), generator=rng)),
+                  offset=int(torch.randint(1000, (1,), generator=rng)))
+        tok, lp = raw_sample(zt, a, mode, **kw)
+        rtok, rlp = ref_sample(zt, a, mode, **kw)
+        same = tok == rtok
+        if kw["greedy"]:
+            assert same.all(), (vocab, mode, dtype, kw)
+        else:
+            sampled += rows
+            agree += int(same.sum())
+        close = torch.isclose(lp, rlp, atol=3e-5, rtol=1e-5) | (lp.isnan() & rlp.isnan()) | (lp == rlp)
+        assert close[same].all(), (vocab, mode, dtype, kw)
+        got = torch.ops.unlearnx.logit_diff_logprobs(zt, a, MODES.index(mode), kw["weight"], kw["relative_top"],
+                                                     kw["temperature"])
+        want = logit_diff_logprobs_reference(zt, a, mode=mode, weight=kw["weight"], relative_top=kw["relative_top"],
+                                             temperature=kw["temperature"])
+        assert (torch.isclose(got, want, atol=3e-5, rtol=1e-5) | (got.isnan() & want.isnan()) | (got == want)).all()
+    assert agree >= 0.95 * sampled
