@@ -8,8 +8,8 @@
 namespace unlearnx::cpu::UNLEARNX_ISA_NS {
 namespace {
 
-// Per-thread scratch kept between calls: fresh row-sized buffers would be new pages (mmap-backed
-// allocations), and faulting them in cost more than the whole step at V = 128k.
+// Per-thread scratch kept between calls: a decoding loop calls the op once per token, and four
+// row-sized buffers allocated and zero-filled per call would be a pass over the row each.
 LogitDiffScratch& scratch(int64_t vocab, bool sample) {
   thread_local LogitDiffScratch s;
   const size_t v = size_t(vocab);

@@ -1,4 +1,4 @@
-"""Triton logit-difference decoding kernels: the GPU path when no native CUDA kernel is compiled.
+"""Triton logit-difference decoding kernels: the ops' CUDA implementation (there is no CUDA C++ kernel).
 
 Semantics: python/unlearnx/ops/logit_diff.py. One program per row, the row read in BLOCK-wide
 chunks; nothing is materialized (the combined logits are recomputed from the two input rows in

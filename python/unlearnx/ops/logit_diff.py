@@ -281,9 +281,11 @@ if _native.native_loaded() and hasattr(torch.ops.unlearnx, "logit_diff_sample"):
     def _logit_diff_logprobs_fake(target, assistant, mode, weight, relative_top, temperature):
         return torch.empty(target.shape, dtype=torch.float32, device=target.device)
 
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
-        # No compiled CUDA kernel: CUDA tensors reach the Triton kernels through the ops themselves,
-        # so torch.ops.unlearnx.logit_diff_* work on every device.
+    if _native.triton_available() and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "unlearnx::logit_diff_sample", "CUDA"):
+        # No CUDA C++ kernel for these ops (not even in a CUDA build of the library): CUDA tensors
+        # reach the Triton kernels through the ops themselves, so torch.ops.unlearnx.logit_diff_*
+        # (and the wrappers' native path) work on every device.
         @torch.library.register_kernel("unlearnx::logit_diff_sample", "cuda")
         def _logit_diff_sample_cuda_triton(target, assistant, mode, weight, relative_top, temperature, top_k, top_p,
                                            greedy, seed, offset):
