@@ -337,3 +337,34 @@ def test_random_configurations_match_reference():
                                              temperature=kw["temperature"])
         assert (torch.isclose(got, want, atol=3e-5, rtol=1e-5) | (got.isnan() & want.isnan()) | (got == want)).all()
     assert agree >= 0.95 * sampled
+
+
+def test_triton_kernels_compile_for_sm90_without_fp_fusion():
+    # The interpreter does not type-check like the compiler does; compile both kernels to PTX (no GPU
+    # needed) and check that z_t - w*z_a stayed two roundings (no fused multiply-add anywhere).
+    pytest.importorskip("triton")
+    code = (
+        "import triton\n"
+        "from triton.compiler import ASTSource\n"
+        "from triton.backends.compiler import GPUTarget\n"
+        "from unlearnx.kernels import logit_diff as k\n"
+        "opts = k._launch_options(__import__('torch').device('cuda'))\n"
+        "tgt = GPUTarget('cuda', 90, 32)\n"
+        "s = {'zt_ptr': '*bf16', 'za_ptr': '*bf16', 'tok_ptr': '*i64', 'lp_ptr': '*fp32', 'V': 'i32',\n"
+        "     'row_stride': 'i32', 'w': 'fp32', 'filter_k': 'i32', 'log_r': 'fp32', 'T': 'fp32', 'top_k': 'i32',\n"
+        "     'top_p': 'fp32', 'seed': 'i64', 'offset': 'i32', 'MODE': 'constexpr', 'GREEDY': 'constexpr',\n"
+        "     'BLOCK': 'constexpr'}\n"
+        "a = triton.compile(ASTSource(k._logit_diff_sample_kernel, s, {'MODE': 1, 'GREEDY': False, 'BLOCK': 1024}),\n"
+        "                   target=tgt, options=opts)\n"
+        "s = {'zt_ptr': '*fp32', 'za_ptr': '*fp32', 'out_ptr': '*fp32', 'V': 'i32', 'row_stride': 'i32', 'w': 'fp32',\n"
+        "     'filter_k': 'i32', 'log_r': 'fp32', 'T': 'fp32', 'MODE': 'constexpr', 'BLOCK': 'constexpr'}\n"
+        "b = triton.compile(ASTSource(k._logit_diff_logprobs_kernel, s, {'MODE': 2, 'BLOCK': 1024}),\n"
+        "                   target=tgt, options=opts)\n"
+        "print(sum('fma.rn.f32' in c.asm['ptx'] for c in (a, b)))\n"
+    )
+    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 and ("ptxas" in out.stderr or "backend" in out.stderr.lower()):
+        pytest.skip(f"no Triton CUDA backend to compile with: {out.stderr.strip().splitlines()[-1]}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0"
