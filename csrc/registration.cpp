@@ -64,6 +64,17 @@ STABLE_TORCH_LIBRARY(unlearnx, m) {
   // weight, sum softmax prob, sum prob^2} over tokens with flags == g + 1 (0 = ignore, 1 = forget,
   // 2 = retain); logits [T, E], flags [T] int64, stats [2, E, 4] fp32.
   m.def("moe_router_stats_(Tensor(a!) stats, Tensor logits, Tensor flags, int top_k, bool normalize_topk=True) -> ()");
+  // Logit-combination decoding step (python/unlearnx/ops/logit_diff.py has the semantics): rows [B, V]
+  // of target and assistant logits (fp32/bf16/fp16; assistant None only with mode 0) combined by
+  // mode 0 none / 1 ULD (relative-top filter, z_t - w z_a) / 2 WHP (v_b - w ReLU(v_r - v_b)), then
+  // temperature, tie-inclusive top-k / top-p, argmax or seeded Gumbel-max (counter-based noise of
+  // (seed, offset + row)). Returns (tokens int64 [B], log-prob of each under the filtered
+  // distribution fp32 [B]).
+  m.def("logit_diff_sample(Tensor target, Tensor? assistant, int mode, float weight, float relative_top, "
+        "float temperature, int top_k, float top_p, bool greedy, int seed, int offset) -> (Tensor, Tensor)");
+  // log_softmax(combined logits / temperature) over V for [..., V] rows (no top-k / top-p): fp32 [..., V].
+  m.def("logit_diff_logprobs(Tensor target, Tensor? assistant, int mode, float weight, float relative_top, "
+        "float temperature) -> Tensor");
 }
 
 namespace {

@@ -16,7 +16,7 @@ from unlearnx import _native
 # Hot loops of the per-ISA kernel files (csrc/cpu/isa/*_isa.cpp), matched by name inside each
 # ISA's namespace: each must be vector code (entry points may delegate to inner helpers).
 VECTOR_KERNELS = ("ssd_dampen", "micro_tile", "grad_sq_accum", "hist_top", "mask_bytes", "restore_span", "token_stats",
-                  "router_stats")
+                  "router_stats", "logit_diff")
 
 pytestmark = pytest.mark.skipif(not _native.native_loaded(), reason="native library not built")
 

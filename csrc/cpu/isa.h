@@ -95,3 +95,17 @@ UNLEARNX_DECLARE_TOKEN_STATS_KERNELS(avx512)
 UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(base)
 UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(avx2)
 UNLEARNX_DECLARE_ROUTER_STATS_KERNELS(avx512)
+// logit_diff (csrc/cpu/isa/logit_diff_isa.cpp): fused logit-combination decoding rows.
+namespace unlearnx {
+struct LogitDiffParams;
+}
+#define UNLEARNX_DECLARE_LOGIT_DIFF_KERNELS(ns)                                                             \
+  namespace unlearnx::cpu::ns {                                                                            \
+  void logit_diff_sample_rows(const void* zt, const void* za, int dtype, int64_t row0, int64_t rows,        \
+                              int64_t vocab, const LogitDiffParams& p, int64_t* tokens, float* logprob);    \
+  void logit_diff_logprobs_rows(const void* zt, const void* za, int dtype, int64_t rows, int64_t vocab,     \
+                                const LogitDiffParams& p, float* out);                                      \
+  }
+UNLEARNX_DECLARE_LOGIT_DIFF_KERNELS(base)
+UNLEARNX_DECLARE_LOGIT_DIFF_KERNELS(avx2)
+UNLEARNX_DECLARE_LOGIT_DIFF_KERNELS(avx512)
