@@ -25,6 +25,7 @@ from unlearnx.data.datasets import check_dataset
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_gradients_, broadcast_parameters_
 from unlearnx.distributed.sharding import micro_batches, rank_share, side_rows
+from unlearnx.distributed.wrap import gradient_scale, reduces_gradients
 
 __all__ = [
     "LossFn",
@@ -241,12 +242,14 @@ def _sharded_backward(model, batch, loss_fn, epoch, optimizer, ctx, device) -> t
     rows = side_rows(batch)
     optimizer.zero_grad(set_to_none=True)
     local = 0.0
+    scale = gradient_scale(model, ctx)  # DDP/FSDP2 average in backward: undo it
     for part in micro_batches(rank_share(batch, ctx), ctx.micro_batch_size):
         x, y = _batch_xy(part, device)
         loss = loss_fn(model, x, y, epoch) * (len(x) / rows)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         local += loss.item()
-    all_reduce_gradients_([p for g in optimizer.param_groups for p in g["params"]], ctx)
+    if not reduces_gradients(model):
+        all_reduce_gradients_([p for g in optimizer.param_groups for p in g["params"]], ctx)
     return all_reduce_floats([local], ctx)[0], rows
 
 

@@ -47,6 +47,7 @@ from unlearnx.data.text import QAItem
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import all_reduce_gradients_, broadcast_parameters_, gather_ordered, owned
 from unlearnx.distributed.sharding import count_units, micro_batches, rank_share
+from unlearnx.distributed.wrap import gradient_scale
 from unlearnx.methods.llm.losses import forward_logits, kl_to_reference, mean_nll
 from unlearnx.methods.registry import UnlearningMethod
 
@@ -302,6 +303,7 @@ class LLMMethod(UnlearningMethod):
         totals = {"primary": count_units(batch[side], unit), "retain": count_units(batch.get("retain"), "tokens")}
         for p in params:
             p.grad = None
+        scale = gradient_scale(model, ctx)  # a DDP/FSDP2 model averages in backward: undo it
         sums: dict[str, float] = defaultdict(float)
         for part in micro_batches(rank_share(batch, ctx, primary=side), ctx.micro_batch_size, primary=side):
             w = {"primary": count_units(part[side], unit) / max(totals["primary"], 1),
@@ -313,11 +315,12 @@ class LLMMethod(UnlearningMethod):
                 self._unit_weights = None
             if not self._weighted:  # the loss is its primary term alone (no `combine`)
                 loss = loss * w["primary"]
-            loss.backward()
+            (loss * scale if scale != 1.0 else loss).backward()
             sums["loss"] += loss.item()
             for k, v in parts.items():
                 sums[k] += v * w["retain" if k == "retain_loss" else "primary"]
-        all_reduce_gradients_(params, ctx)
+        if scale == 1.0:
+            all_reduce_gradients_(params, ctx)
         merged: dict[str, float] = defaultdict(float)
         for rank_sums in ctx.all_gather(dict(sums)):  # rank order: the same float sum on every rank
             for k, v in rank_sums.items():
