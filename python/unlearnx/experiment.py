@@ -813,6 +813,8 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
         torch.set_num_threads(cfg["threads"])
     try:
         mach = machine()  # records the thread count the run used
+        if run.ctx.world_size > 1:
+            mach["processes"] = run.ctx.world_size  # torchrun: the same results, computed by N ranks
         per_seed = [run.run_seed(seed) for seed in cfg["seeds"]]
     finally:
         torch.set_num_threads(threads)

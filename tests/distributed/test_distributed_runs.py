@@ -132,3 +132,46 @@ def test_rank_failure_gives_clear_error_and_no_checkpoint(tmp_path):
     assert "injected failure on rank 1" in text
     assert "ChildFailedError" in text
     assert not (tmp_path / "fail.ckpt").exists()
+
+
+def _cli_config(tmp_path, out):
+    import yaml
+
+    cfg = {"name": "tiny-dist", "out_dir": str(out), "seeds": [0], "threads": 1, "data": {"name": "digits"},
+           "model": {"name": "mlp", "kwargs": {"hidden": [16]}}, "scenario": {"kind": "random", "fraction": 0.1},
+           "train": {"epochs": 2, "lr": 0.05, "batch_size": 128},
+           "methods": [{"name": "ga", "epochs": 1, "lr": 0.05}, {"name": "ssd"}]}
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_unlearnx_run_under_torchrun_matches_one_process(tmp_path):
+    import json
+
+    results = {}
+    for name, nproc in (("one", 1), ("two", 2)):
+        cfg = _cli_config(tmp_path, tmp_path / name)
+        args = ["-m", "unlearnx.cli", "run", str(cfg), "--quiet"]
+        cmd = [sys.executable, *args] if nproc == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+             "--max-restarts=0", "--module", *args[1:]]
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+    one, two = results["one"], results["two"]
+    assert two["machine"]["processes"] == 2 and "processes" not in one["machine"]
+    assert list(two["rows"]) == list(one["rows"]) == ["Retrain", "Original", "GA", "SSD"]
+    timing = {"RTE-s", "RTE-ratio"}
+    for label, row in one["rows"].items():
+        for metric, value in row.items():
+            if metric not in timing and isinstance(value, float):
+                assert two["rows"][label][metric] == pytest.approx(value, rel=1e-5, abs=1e-4), (label, metric)
+    assert two["per_item"]["0"]["models"]["GA"]["correct"] == one["per_item"]["0"]["models"]["GA"]["correct"]
+    # GA moved the forget set (the comparison is between trained, different models)
+    assert one["rows"]["GA"]["UA"] != one["rows"]["Original"]["UA"]
+    # rank 0 alone wrote: exactly one set of files, no leftovers from a second writer
+    files = sorted(p.relative_to(tmp_path / "two").as_posix() for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert not [f for f in files if ".tmp" in f]
+    assert files == sorted(p.relative_to(tmp_path / "one").as_posix()
+                           for p in (tmp_path / "one").rglob("*") if p.is_file())
