@@ -6,7 +6,8 @@ GA's result is also saved as OUT.dcp (sharded checkpoint) and OUT.safetensors (e
     python -m torch.distributed.run --standalone --nproc_per_node=2 dist_worker.py OUT.pt ...
 
 Runs, on tiny models with a fixed global batch: GA, NPO (cached reference), GradDiff on a tiny
-Llama (per-step losses, final parameters, per-item answer log-probs of the result); on digits, a
+Llama (per-step losses, final parameters, per-item answer log-probs of the result), GA again on
+the model wrapped in FSDP2; on digits, a
 1-epoch train_classifier of an MLP (and the same fit with the model wrapped in DDP), SalUn's
 saliency and the per-sample Fisher of the result, and SSD from it (final parameters, evaluation
 metrics, per-item probabilities). Rank 0 saves everything
@@ -65,6 +66,12 @@ def run_lm(results, only, ckpt=None):
         if name == "ga" and ckpt:
             D.save_checkpoint(res.model, ckpt + ".dcp")
             D.export_safetensors(res.model, ckpt + ".safetensors")
+    if ckpt and (not only or "ga_fsdp" in only):
+        # FSDP2 (fully_shard per decoder layer + root; one process: unwrapped), exported in full.
+        wrapped = D.wrap_model(copy.deepcopy(model), "fsdp")
+        res = ux.unlearn(wrapped, "ga", forget=forget, tokenizer=tok, inplace=True, **common)
+        D.export_safetensors(res.model, ckpt + ".fsdp.safetensors")
+        results["ga_fsdp"] = {"log": {k: v for k, v in res.log.items() if isinstance(v, list)}}
 
 
 def mlp():
@@ -122,7 +129,7 @@ def main():
             dcp.save = broken
         D.save_checkpoint(res.model, args.out.replace(".pt", ".ckpt"))
         return
-    if not only or only & {"ga", "npo", "graddiff"}:
+    if not only or only & {"ga", "npo", "graddiff", "ga_fsdp"}:
         run_lm(results, only, args.out[:-3] if args.out.endswith(".pt") else None)
     if not only or only & {"fit", "ddp", "ssd", "saliency"}:
         run_classifier(results, only)

@@ -72,6 +72,24 @@ def test_llm_losses_and_parameters_match_one_process(runs, method, variant):
     assert _rel(other["item_logp"], one["item_logp"]) < 1e-6
 
 
+@pytest.mark.parametrize("variant", ["two", "micro"])
+def test_fsdp2_wrapped_ga_matches_one_process(runs, variant):
+    from safetensors.torch import load_file
+
+    one, other = runs["one"]["ga"], runs[variant]["ga_fsdp"]
+    assert torch.tensor(other["log"]["loss"]).sub(torch.tensor(one["log"]["loss"])).abs().max() \
+        <= 1e-5 * torch.tensor(one["log"]["loss"]).abs().max()
+    state = load_file(str(runs[variant]["_dir"].with_suffix(".fsdp.safetensors")))
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from dist_worker import flat_params, lm_setup
+    finally:
+        sys.path.pop(0)
+    model = lm_setup()[0]
+    model.load_state_dict(state, strict=True)
+    assert _rel(flat_params(model), one["params"]) < 1e-5
+
+
 def test_runs_differ_between_methods(runs):
     # Guard against a worker that returns the same thing for every method (the checks above would pass).
     one = runs["one"]

@@ -104,8 +104,13 @@ def gather_ordered(local: Mapping[int, object], ctx: DistContext) -> list:
 
 
 def broadcast_parameters_(module: torch.nn.Module, ctx: DistContext) -> None:
-    """Copy rank 0's parameters and buffers to every rank (the start state every rank must share)."""
-    if not ctx.initialized:
+    """Copy rank 0's parameters and buffers to every rank (the start state every rank must share).
+
+    DDP broadcasts when it wraps, and FSDP2 shards hold different values by design: for those
+    (unlearnx.distributed.wrap.reduces_gradients) this does nothing."""
+    from unlearnx.distributed.wrap import reduces_gradients
+
+    if not ctx.initialized or reduces_gradients(module):
         return
     for t in [*module.parameters(), *module.buffers()]:
         dist.broadcast(t.data, src=0)

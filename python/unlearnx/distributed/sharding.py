@@ -13,11 +13,13 @@ differ).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from unlearnx.distributed.context import DistContext, split_sizes
 
-__all__ = ["side_rows", "take_part", "rank_share", "micro_batches", "count_units", "UNITS"]
+__all__ = ["side_rows", "take_part", "rank_share", "micro_batches", "rank_parts", "count_units", "UNITS"]
 
 # What a loss term is a mean over: the rows of its side, or the scored (label != -100) next tokens.
 UNITS = ("samples", "tokens")
@@ -105,6 +107,27 @@ def micro_batches(share, micro_batch_size: int, *, primary: str | None = None) -
     if share is None:
         return []
     return _cut(share, primary, lambda rows: 1 if micro_batch_size == 0 else max(1, -(-rows // micro_batch_size)))
+
+
+def rank_parts(batch, ctx: DistContext, *, primary: str | None = None, equal_counts: bool = False) -> list:
+    """[(part, real)]: this rank's micro-batches (`rank_share` then `micro_batches` with
+    ctx.micro_batch_size), all real=True.
+
+    equal_counts: pad the list with (the batch's first row, False) to the largest part count of any
+    rank, so that every rank runs as many forward/backward passes as the busiest one. Models that
+    communicate inside forward/backward (DDP, FSDP2) need it; the caller gives the filler weight 0.
+    """
+    mine = [(p, True) for p in micro_batches(rank_share(batch, ctx, primary=primary), ctx.micro_batch_size,
+                                             primary=primary)]
+    if not equal_counts or ctx.world_size == 1:
+        return mine
+    most = max(len(micro_batches(rank_share(batch, replace(ctx, rank=r), primary=primary), ctx.micro_batch_size,
+                                 primary=primary)) for r in range(ctx.world_size))
+    if len(mine) < most:
+        filler = {n: take_part(s, 0, max(1, side_rows(s))) for n, s in batch.items()} if _is_sides(batch) \
+            else take_part(batch, 0, max(1, side_rows(batch)))
+        mine += [(filler, False)] * (most - len(mine))
+    return mine
 
 
 def count_units(side, unit: str) -> int:

@@ -24,7 +24,7 @@ from tqdm import trange
 from unlearnx.data.datasets import check_dataset
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_gradients_, broadcast_parameters_
-from unlearnx.distributed.sharding import micro_batches, rank_share, side_rows
+from unlearnx.distributed.sharding import rank_parts, side_rows
 from unlearnx.distributed.wrap import gradient_scale, reduces_gradients
 
 __all__ = [
@@ -243,9 +243,10 @@ def _sharded_backward(model, batch, loss_fn, epoch, optimizer, ctx, device) -> t
     optimizer.zero_grad(set_to_none=True)
     local = 0.0
     scale = gradient_scale(model, ctx)  # DDP/FSDP2 average in backward: undo it
-    for part in micro_batches(rank_share(batch, ctx), ctx.micro_batch_size):
+    # A DDP/FSDP2 model communicates in every forward/backward: all ranks run as many parts.
+    for part, real in rank_parts(batch, ctx, equal_counts=scale != 1.0):
         x, y = _batch_xy(part, device)
-        loss = loss_fn(model, x, y, epoch) * (len(x) / rows)
+        loss = loss_fn(model, x, y, epoch) * (real * len(x) / rows)
         (loss * scale if scale != 1.0 else loss).backward()
         local += loss.item()
     if not reduces_gradients(model):

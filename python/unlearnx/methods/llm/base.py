@@ -46,7 +46,7 @@ from unlearnx.data.lm_batches import (ForgetRetainLoader, PairedQADataset, QADat
 from unlearnx.data.text import QAItem
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import all_reduce_gradients_, broadcast_parameters_, gather_ordered, owned
-from unlearnx.distributed.sharding import count_units, micro_batches, rank_share
+from unlearnx.distributed.sharding import count_units, rank_parts
 from unlearnx.distributed.wrap import gradient_scale
 from unlearnx.methods.llm.losses import forward_logits, kl_to_reference, mean_nll
 from unlearnx.methods.registry import UnlearningMethod
@@ -305,9 +305,10 @@ class LLMMethod(UnlearningMethod):
             p.grad = None
         scale = gradient_scale(model, ctx)  # a DDP/FSDP2 model averages in backward: undo it
         sums: dict[str, float] = defaultdict(float)
-        for part in micro_batches(rank_share(batch, ctx, primary=side), ctx.micro_batch_size, primary=side):
-            w = {"primary": count_units(part[side], unit) / max(totals["primary"], 1),
-                 "retain": count_units(part.get("retain"), "tokens") / max(totals["retain"], 1)}
+        # A DDP/FSDP2 model communicates in every forward/backward: all ranks run as many parts.
+        for part, real in rank_parts(batch, ctx, primary=side, equal_counts=scale != 1.0):
+            w = {"primary": real * count_units(part[side], unit) / max(totals["primary"], 1),
+                 "retain": real * count_units(part.get("retain"), "tokens") / max(totals["retain"], 1)}
             self._unit_weights, self._weighted = w, False
             try:
                 loss, parts = self.loss(model, _to_device(part, device))
