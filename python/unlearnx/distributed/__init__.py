@@ -13,12 +13,12 @@ from unlearnx.distributed.context import (DistContext, current, init_distributed
                                           shutdown, split_sizes)
 from unlearnx.distributed.reduce import (all_reduce_floats, all_reduce_gradients_, all_reduce_stats_,
                                          all_reduce_tensors_, broadcast_parameters_, gather_ordered, owned)
-from unlearnx.distributed.sharding import count_units, micro_batches, rank_share
+from unlearnx.distributed.sharding import count_units, micro_batches, rank_parts, rank_share
 from unlearnx.distributed.wrap import gradient_scale, reduces_gradients, wrap_model
 from unlearnx.distributed.checkpoint import export_safetensors, load_checkpoint, save_checkpoint
 
 __all__ = ["DistContext", "current", "init_distributed", "rank_seed", "set_current", "shutdown", "split_sizes",
            "all_reduce_floats", "all_reduce_gradients_", "all_reduce_stats_", "all_reduce_tensors_",
-           "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_share",
+           "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_parts", "rank_share",
            "gradient_scale", "reduces_gradients", "wrap_model", "export_safetensors", "load_checkpoint",
            "save_checkpoint"]

@@ -8,8 +8,9 @@ the one-process batch.
 
 A "side" is one batch of aligned rows: a tensor [B, ...], a tuple/list of such tensors ((x, y)),
 or a dict of them (input_ids, attention_mask, labels, index). A batch of sides is a dict of
-sides ({"forget": side, "retain": side}); sides are cut independently (their row counts may
-differ).
+sides ({"forget": side, "retain": side}); their row counts may differ. The number of pieces is set
+by the primary side (the one the loss cannot do without), so no piece lacks it; every side is cut
+into that many contiguous pieces.
 """
 from __future__ import annotations
 
