@@ -6,8 +6,8 @@ GA's result is also saved as OUT.dcp (sharded checkpoint) and OUT.safetensors (e
     python -m torch.distributed.run --standalone --nproc_per_node=2 dist_worker.py OUT.pt ...
 
 Runs, on tiny models with a fixed global batch: GA, NPO (cached reference), GradDiff on a tiny
-Llama (per-step losses, final parameters, per-item answer log-probs of the result), GA again on
-the model wrapped in FSDP2; on digits, a
+Llama (per-step losses, final parameters, per-item answer log-probs of the result), NPO with LoRA
+(merged), GA again on the model wrapped in FSDP2; on digits, a
 1-epoch train_classifier of an MLP (and the same fit with the model wrapped in DDP), SalUn's
 saliency and the per-sample Fisher of the result, and SSD from it (final parameters, evaluation
 metrics, per-item probabilities). Rank 0 saves everything
@@ -52,6 +52,7 @@ def run_lm(results, only, ckpt=None):
     from unlearnx.eval.llm.scoring import encode_items, score_tokens
 
     model, tok, forget, retain = lm_setup()
+    results["lm_init"] = flat_params(model)
     common = dict(lr=1e-3, batch_size=5, epochs=1, warmup_epochs=0, max_steps=3, progress=False, seed=0)
     for name, extra in (("ga", {}), ("npo", {"retain": None}), ("graddiff", {})):
         if only and name not in only:
@@ -66,6 +67,12 @@ def run_lm(results, only, ckpt=None):
         if name == "ga" and ckpt:
             D.save_checkpoint(res.model, ckpt + ".dcp")
             D.export_safetensors(res.model, ckpt + ".safetensors")
+    if not only or "npo_lora" in only:
+        # LoRA: only the adapters are trainable, so only their gradients are all-reduced.
+        res = ux.unlearn(copy.deepcopy(model), "npo", forget=forget, tokenizer=tok, lora=True, merge_lora=True,
+                         **{**common, "lr": 1e-2})
+        results["npo_lora"] = {"log": {k: v for k, v in res.log.items() if isinstance(v, list)},
+                               "params": flat_params(res.model)}
     if ckpt and (not only or "ga_fsdp" in only):
         # FSDP2 (fully_shard per decoder layer + root; one process: unwrapped), exported in full.
         wrapped = D.wrap_model(copy.deepcopy(model), "fsdp")
@@ -129,7 +136,7 @@ def main():
             dcp.save = broken
         D.save_checkpoint(res.model, args.out.replace(".pt", ".ckpt"))
         return
-    if not only or only & {"ga", "npo", "graddiff", "ga_fsdp"}:
+    if not only or only & {"ga", "npo", "graddiff", "ga_fsdp", "npo_lora"}:
         run_lm(results, only, args.out[:-3] if args.out.endswith(".pt") else None)
     if not only or only & {"fit", "ddp", "ssd", "saliency"}:
         run_classifier(results, only)

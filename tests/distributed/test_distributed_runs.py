@@ -73,6 +73,15 @@ def test_llm_losses_and_parameters_match_one_process(runs, method, variant):
 
 
 @pytest.mark.parametrize("variant", ["two", "micro"])
+def test_lora_npo_matches_one_process(runs, variant):
+    one, other = runs["one"]["npo_lora"], runs[variant]["npo_lora"]
+    a, b = torch.tensor(other["log"]["loss"]), torch.tensor(one["log"]["loss"])
+    assert ((a - b).abs() <= 1e-5 * b.abs()).all(), (a, b)
+    assert _rel(other["params"], one["params"]) < 1e-5
+    assert _rel(one["params"], runs["one"]["lm_init"]) > 1e-6  # the merged adapters changed the model
+
+
+@pytest.mark.parametrize("variant", ["two", "micro"])
 def test_fsdp2_wrapped_ga_matches_one_process(runs, variant):
     from safetensors.torch import load_file
 
