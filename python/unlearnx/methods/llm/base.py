@@ -145,6 +145,7 @@ class LLMMethod(UnlearningMethod):
     # _BUILTIN_LOSS_UNITS; a method in neither cannot run sharded.
     loss_units: tuple[str, str] | None = None
     _unit_weights: dict[str, float] | None = None  # set by the sharded step only
+    _weighted = False  # set by `combine` when it applied _unit_weights
 
     def validate(self) -> None:
         hp = self.hparams
