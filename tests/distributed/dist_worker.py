@@ -64,6 +64,14 @@ def run_lm(results, only, ckpt=None):
         results[name] = {"log": {k: v for k, v in res.log.items() if isinstance(v, list)},
                          "params": flat_params(res.model),
                          "item_logp": torch.tensor([float(s.sum()) for s in scores.logp], dtype=torch.float64)}
+        if name == "ga":  # the other distributed evaluations: greedy decoding and pooled hidden states
+            from unlearnx.eval.llm.generation import greedy_generate
+            from unlearnx.eval.llm.scoring import hidden_states
+
+            results[name]["texts"] = greedy_generate(res.model, tok, [f"Question: {i.question}\nAnswer:" for i in forget],
+                                                     max_new_tokens=6, batch_size=4)
+            results[name]["hidden"] = torch.from_numpy(hidden_states(res.model, feats, pad_token_id=tok.pad_token_id,
+                                                                     batch_size=4))
         if name == "ga" and ckpt:
             D.save_checkpoint(res.model, ckpt + ".dcp")
             D.export_safetensors(res.model, ckpt + ".safetensors")

@@ -70,6 +70,10 @@ def test_llm_losses_and_parameters_match_one_process(runs, method, variant):
     assert _rel(other["params"], one["params"]) < 1e-5
     # Distributed evaluation: per-item answer log-probs in the global order.
     assert _rel(other["item_logp"], one["item_logp"]) < 1e-6
+    if method == "ga":  # greedy decoding and pooled hidden states, gathered in prompt order
+        assert len(one["texts"]) == len(one["item_logp"]) and len(set(one["texts"])) > 1
+        assert other["texts"] == one["texts"]
+        assert _rel(other["hidden"], one["hidden"]) < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["two", "micro"])

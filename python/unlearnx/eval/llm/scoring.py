@@ -168,9 +168,10 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
     device = _device(model)
     was_training = model.training
     model.eval()
-    out_rows: list[np.ndarray | None] = [None] * len(features)
+    ctx = current_context()
+    mine = {}
     try:
-        for idx in _length_batches(features, batch_size):
+        for _, idx in owned(_length_batches(features, batch_size), ctx):  # as score_tokens
             batch = pad_batch([features[i] for i in idx], pad_token_id=pad_token_id)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                         output_hidden_states=True)
@@ -181,7 +182,7 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
             mask = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
             pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
             for row, i in enumerate(idx):
-                out_rows[i] = pooled[row].double().cpu().numpy()
+                mine[i] = pooled[row].double().cpu().numpy()
     finally:
         model.train(was_training)
-    return np.stack(out_rows)
+    return np.stack(gather_ordered(mine, ctx))
