@@ -155,3 +155,27 @@ def test_wrap_model_validates_and_is_identity_in_one_process():
         D.wrap_model(model, "ddp", mixed_precision=True)
     with pytest.raises(ValueError, match="activation_checkpointing"):
         D.wrap_model(model, "none", activation_checkpointing=True)
+
+
+def test_rank_parts_pad_to_equal_counts_for_wrapped_models():
+    batch = _sides(3, 4)  # 3 forget rows over 2 ranks: 2 and 1; micro-batches of 1 row: 2 parts vs 1
+    ctxs = [D.DistContext(rank=r, world_size=2, micro_batch_size=1) for r in range(2)]
+    plain = [D.rank_parts(batch, c, primary="forget") for c in ctxs]
+    assert [len(p) for p in plain] == [2, 1] and all(real for p in plain for _, real in p)
+    padded = [D.rank_parts(batch, c, primary="forget", equal_counts=True) for c in ctxs]
+    assert [len(p) for p in padded] == [2, 2]
+    assert [real for _, real in padded[1]] == [True, False]
+    filler = padded[1][1][0]
+    assert side_rows(filler["forget"]) == 1 and filler["forget"]["index"].tolist() == [0]
+
+
+def test_bad_micro_batch_size_environment(monkeypatch):
+    previous = D.set_current(None)
+    try:
+        monkeypatch.setenv("UNLEARNX_MICRO_BATCH_SIZE", "four")
+        with pytest.raises(ValueError, match="UNLEARNX_MICRO_BATCH_SIZE"):
+            D.current()
+        monkeypatch.setenv("UNLEARNX_MICRO_BATCH_SIZE", "4")
+        assert D.current().micro_batch_size == 4 and D.current().sharded
+    finally:
+        D.set_current(previous)

@@ -94,6 +94,14 @@ def rank_seed(seed: int, rank: int) -> int:
 _CURRENT: DistContext | None = None
 
 
+def _env_micro_batch_size() -> int:
+    raw = os.environ.get("UNLEARNX_MICRO_BATCH_SIZE", "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"UNLEARNX_MICRO_BATCH_SIZE: must be an int >= 0, got {raw!r}") from None
+
+
 def init_distributed(device: str = "auto", *, micro_batch_size: int | None = None) -> DistContext:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR...).
 
@@ -106,7 +114,7 @@ def init_distributed(device: str = "auto", *, micro_batch_size: int | None = Non
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     if micro_batch_size is None:
-        micro_batch_size = int(os.environ.get("UNLEARNX_MICRO_BATCH_SIZE", "0"))
+        micro_batch_size = _env_micro_batch_size()
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int) or micro_batch_size < 0:
         raise ValueError(f"micro_batch_size: must be an int >= 0, got {micro_batch_size!r}")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -138,7 +146,10 @@ def current() -> DistContext:
         return _CURRENT
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return init_distributed("auto")
-    return DistContext(micro_batch_size=int(os.environ.get("UNLEARNX_MICRO_BATCH_SIZE", "0")))
+    micro = _env_micro_batch_size()
+    if micro < 0:
+        raise ValueError(f"UNLEARNX_MICRO_BATCH_SIZE: must be an int >= 0, got {micro}")
+    return DistContext(micro_batch_size=micro)
 
 
 def set_current(ctx: DistContext | None, **changes) -> DistContext | None:
