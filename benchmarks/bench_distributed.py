@@ -6,12 +6,13 @@ The same global batch in every configuration: 1 process x 1 thread, 1 process x 
 fair baseline: it uses both cores too) and 2 processes x 1 thread (each rank runs half the batch;
 gradients all-reduced over gloo). Per-step time = (time of `warmup + steps` steps - time of `warmup`
 steps) / steps, so the setup (reference caches, optimizer creation) is excluded; median of 3 such
-measurements (the CSV's p20/p80 columns hold the min/max of the 3). The physical limit here is the core count: 2 processes can at best halve the
-1-thread step (ratio 2.0); the printed efficiency is ratio / 2.
+measurements (the CSV's p20/p80 columns hold the min/max of the 3). The physical limit here is
+the core count: 2 processes can at best halve the 1-thread step (ratio 2.0); the printed
+efficiency is ratio / 2.
 
 This measures CPU/gloo scaling only: NCCL, FSDP2 sharding and per-GPU memory need GPUs and are
 not measured by this script. The development machine has 2 cores shared with other jobs: treat
-the numbers as indicative (the spread p20..p80 is reported).
+the numbers as indicative (min..max of the 3 measurements is reported).
 """
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ def run_lm(results, only, ckpt=None):
             from unlearnx.eval.llm.generation import greedy_generate
             from unlearnx.eval.llm.scoring import hidden_states
 
-            results[name]["texts"] = greedy_generate(res.model, tok, [f"Question: {i.question}\nAnswer:" for i in forget],
-                                                     max_new_tokens=6, batch_size=4)
+            prompts = [f"Question: {i.question}\nAnswer:" for i in forget]
+            results[name]["texts"] = greedy_generate(res.model, tok, prompts, max_new_tokens=6, batch_size=4)
             results[name]["hidden"] = torch.from_numpy(hidden_states(res.model, feats, pad_token_id=tok.pad_token_id,
                                                                      batch_size=4))
         if name == "ga" and ckpt:

@@ -19,6 +19,7 @@ from unlearnx.distributed.checkpoint import export_safetensors, load_checkpoint,
 
 __all__ = ["DistContext", "current", "init_distributed", "rank_seed", "set_current", "shutdown", "split_sizes",
            "all_reduce_floats", "all_reduce_gradients_", "all_reduce_stats_", "all_reduce_tensors_",
-           "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_parts", "rank_share",
+           "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_parts",
+           "rank_share",
            "gradient_scale", "reduces_gradients", "wrap_model", "export_safetensors", "load_checkpoint",
            "save_checkpoint"]
