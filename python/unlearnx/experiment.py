@@ -588,9 +588,15 @@ class _Run:
     """State of one experiment run (one config, several seeds)."""
 
     def __init__(self, cfg: dict, out: Path, *, quiet: bool, eval_only: bool, echo: Callable[[str], None]):
+        from unlearnx.distributed import current
+
         self.cfg, self.out, self.quiet, self.eval_only = cfg, out, quiet, eval_only
-        self.echo = (lambda msg: None) if quiet else echo
+        # Under torchrun every rank computes (the loops are collective), rank 0 alone writes and talks.
+        self.ctx = current()
+        self.echo = (lambda msg: None) if quiet or not self.ctx.is_main else echo
         self.device = _resolve_device(cfg["device"])
+        if self.device.type == "cuda" and self.ctx.device.type == "cuda":
+            self.device = self.ctx.device  # this rank's GPU
 
     # ---- persistence
     def _cached(self, record_path: Path, weights: Path, key: str) -> dict | None:
@@ -604,15 +610,17 @@ class _Run:
         return rec
 
     def _save(self, model, record: dict, record_path: Path, weights: Path) -> dict:
-        from unlearnx.report import atomic_write_json, save_state_dict
+        from unlearnx.report import atomic_write_json, read_json, save_state_dict
 
-        # Weights first, record second: a record on disk always points at complete weights.
-        save_state_dict(model, weights, metadata={"unlearnx_step": record["label"], "key": record["key"]})
-        record["sha256"] = _file_sha256(weights)
-        record["model_file"] = str(weights.relative_to(self.out))
-        record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(record_path, record)
-        return record
+        if self.ctx.is_main:
+            # Weights first, record second: a record on disk always points at complete weights.
+            save_state_dict(model, weights, metadata={"unlearnx_step": record["label"], "key": record["key"]})
+            record["sha256"] = _file_sha256(weights)
+            record["model_file"] = str(weights.relative_to(self.out))
+            record["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            atomic_write_json(record_path, record)
+        self.ctx.barrier()  # the other ranks read back what rank 0 wrote: one record for the step
+        return record if self.ctx.is_main else read_json(record_path)
 
     # ---- evaluation
     def _evaluate(self, model, scenario, suite, *, seconds=None, reference=None, random_model=None) -> dict:
@@ -757,7 +765,8 @@ class _Run:
                          "n_forget": len(scenario.forget), "n_retain": len(scenario.retain),
                          "n_test": len(scenario.test), "forget_digest": forget_digest},
         }
-        atomic_write_json(seed_dir / "seed_results.json", seed_result)
+        if self.ctx.is_main:
+            atomic_write_json(seed_dir / "seed_results.json", seed_result)
         return seed_result
 
 
@@ -797,7 +806,8 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
     train or unlearn; load the saved models of the run directory and evaluate them again (fails
     with FileNotFoundError naming the missing file). Steps already finished with the same inputs
     are reused (see the module docstring). Writes results.json, report.md, report.html and
-    plots/ into the run directory.
+    plots/ into the run directory. Under torchrun (unlearnx.distributed) every rank runs the
+    experiment, rank 0 alone writes files, and the other ranks wait for it at barriers.
     """
     cfg = validate_config(config)
     out = Path(out_dir if out_dir is not None else cfg["out_dir"])
@@ -816,6 +826,8 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
         torch.set_num_threads(cfg["threads"])
     try:
         mach = machine()  # records the thread count the run used
+        if run.ctx.world_size > 1:
+            mach["processes"] = run.ctx.world_size  # torchrun: the same results, computed by N ranks
         per_seed = [run.run_seed(seed) for seed in cfg["seeds"]]
     finally:
         torch.set_num_threads(threads)
@@ -856,6 +868,8 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
     }
     from unlearnx.report import atomic_write_json, write_report
 
-    atomic_write_json(out / "results.json", results)
-    write_report(results, out)
+    if run.ctx.is_main:
+        atomic_write_json(out / "results.json", results)
+        write_report(results, out)
+    run.ctx.barrier()  # no rank returns before the report exists
     return results

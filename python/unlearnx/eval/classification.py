@@ -14,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from unlearnx.data.datasets import check_dataset
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import gather_ordered, owned
 from unlearnx.eval.mia import (
     member_rate_lr_from_features,
     mia_efficacy_from_features,
@@ -62,30 +64,35 @@ def model_outputs(model: nn.Module, data, *, batch_size: int = 256, device=None)
     data: a map-style Dataset of `(x, y)` items (read in order) or a DataLoader of `(x, y)`
     batches. A model that returns a tuple contributes its first element. The model's
     train/eval mode is restored afterwards. outputs `[N, ...]` float32, targets `[N, ...]`.
+    Under torchrun every rank must call it: each runs its share of the batches and every rank
+    gets all N rows in data order (the metrics built on it then equal one process's).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     loader = _loader(data, batch_size)
     device = _model_device(model) if device is None else torch.device(device)
+    ctx = current_context()
     was_training = model.training
     model.eval()
-    outs, targets = [], []
+    parts = {}
     try:
         with torch.no_grad():
-            for batch in loader:
+            # Under torchrun each rank runs the batches it owns; gather_ordered puts them back in
+            # data order on every rank (one process: every batch, in order).
+            for k, batch in owned(loader, ctx):
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise ValueError("data must yield (x, y) pairs")
                 x, y = batch[0], batch[1]
                 out = model(x.to(device))
                 if isinstance(out, (tuple, list)):
                     out = out[0]
-                outs.append(out.detach().float().cpu())
-                targets.append(torch.as_tensor(y).cpu())
+                parts[k] = (out.detach().float().cpu(), torch.as_tensor(y).cpu())
     finally:
         model.train(was_training)
-    if not outs:
+    parts = gather_ordered(parts, ctx)
+    if not parts:
         raise ValueError("data is empty")
-    return torch.cat(outs), torch.cat(targets)
+    return torch.cat([o for o, _ in parts]), torch.cat([t for _, t in parts])
 
 
 def predict(model: nn.Module, data, *, batch_size: int = 256, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import trange
 
 from unlearnx.data.datasets import check_dataset
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_gradients_, broadcast_parameters_
+from unlearnx.distributed.sharding import rank_parts, side_rows
+from unlearnx.distributed.wrap import gradient_scale, reduces_gradients
 
 __all__ = [
     "LossFn",
@@ -188,33 +192,66 @@ def fit(
     """
     device = model_device(model)
     log: dict[str, list[float]] = defaultdict(list)
+    ctx = current_context()
+    if ctx.sharded:
+        broadcast_parameters_(model, ctx)
     was_training = model.training
     model.train()
     try:
-        bar = trange(epochs, desc=desc, disable=not progress, leave=False)
+        bar = trange(epochs, desc=desc, disable=not progress or not ctx.is_main, leave=False)
         for epoch in bar:
             for name, loader, loss_fn in passes(epoch):
                 total, count = 0.0, 0
                 for batch in loader:
-                    x, y = _batch_xy(batch, device)
-                    loss = loss_fn(model, x, y, epoch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"{desc}: the {name} loss became {loss.item()} at epoch {epoch}; lower lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if ctx.sharded:
+                        value, rows = _sharded_backward(model, batch, loss_fn, epoch, optimizer, ctx, device)
+                    else:
+                        x, y = _batch_xy(batch, device)
+                        loss = loss_fn(model, x, y, epoch)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"{desc}: the {name} loss became {loss.item()} at epoch {epoch}; lower lr")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        value, rows = loss.item(), len(x)
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"{desc}: the {name} loss became {value} at epoch {epoch}; lower lr")
                     if grad_hook is not None:
                         grad_hook(model)
                     optimizer.step()
                     if scheduler is not None:
                         scheduler.step()
-                    total += loss.item() * len(x)
-                    count += len(x)
+                    total += value * rows
+                    count += rows
                 log[f"{name}_loss"].append(total / max(count, 1))
                 bar.set_postfix({f"{name}_loss": f"{log[f'{name}_loss'][-1]:.4f}"})
     finally:
         model.train(was_training)
     return dict(log)
+
+
+def _sharded_backward(model, batch, loss_fn, epoch, optimizer, ctx, device) -> tuple[float, int]:
+    """The gradient of the global batch's mean loss, summed over this rank's micro-batches and all ranks.
+
+    Each part's loss (a mean over its rows) is scaled by rows(part) / rows(global batch), so the
+    parts sum to the one-process loss; terms that do not depend on the data (penalties) are scaled
+    by weights summing to 1, hence also counted once. Returns (global loss, rows of the global batch).
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise ValueError("data must yield (x, y) pairs")
+    rows = side_rows(batch)
+    optimizer.zero_grad(set_to_none=True)
+    local = 0.0
+    scale = gradient_scale(model, ctx)  # DDP/FSDP2 average in backward: undo it
+    # A DDP/FSDP2 model communicates in every forward/backward: all ranks run as many parts.
+    for part, real in rank_parts(batch, ctx, equal_counts=scale != 1.0):
+        x, y = _batch_xy(part, device)
+        loss = loss_fn(model, x, y, epoch) * (real * len(x) / rows)
+        (loss * scale if scale != 1.0 else loss).backward()
+        local += loss.item()
+    if not reduces_gradients(model):
+        all_reduce_gradients_([p for g in optimizer.param_groups for p in g["params"]], ctx)
+    return all_reduce_floats([local], ctx)[0], rows
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int):

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_stats_, owned
 from unlearnx.stats._capture import NORM, SQ, Demote, PerSampleCapture, _check_loss
 from unlearnx.stats.losses import batch_size, default_loss_fn, move_to
 
@@ -92,6 +94,23 @@ def _batches(data, progress: bool, desc: str):
     return tqdm(data, total=total, desc=desc, disable=not progress, leave=False)
 
 
+def _rank_batches(data, ctx):
+    """Under torchrun: the batches this rank owns (batch k on rank k % world_size). Fisher and
+    saliency are sums over whole batches (or samples), so each batch is used whole, by one rank, and
+    the partial sums are added across ranks: the result equals one process's up to summation order."""
+    return data if ctx.world_size == 1 else (batch for _, batch in owned(data, ctx))
+
+
+def _reduce_count(acc, count: int, ctx) -> int:
+    """Sum the accumulators and the batch/sample count over ranks; raise (on every rank) if empty."""
+    if ctx.world_size > 1:
+        all_reduce_stats_(acc, ctx)
+        count = int(all_reduce_floats([count], ctx)[0])
+    if count == 0:
+        raise ValueError("data yielded no batches")
+    return count
+
+
 def _zeros_like_params(wanted):
     return {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in wanted.items()}
 
@@ -111,7 +130,7 @@ def _per_batch_gradients(model, data, loss_fn, wanted, progress, desc):
         yield names, grads
 
 
-def _per_sample_pass(model, data, loss_fn, wanted, mode, progress, desc, acc=None):
+def _per_sample_pass(model, data, loss_fn, wanted, mode, progress, desc, acc=None, allow_empty=False):
     """Runs the hooked pass; returns (number of samples, list of per-batch squared-norm tensors)."""
     device = _device(model)
     capture = PerSampleCapture(model, wanted, mode, acc if acc is not None else {})
@@ -136,7 +155,7 @@ def _per_sample_pass(model, data, loss_fn, wanted, mode, progress, desc, acc=Non
                 norms_out.append(norms)
     finally:
         capture.remove()
-    if n == 0:
+    if n == 0 and not allow_empty:
         raise ValueError("data yielded no batches")
     return n, norms_out
 
@@ -164,6 +183,10 @@ def fisher_diagonal(
         params: parameter names or Parameters to compute (default: all with requires_grad).
         progress: show a progress bar.
 
+    Under torchrun (unlearnx.distributed) every rank must call it with the same `data`; each rank
+    takes every world_size-th batch and the sums are all-reduced, so every rank returns the
+    one-process result (up to fp32 summation order).
+
     Returns:
         dict name -> fp32 tensor shaped like the parameter, on its device.
     """
@@ -172,6 +195,8 @@ def fisher_diagonal(
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
     wanted = _select_params(model, params)
     acc = _zeros_like_params(wanted)
+    ctx = current_context()
+    data = _rank_batches(data, ctx)
     with _stats_mode(model, wanted):
         if mode == "per_batch":
             m = 0
@@ -181,11 +206,11 @@ def fisher_diagonal(
                         g = g.float()
                         acc[name].addcmul_(g, g)
                 m += 1
-            if m == 0:
-                raise ValueError("data yielded no batches")
             count = m
         else:
-            count, _ = _per_sample_pass(model, data, loss_fn, wanted, SQ, progress, "fisher (per sample)", acc)
+            count, _ = _per_sample_pass(model, data, loss_fn, wanted, SQ, progress, "fisher (per sample)", acc,
+                                        allow_empty=True)
+    count = _reduce_count(acc, count, ctx)
     for t in acc.values():
         t.div_(count)
     return acc
@@ -206,12 +231,17 @@ def grad_saliency(
     forget loader's minibatches, then the absolute value. The sign of the loss (SalUn uses -CE)
     does not matter after the absolute value.
 
+    Under torchrun: batches are shared out and the signed sums all-reduced before the absolute
+    value, as in `fisher_diagonal`.
+
     Returns:
         dict name -> fp32 tensor shaped like the parameter.
     """
     loss_fn = _check_common(model, data, loss_fn)
     wanted = _select_params(model, params)
     acc = _zeros_like_params(wanted)
+    ctx = current_context()
+    data = _rank_batches(data, ctx)
     with _stats_mode(model, wanted):
         m = 0
         for names, grads in _per_batch_gradients(model, data, loss_fn, wanted, progress, "saliency"):
@@ -219,8 +249,7 @@ def grad_saliency(
                 if g is not None:
                     acc[name].add_(g.float())
             m += 1
-        if m == 0:
-            raise ValueError("data yielded no batches")
+    _reduce_count(acc, m, ctx)
     for t in acc.values():
         t.abs_()
     return acc

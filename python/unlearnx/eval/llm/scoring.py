@@ -23,6 +23,8 @@ import torch
 
 from unlearnx.data.lm_batches import IGNORE_INDEX, QATemplate, encode_qa, encode_text, pad_batch
 from unlearnx.data.text import QAItem
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import gather_ordered, owned
 
 __all__ = ["TokenScores", "encode_items", "score_tokens", "hidden_states"]
 
@@ -128,8 +130,14 @@ def score_tokens(model: torch.nn.Module, features: Sequence[dict], *, pad_token_
     model.eval()
     n = len(features)
     logp, mu, var, correct = [None] * n, [None] * n, [None] * n, [None] * n
+    ctx = current_context()
+    batches = _length_batches(features, batch_size)
+    mine = {}
     try:
-        for idx in tqdm(_length_batches(features, batch_size), desc="score", disable=not progress):
+        # Under torchrun each rank scores the batches it owns; the per-item values are then gathered
+        # into input order on every rank (the same batches as one process, so the same values).
+        for _, idx in tqdm(owned(batches, ctx), total=-(-len(batches) // ctx.world_size), desc="score",
+                           disable=not progress):
             batch = pad_batch([features[i] for i in idx], pad_token_id=pad_token_id)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
             logits = (out if isinstance(out, torch.Tensor) else out.logits)[:, :-1]
@@ -139,12 +147,12 @@ def score_tokens(model: torch.nn.Module, features: Sequence[dict], *, pad_token_
             mask = labels != IGNORE_INDEX
             for row, i in enumerate(idx):
                 sel = mask[row]
-                logp[i] = lp[row, sel].double().cpu().numpy()
-                mu[i] = m[row, sel].double().cpu().numpy()
-                var[i] = v[row, sel].double().cpu().numpy()
-                correct[i] = hit[row, sel].cpu().numpy()
+                mine[i] = (lp[row, sel].double().cpu().numpy(), m[row, sel].double().cpu().numpy(),
+                           v[row, sel].double().cpu().numpy(), hit[row, sel].cpu().numpy())
     finally:
         model.train(was_training)
+    for i, (lp_i, mu_i, var_i, hit_i) in enumerate(gather_ordered(mine, ctx)):
+        logp[i], mu[i], var[i], correct[i] = lp_i, mu_i, var_i, hit_i
     return TokenScores(logp=logp, mu=mu, var=var, correct=correct)
 
 
@@ -160,9 +168,10 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
     device = _device(model)
     was_training = model.training
     model.eval()
-    out_rows: list[np.ndarray | None] = [None] * len(features)
+    ctx = current_context()
+    mine = {}
     try:
-        for idx in _length_batches(features, batch_size):
+        for _, idx in owned(_length_batches(features, batch_size), ctx):  # as score_tokens
             batch = pad_batch([features[i] for i in idx], pad_token_id=pad_token_id)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                         output_hidden_states=True)
@@ -173,7 +182,7 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
             mask = (batch["labels"][:, 1:] != IGNORE_INDEX).to(device)
             pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
             for row, i in enumerate(idx):
-                out_rows[i] = pooled[row].double().cpu().numpy()
+                mine[i] = pooled[row].double().cpu().numpy()
     finally:
         model.train(was_training)
-    return np.stack(out_rows)
+    return np.stack(gather_ordered(mine, ctx))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -43,6 +44,10 @@ from torch.utils.data import Dataset
 from unlearnx.data.lm_batches import (ForgetRetainLoader, PairedQADataset, QADataset, QATemplate,
                                       refusal_items)
 from unlearnx.data.text import QAItem
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import all_reduce_gradients_, broadcast_parameters_, gather_ordered, owned
+from unlearnx.distributed.sharding import count_units, rank_parts
+from unlearnx.distributed.wrap import gradient_scale
 from unlearnx.methods.llm.losses import forward_logits, kl_to_reference, mean_nll
 from unlearnx.methods.registry import UnlearningMethod
 
@@ -127,6 +132,12 @@ class LLMMethod(UnlearningMethod):
     uses_refusals = False
     reference_needs = "none"
     trains = True
+    # (side, "tokens" | "samples"): what the loss (without the retain term of `combine`) is a mean
+    # over ("tokens" = scored answer tokens, "samples" = rows, for sequence-level losses); needed to
+    # split a global batch over processes / micro-batches exactly. None: cannot run sharded.
+    loss_units: tuple[str, str] | None = None
+    _unit_weights: dict[str, float] | None = None  # set by the sharded step only
+    _weighted = False  # set by `combine` when it applied _unit_weights
 
     def validate(self) -> None:
         hp = self.hparams
@@ -174,14 +185,21 @@ class LLMMethod(UnlearningMethod):
         return mean_nll(logits, retain_batch["labels"])
 
     def combine(self, model, batch: dict, forget_loss: torch.Tensor):
-        """L = gamma * L_f + alpha * L_r (the retain term only when retain data is given and alpha > 0)."""
+        """L = gamma * L_f + alpha * L_r (the retain term only when retain data is given and alpha > 0).
+
+        In the sharded loop each term is first scaled by its part's share of the global batch's
+        units (`_unit_weights`), so that the parts' losses sum to the one-process loss.
+        """
         hp = self.hparams
         parts = {"forget_loss": forget_loss.item()}
-        total = hp.get("gamma", 1.0) * forget_loss
+        w = self._unit_weights
+        total = hp.get("gamma", 1.0) * (forget_loss if w is None else forget_loss * w["primary"])
         if "retain" in batch and hp.get("alpha", 0.0) > 0:
             lr_ = self.retain_loss(model, batch["retain"])
             parts["retain_loss"] = lr_.item()
-            total = total + hp["alpha"] * lr_
+            total = total + hp["alpha"] * (lr_ if w is None else lr_ * w["retain"])
+        if w is not None:
+            self._weighted = True
         return total, parts
 
     def result_model(self, model):
@@ -193,6 +211,16 @@ class LLMMethod(UnlearningMethod):
         """An untrained model with the structure `result_model` returns, built around `model`: what
         saved results of this method load into (default: `model` itself)."""
         return model
+
+    def primary_units(self) -> tuple[str, str]:
+        """(side, unit) of the primary loss term; raises for a method that cannot run sharded."""
+        units = type(self).loss_units
+        if units is None:
+            raise NotImplementedError(
+                f"method {self.name!r} does not declare loss_units = (side, 'tokens' | 'samples'), so its loss "
+                "cannot be split over processes or micro-batches exactly; run it in one process without "
+                "micro_batch_size")
+        return units
 
     def lora_config(self, model):
         """The LoraConfig used for lora=True (RMU narrows it to the layers it updates)."""
@@ -230,26 +258,34 @@ class LLMMethod(UnlearningMethod):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         device = next(model.parameters()).device
+        ctx = current_context()
+        if ctx.sharded:
+            self.primary_units()  # fail before any step
+            broadcast_parameters_(model, ctx)
         log: dict[str, list] = defaultdict(list)
         step = 0
         model.train()
-        with tqdm(total=total, desc=self.name, disable=not progress) as bar:
+        with tqdm(total=total, desc=self.name, disable=not progress or not ctx.is_main) as bar:
             while step < total:
                 for batch in loader:
                     if step >= total:
                         break
-                    batch = _to_device(batch, device)
-                    loss, parts = self.loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"{self.name}: non-finite loss {loss.item()} at step {step}; "
-                                                 "lower lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if ctx.sharded:
+                        loss_value, parts = self._sharded_backward(model, batch, params, device, ctx, step)
+                    else:
+                        batch = _to_device(batch, device)
+                        loss, parts = self.loss(model, batch)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(f"{self.name}: non-finite loss {loss.item()} at step {step}; "
+                                                     "lower lr")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        loss_value = loss.item()
                     if hp["max_grad_norm"] > 0:
                         torch.nn.utils.clip_grad_norm_(params, hp["max_grad_norm"])
                     optimizer.step()
                     scheduler.step()
-                    log["loss"].append(loss.item())
+                    log["loss"].append(loss_value)
                     for k, v in parts.items():
                         log[k].append(v)
                     bar.set_postfix(loss=f"{log['loss'][-1]:.4f}")
@@ -257,6 +293,46 @@ class LLMMethod(UnlearningMethod):
                     step += 1
         model.eval()
         return dict(log)
+
+    def _sharded_backward(self, model, batch: dict, params, device, ctx, step: int) -> tuple[float, dict]:
+        """Gradients of the global batch's loss, summed over this rank's micro-batches and all ranks.
+
+        Each part's loss terms are scaled by (units in the part) / (units in the global batch),
+        units = the side's tokens or samples (`primary_units`; retain: tokens), so that
+        sum over ranks and parts = the one-process loss and the summed gradients are its gradient.
+        Returns the global loss and parts (the same on every rank).
+        """
+        side, unit = self.primary_units()
+        totals = {"primary": count_units(batch[side], unit), "retain": count_units(batch.get("retain"), "tokens")}
+        for p in params:
+            p.grad = None
+        scale = gradient_scale(model, ctx)  # a DDP/FSDP2 model averages in backward: undo it
+        sums: dict[str, float] = defaultdict(float)
+        # A DDP/FSDP2 model communicates in every forward/backward: all ranks run as many parts.
+        for part, real in rank_parts(batch, ctx, primary=side, equal_counts=scale != 1.0):
+            w = {"primary": real * count_units(part[side], unit) / max(totals["primary"], 1),
+                 "retain": real * count_units(part.get("retain"), "tokens") / max(totals["retain"], 1)}
+            self._unit_weights, self._weighted = w, False
+            try:
+                loss, parts = self.loss(model, _to_device(part, device))
+            finally:
+                self._unit_weights = None
+            if not self._weighted:  # the loss is its primary term alone (no `combine`)
+                loss = loss * w["primary"]
+            (loss * scale if scale != 1.0 else loss).backward()
+            sums["loss"] += loss.item()
+            for k, v in parts.items():
+                sums[k] += v * w["retain" if k == "retain_loss" else "primary"]
+        if scale == 1.0:
+            all_reduce_gradients_(params, ctx)
+        merged: dict[str, float] = defaultdict(float)
+        for rank_sums in ctx.all_gather(dict(sums)):  # rank order: the same float sum on every rank
+            for k, v in rank_sums.items():
+                merged[k] += v
+        loss_value = merged.pop("loss", 0.0)
+        if not math.isfinite(loss_value):  # every rank sees the same value: all stop together
+            raise FloatingPointError(f"{self.name}: non-finite loss {loss_value} at step {step}; lower lr")
+        return loss_value, dict(merged)
 
 
 def _to_device(batch, device):
@@ -352,14 +428,20 @@ def cached_sequence_logprobs(model, paired: PairedQADataset, key: str, *, batch_
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
     ctx = peft.disable_adapter() if peft is not None else contextlib.nullcontext()
+    dist_ctx = current_context()
+    starts = range(0, len(ds), batch_size)
+    mine = {}
     with torch.no_grad(), ctx:
-        for start in tqdm(range(0, len(ds), batch_size), desc=f"reference {key}", disable=not progress):
+        # Under torchrun each rank scores the batches it owns (the same batches as one process), then
+        # the ranks exchange them: the cache is built once, and equals the one-process cache.
+        for k, start in tqdm(owned(starts, dist_ctx), total=-(-len(starts) // dist_ctx.world_size),
+                             desc=f"reference {key}", disable=not progress):
             batch = ds.collate([ds[i] for i in range(start, min(len(ds), start + batch_size))])
             batch = _to_device(batch, device)
-            out.append(sequence_logprob(forward_logits(model, batch), batch["labels"]).cpu())
+            mine[k] = sequence_logprob(forward_logits(model, batch), batch["labels"]).cpu()
     model.train(was_training)
+    out = gather_ordered(mine, dist_ctx)
     return torch.cat(out)
 
 

@@ -22,6 +22,7 @@ class GA(LLMMethod):
     """GA: L = -NLL_f (mean token NLL of the forget answers, negated). Unbounded: it collapses the
     model if run long; TOFU runs 5 epochs at lr 1e-5."""
 
+    loss_units = ("forget", "tokens")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Jang et al., 'Knowledge Unlearning for Mitigating Privacy Risks in Language Models', ACL 2023; "
              "Maini et al., 'TOFU: A Task of Fictitious Unlearning for LLMs', COLM 2024")
     defaults = dict(COMMON_DEFAULTS)
@@ -36,6 +37,7 @@ class GA(LLMMethod):
 class GradDiff(LLMMethod):
     """GradDiff: L = gamma * (-NLL_f) + alpha * L_r (retain_loss "nll" or "kl"); gamma 1, alpha 1."""
 
+    loss_units = ("forget", "tokens")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Liu, Lipton, Wang, 'Continual Learning and Private Unlearning', CoLLAs 2022; "
              "Maini et al., 'TOFU', COLM 2024")
     requires = ("forget", "retain")

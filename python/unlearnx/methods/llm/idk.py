@@ -25,6 +25,7 @@ __all__ = ["IdkNLL", "IdkDPO"]
 class IdkNLL(LLMMethod):
     """IdkNLL: NLL on refusal answers to the forget questions (+ alpha * retain); gamma 1, alpha 1."""
 
+    loss_units = ("idk", "tokens")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = "Maini et al., 'TOFU: A Task of Fictitious Unlearning for LLMs', COLM 2024"
     uses_refusals = True
     defaults = {**COMMON_DEFAULTS, "gamma": 1.0, "alpha": 1.0, "retain_loss": "nll"}

@@ -36,6 +36,7 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
 class NPO(LLMMethod):
     """NPO (+ retain when retain data is given and alpha > 0): beta 0.1, gamma 1, alpha 1."""
 
+    loss_units = ("forget", "samples")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Zhang, Lin, Bai, Mei, 'Negative Preference Optimization: From Catastrophic Collapse to "
              "Effective Unlearning', COLM 2024")
     reference_needs = "forget_logprob"
@@ -68,6 +69,7 @@ class NPO(LLMMethod):
 class SimNPO(LLMMethod):
     """SimNPO: beta 4.5, delta 0, gamma 0.125, alpha 1 (retain NLL or KL)."""
 
+    loss_units = ("forget", "samples")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Fan, Liu, Lin, Jia, Zhang, Mei, Liu, 'Simplicity Prevails: Rethinking Negative Preference "
              "Optimization for LLM Unlearning', 2024")
     defaults = {**COMMON_DEFAULTS, "beta": 4.5, "delta": 0.0, "gamma": 0.125, "alpha": 1.0, "retain_loss": "nll"}

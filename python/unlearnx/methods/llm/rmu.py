@@ -20,7 +20,6 @@ Defaults: Zephyr-7B (32 layers): l 7, c 6.5, alpha 1200, lr 5e-5, batch 4, 1 epo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, default_lora_config

@@ -29,6 +29,7 @@ __all__ = ["UNDIAL"]
 class UNDIAL(LLMMethod):
     """UNDIAL: distill to softmax(z_ref - beta * onehot(y)) on forget answer tokens; beta 10."""
 
+    loss_units = ("forget", "tokens")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Dong, Lin, Belkin, Huerta, Vulic, 'UNDIAL: Self-Distillation with Adjusted Logits for Robust "
              "Unlearning in Large Language Models', NAACL 2025")
     reference_needs = "forget_logits"

@@ -21,6 +21,7 @@ __all__ = ["WGA"]
 class WGA(LLMMethod):
     """WGA: L_f = -mean_t p(y_t)^beta.detach() * CE_t; beta 1."""
 
+    loss_units = ("forget", "tokens")  # what the loss is a mean over (exact sharding, unlearnx.distributed)
     paper = ("Wang, Zhang, Liu, Han, Cheng, 'Rethinking LLM Unlearning Objectives: A Gradient Perspective "
              "and Go Beyond', ICLR 2025")
     defaults = {**COMMON_DEFAULTS, "beta": 1.0, "gamma": 1.0, "alpha": 1.0, "retain_loss": "nll"}
