@@ -151,7 +151,7 @@ def validate_llm_config(config: Mapping) -> dict:
                 if k in cls.defaults}
         entry["hparams"] = {**base, **entry["hparams"]}
         try:
-            cls(**entry["hparams"])
+            _method_instance(entry["method"], entry["hparams"])
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"config key 'methods[{i}]' ({entry['method']}): {exc}") from None
     cfg["_methods"], cfg["_skipped"] = methods, skipped
@@ -310,6 +310,23 @@ class _Steps:
         return model.eval(), rec
 
 
+def _wants_oracle(name: str, hp: dict) -> bool:
+    """True for a method that takes an `oracle` model as its target and was given no target source."""
+    import unlearnx as ux
+
+    defaults = ux.methods.get(name, task="causal_lm").defaults
+    return "oracle" in defaults and not any(hp.get(k) is not None for k in ("target", "oracle", "surrogate"))
+
+
+def _method_instance(name: str, hp: dict):
+    """The method object for `hp` (validates them); the run's oracle, passed at unlearning time,
+    is stood in for by a placeholder module where `_wants_oracle`."""
+    import unlearnx as ux
+
+    stand_in = {"oracle": torch.nn.Identity()} if _wants_oracle(name, hp) else {}
+    return ux.methods.get(name, task="causal_lm")(**hp, **stand_in)
+
+
 def _tofu_row(tofu, mu_target: float | None) -> dict:
     agg = tofu.aggregate
     row = {"forget_quality": agg.get("forget_quality"), "model_utility": agg["model_utility"],
@@ -455,16 +472,22 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
 
             def compute(name=name, hp=hp):
                 echo(f"{name}: unlearning forget10 ({len(data['forget'])} QA) with {hp}")
+                extra = {}
+                if _wants_oracle(name, hp):
+                    # A method calibrated against an unlearning target (ECO's corruption strength)
+                    # gets the run's retain oracle when the config names no target of its own.
+                    extra["oracle"] = models["Retrain"]
                 res = ux.unlearn(copy.deepcopy(models["target"]), name, forget=data["forget"],
-                                 retain=data["retain"], tokenizer=tok, seed=seed, progress=not quiet, **hp)
+                                 retain=data["retain"], tokenizer=tok, seed=seed, progress=not quiet, **hp, **extra)
                 curve = res.log.get("loss") if isinstance(res.log, dict) else None
-                return res.model, {"method": name, "seconds": res.seconds, "hparams": res.hparams,
+                used = {k: ("the run's Retrain oracle" if k in extra else v) for k, v in res.hparams.items()}
+                return res.model, {"method": name, "seconds": res.seconds, "hparams": used,
                                    "loss_curve": [float(v) for v in curve] if curve else []}
 
             def fresh_result(name=name, hp=hp):
                 # What this method's saved result loads into: a wrapper (ULD's target + assistant)
                 # comes from the method's result_skeleton; a plain LM otherwise.
-                skeleton = getattr(ux.methods.get(name, task="causal_lm")(**hp), "result_skeleton", None)
+                skeleton = getattr(_method_instance(name, hp), "result_skeleton", None)
                 return skeleton(fresh()) if skeleton else fresh()
 
             models[label], runs[label] = steps.run(label, _key("unlearn", name, hp, base_key, runs["target"]["sha256"]),

@@ -1,6 +1,7 @@
 """`unlearnx run` / `eval` with LLM configs (task: llm): validation before any work, a tiny run end
 to end, resume and re-evaluation."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -48,9 +49,15 @@ def test_hyper_parameters_layer_defaults_and_entry_values(tmp_path):
 
 
 def test_shipped_llm_configs_validate():
-    for path in ("configs/llm/tofu_forget10.yaml", "configs/llm/moe_uoe.yaml"):
+    paths = sorted(Path(__file__).resolve().parents[2].glob("configs/llm/*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
         cfg = load_config(path)
-        assert cfg["task"] == "llm" and cfg["_methods"]
+        assert cfg["task"] == "llm" and cfg["_methods"], path
+    # ECO without a target source validates: the run hands it the retain oracle.
+    eco = [e for e in load_config(paths[[p.name for p in paths].index("inference_time.yaml")])["_methods"]
+           if e["method"] == "eco"]
+    assert eco and eco[0]["hparams"].get("target") is None
 
 
 @pytest.mark.slow
