@@ -29,7 +29,8 @@ model forward pass. results.json lists the reused steps under "cached_steps".
 Sizes and measured wall times (2-core x86-64 AMD EPYC, shared: load average 3-5 from other jobs,
 native kernels built, torch 2.13 CPU, 1 torch thread):
 - quick: 6 authors (forget10 = 20 QA), 15 epochs, utility on 20 retain QA + 12 held QA, 24-token
-  answers: 41-50 s end to end (training ~35 s, the four methods ~1 s, evaluation ~5 s).
+  answers: 41-50 s end to end (training ~35 s, the four methods ~1 s, evaluation ~5 s); with ULD
+  (its assistant trains 60 short epochs, ~4 s) 42 s at load average ~2, 91 s at load 5-8.
 - full: 20 authors (forget10 = 40 QA of 2 authors), 30 epochs, utility on 60 retain QA + 34 held
   QA, 48-token answers: 300 s (target 172 s, oracle 114 s, methods 4 s, evaluation 9 s).
 - a rerun with the same config: ~1 s (everything loaded). 1 vs 2 torch threads measured the same
