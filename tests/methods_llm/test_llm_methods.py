@@ -158,6 +158,17 @@ def test_whp_inference_mixture(tiny):
     res = run(tiny, "whp", variant="inference", reinforce_lr=1e-3)
     f, r = tiny.nll(res.model)
     assert f > tiny.base_forget_nll + 0.3
+    # The mix runs through the fused logit_diff op (mode "whp"): log_softmax(v_b - α ReLU(v_r - v_b)).
+    from unlearnx.methods.llm.whp import generic_logits
+
+    batch = tiny.forget_eval.collate(list(tiny.forget_eval)[:4])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        got = res.model(input_ids=ids, attention_mask=mask).logits
+        vb = res.model.target(input_ids=ids, attention_mask=mask).logits
+        vr = res.model.assistant(input_ids=ids, attention_mask=mask).logits
+    assert res.model.mode == "whp"
+    assert torch.allclose(got, generic_logits(vb, vr, res.hparams["alpha"]).log_softmax(-1), atol=1e-4)
 
 
 def test_flat_divergences_and_lambert_w():

@@ -17,6 +17,9 @@ Three ways to use it:
 - `ULDLogitsProcessor(assistant, ...)` in `target.generate(..., logits_processor=[...])`: the
   Hugging Face loop; the processor runs the assistant with its own cache on the tokens generate
   has produced and returns the combined log-probs.
+
+`ULDModel(base, reinforced, weight=α, mode="whp")` is WHP's inference-time mix (Eldan &
+Russinovich, 2023): c = v_base − α·ReLU(v_reinforced − v_base) through the same op and loop.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unlearnx.ops.logit_diff import logit_diff_logprobs, logit_diff_sample
+from unlearnx.ops.logit_diff import MODES, logit_diff_logprobs, logit_diff_sample
 
 __all__ = ["ULDModel", "ULDOutput", "ULDLogitsProcessor"]
 
@@ -92,19 +95,26 @@ class ULDModel(nn.Module):
         target: the original causal LM (transformers model).
         assistant: the trained assistant (same vocabulary; see unlearnx.methods.llm.uld.build_assistant).
         weight: w, the assistant's logit weight (paper 0.8–1.0). relative_top: r in (0, 1].
-    w and r are stored as buffers, so they are part of `state_dict()` (saved with the weights, and
-    part of any cache key built from the weights).
+        mode: "uld" (default) or "whp" (WHP's mix: target = base model, assistant = reinforced
+            model, weight = α; relative_top unused).
+    w, r and the mode are stored as buffers, so they are part of `state_dict()` (saved with the
+    weights, and part of any cache key built from the weights).
     """
 
-    def __init__(self, target: nn.Module, assistant: nn.Module, *, weight: float = 0.8, relative_top: float = 0.01):
+    def __init__(self, target: nn.Module, assistant: nn.Module, *, weight: float = 0.8, relative_top: float = 0.01,
+                 mode: str = "uld"):
         super().__init__()
         for name, m in (("target", target), ("assistant", assistant)):
             if not isinstance(m, nn.Module):
                 raise TypeError(f"{name}: expected a torch.nn.Module, got {type(m).__name__}")
+        if mode not in ("uld", "whp"):
+            raise ValueError(f"mode: must be 'uld' or 'whp', got {mode!r}")
         weight, relative_top = _check_weights(weight, relative_top)
         self.target, self.assistant = target, assistant
         self.register_buffer("uld_weight", torch.tensor(weight, dtype=torch.float64))
         self.register_buffer("uld_relative_top", torch.tensor(relative_top, dtype=torch.float64))
+        self.register_buffer("uld_mode", torch.tensor(MODES.index(mode), dtype=torch.int64))
+        self.mode = mode
         self._cache_arg = _cache_arg(target)
         self._last = (_last_only(target), _last_only(assistant))
         # Python copies for the decoding step (reading a CUDA buffer every step would sync the
@@ -115,6 +125,7 @@ class ULDModel(nn.Module):
     @staticmethod
     def _refresh(module, incompatible_keys) -> None:
         module.weight, module.relative_top = _check_weights(float(module.uld_weight), float(module.uld_relative_top))
+        module.mode = MODES[int(module.uld_mode)]
 
     @property
     def generation_config(self):
@@ -122,7 +133,7 @@ class ULDModel(nn.Module):
 
     def combine(self, target_logits: torch.Tensor, assistant_logits: torch.Tensor) -> torch.Tensor:
         """log_softmax of the combined logits [..., V] (fp32) of two logit tensors of the same shape."""
-        return logit_diff_logprobs(target_logits, assistant_logits.to(target_logits.dtype), mode="uld",
+        return logit_diff_logprobs(target_logits, assistant_logits.to(target_logits.dtype), mode=self.mode,
                                    weight=self.weight, relative_top=self.relative_top)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -220,7 +231,7 @@ class ULDModel(nn.Module):
                 zt, tc, _ = _run(self.target, arg, step_ids, mask, step_pos, caches[0], **self._last[0])
                 za, ac, _ = _run(self.assistant, arg, step_ids, mask, step_pos, caches[1], **self._last[1])
                 caches = (tc, ac)
-                tok, _ = logit_diff_sample(zt[:, -1], za[:, -1].to(zt.dtype), mode="uld", weight=self.weight,
+                tok, _ = logit_diff_sample(zt[:, -1], za[:, -1].to(zt.dtype), mode=self.mode, weight=self.weight,
                                            relative_top=self.relative_top, temperature=temperature, top_k=top_k,
                                            top_p=top_p, greedy=not do_sample, seed=seed, offset=step * b)
                 tok = torch.where(done, torch.full_like(tok, pad), tok)

@@ -7,7 +7,8 @@ pushed down), alpha 4 (methods.md range 4-256). Variants:
   "finetune"  (default) the generic prediction argmax_v at each forget answer position becomes the
               label; the original is fine-tuned on those labels. The labels are fixed, so they are
               computed once and the reinforced model is dropped before training.
-  "inference" no training; res.model is a `WHPMixture` whose forward returns the generic logits.
+  "inference" no training; res.model is a `ULDModel(..., mode="whp")` whose logits are log_softmax of
+  the generic logits (the fused logit_diff op), with two-cache generation.
 The paper's anchored-term replacement (an entity dictionary) is not implemented: the generic
 targets come from the logit rule alone.
 
@@ -31,7 +32,7 @@ from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, _to_device, de
 from unlearnx.methods.llm.losses import forward_logits, mean_nll, shifted_labels
 from unlearnx.methods.registry import register_method
 
-__all__ = ["WHP", "TaskVector", "WHPMixture", "reinforced_model", "generic_logits"]
+__all__ = ["WHP", "TaskVector", "reinforced_model", "generic_logits"]
 
 _REINFORCE = {"reinforce_epochs": 3, "reinforce_lr": 1e-5}
 
@@ -57,21 +58,6 @@ def generic_logits(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, a
     return base_logits - alpha * torch.relu(reinforced_logits - base_logits)
 
 
-class WHPMixture(nn.Module):
-    """Inference-time WHP: forward(input_ids, attention_mask) -> object with .logits = generic logits."""
-
-    def __init__(self, base: nn.Module, reinforced: nn.Module, alpha: float):
-        super().__init__()
-        self.base, self.reinforced, self.alpha = base, reinforced, alpha
-
-    def forward(self, input_ids, attention_mask=None, **kwargs):
-        from transformers.modeling_outputs import CausalLMOutput
-
-        base = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        reinforced = self.reinforced(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
-        return CausalLMOutput(logits=generic_logits(base, reinforced, self.alpha))
-
-
 @register_method("whp", task="causal_lm")
 class WHP(LLMMethod):
     """WHP: fine-tune on generic predictions (variant "finetune") or mix logits at inference ("inference")."""
@@ -95,7 +81,10 @@ class WHP(LLMMethod):
 
     def apply(self, model, forget, progress):
         """variant="inference": the mixture of the original and the reinforced model."""
-        return WHPMixture(model, self._reinforce(model, forget, progress), self.hparams["alpha"])
+        from unlearnx.methods.llm.uld_model import ULDModel
+
+        # The fused logit-combination op and the two-cache decoding loop ULD uses, in WHP's mode.
+        return ULDModel(model, self._reinforce(model, forget, progress), weight=self.hparams["alpha"], mode="whp")
 
     def setup(self, model, *, forget, retain, progress):
         reinforced = self._reinforce(model, forget, progress)
