@@ -11,8 +11,8 @@ Llama (per-step losses, final parameters, per-item answer log-probs of the resul
 (expert_attribution) and UOE(GA) (per-step losses, final parameters); on digits, a
 1-epoch train_classifier of an MLP (and the same fit with the model wrapped in DDP), SalUn's
 saliency and the per-sample Fisher of the result, SSD from it (final parameters, evaluation
-metrics, per-item probabilities), and RL and SalUn from it (random labels; final parameters, log). Rank 0 saves everything
-to OUT.pt. --fail-save: train, then rank 1 raises inside save_checkpoint (before its part is
+metrics, per-item probabilities), and RL and SalUn from it (random labels; final parameters, log).
+Rank 0 saves everything to OUT.pt. --fail-save: train, then rank 1 raises inside save_checkpoint (before its part is
 written); the launcher must fail and OUT.ckpt must not exist.
 """
 import argparse

@@ -17,7 +17,8 @@ from unlearnx.distributed.sharding import count_units, micro_batches, rank_parts
 from unlearnx.distributed.wrap import gradient_scale, reduces_gradients, wrap_model
 from unlearnx.distributed.checkpoint import export_safetensors, load_checkpoint, save_checkpoint
 
-__all__ = ["DistContext", "current", "init_distributed", "rank_seed", "set_current", "shutdown", "split_sizes", "stream_seed",
+__all__ = ["DistContext", "current", "init_distributed", "rank_seed", "set_current", "shutdown", "split_sizes",
+           "stream_seed",
            "all_reduce_floats", "all_reduce_gradients_", "all_reduce_stats_", "all_reduce_tensors_",
            "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_parts",
            "rank_share",
