@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 # The demo's panel (SalUn's comparison set); methods not registered in this installation are
 # skipped with a note, so the demo picks them up as soon as they exist.
 DEMO_METHODS = ("ft", "ga", "rl", "l1_sparse", "salun", "ssd")
@@ -243,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@record  # under torchrun, a rank's uncaught exception goes into the launcher's failure summary
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["exact"]:

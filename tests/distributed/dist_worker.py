@@ -7,11 +7,12 @@ GA's result is also saved as OUT.dcp (sharded checkpoint) and OUT.safetensors (e
 
 Runs, on tiny models with a fixed global batch: GA, NPO (cached reference), GradDiff on a tiny
 Llama (per-step losses, final parameters, per-item answer log-probs of the result), NPO with LoRA
-(merged), GA again on the model wrapped in FSDP2; on digits, a
+(merged), GA again on the model wrapped in FSDP2; on a tiny Qwen2-MoE, the router statistics
+(expert_attribution) and UOE(GA) (per-step losses, final parameters); on digits, a
 1-epoch train_classifier of an MLP (and the same fit with the model wrapped in DDP), SalUn's
-saliency and the per-sample Fisher of the result, and SSD from it (final parameters, evaluation
-metrics, per-item probabilities). Rank 0 saves everything
-to OUT.pt. --fail-save: train, then rank 1 raises inside save_checkpoint (before its part is
+saliency and the per-sample Fisher of the result, SSD from it (final parameters, evaluation
+metrics, per-item probabilities), and RL and SalUn from it (random labels; final parameters, log).
+Rank 0 saves everything to OUT.pt. --fail-save: train, then rank 1 raises inside save_checkpoint (before its part is
 written); the launcher must fail and OUT.ckpt must not exist.
 """
 import argparse
@@ -89,6 +90,27 @@ def run_lm(results, only, ckpt=None):
         results["ga_fsdp"] = {"log": {k: v for k, v in res.log.items() if isinstance(v, list)}}
 
 
+def run_moe(results, only):
+    from unlearnx.data.lm_batches import QADataset
+    from unlearnx.models.lm import build_lm
+    from unlearnx.stats import expert_attribution
+
+    _, tok, forget, retain = lm_setup()
+    torch.manual_seed(0)
+    model = build_lm("moe", tokenizer=tok, layers=2, hidden=32, heads=2, experts=4, top_k=2)
+    if not only or "attribution" in only:
+        def batches(items):  # 3 forget batches (4, 4, 3 rows): rank 0 runs two, rank 1 one
+            data = QADataset(items, tok)
+            return [data.collate([data[i] for i in range(s, min(len(data), s + 4))]) for s in range(0, len(data), 4)]
+        att = expert_attribution(model, batches(forget), retain=batches(retain), progress=False)
+        results["attribution"] = {"stats": att.stats.double(), "tokens": att.tokens.double()}
+    if not only or "uoe" in only:
+        res = ux.unlearn(copy.deepcopy(model), "uoe", forget=forget, tokenizer=tok, base="ga", lr=1e-2, batch_size=5,
+                         epochs=1, warmup_epochs=0, max_steps=3, progress=False, seed=0)
+        results["uoe"] = {"log": {k: v for k, v in res.log.items() if isinstance(v, list)},
+                          "params": flat_params(res.model), "init": flat_params(model)}
+
+
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
@@ -119,6 +141,11 @@ def run_classifier(results, only):
         probs, _ = predict(res.model, scenario.forget, batch_size=50)
         results["ssd"] = {"params": flat_params(res.model), "probs": probs.double(),
                           "metrics": ux.evaluate(res.model, scenario=scenario)}
+    for name in ("rl", "salun"):  # random labels drawn per global batch: the same under any sharding
+        if not only or name in only:
+            res = ux.unlearn(model, name, forget=scenario.forget, retain=scenario.retain, epochs=2, seed=0,
+                             progress=False)
+            results[name] = {"log": res.log, "params": flat_params(res.model), "init": flat_params(model)}
 
 
 @record  # the launcher's failure summary then carries the failing rank's traceback
@@ -146,7 +173,9 @@ def main():
         return
     if not only or only & {"ga", "npo", "graddiff", "ga_fsdp", "npo_lora"}:
         run_lm(results, only, args.out[:-3] if args.out.endswith(".pt") else None)
-    if not only or only & {"fit", "ddp", "ssd", "saliency"}:
+    if not only or only & {"attribution", "uoe"}:
+        run_moe(results, only)
+    if not only or only & {"fit", "ddp", "ssd", "saliency", "rl", "salun"}:
         run_classifier(results, only)
     if ctx.is_main:
         torch.save(results, args.out)

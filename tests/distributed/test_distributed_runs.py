@@ -1,7 +1,8 @@
 """End-to-end: 2 processes under torchrun (CPU, gloo) give the 1-process results on the same global batch.
 
-dist_worker.py runs GA, NPO, GradDiff (tiny Llama), train_classifier (plain and DDP-wrapped),
-SalUn's saliency, the Fisher diagonal and SSD (digits MLP) and evaluates the results; it runs once as
+dist_worker.py runs GA, NPO, GradDiff (tiny Llama), the router statistics and UOE(GA) (tiny
+Qwen2-MoE), train_classifier (plain and DDP-wrapped), SalUn's saliency, the Fisher diagonal, SSD,
+RL and SalUn (digits MLP, no BatchNorm) and evaluates the results; it runs once as
 one process, once as one process with micro-batches of 2 rows (gradient accumulation) and once
 under `python -m torch.distributed.run --nproc_per_node=2`. Tolerances: fp32 summation order only
 (relative 1e-5 of the compared quantity's scale; parameters after a few Adam steps 1e-5 of their max).
@@ -131,6 +132,62 @@ def test_ssd_and_evaluation_match_one_process(runs, variant):
     for k, v in one["metrics"].items():
         if isinstance(v, float):
             assert other["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.parametrize("variant", ["two", "micro"])
+@pytest.mark.parametrize("method", ["rl", "salun"])
+def test_random_label_methods_match_one_process(runs, method, variant):
+    # The fake labels are a function of (seed, epoch, global batch, row): sharding cannot change them.
+    one, other = runs["one"][method], runs[variant][method]
+    assert _rel(one["params"], one["init"]) > 1e-2  # 2 epochs of random labels moved the model
+    assert _rel(other["params"], one["params"]) < 1e-5
+    for key in ("forget_loss", "retain_loss"):
+        assert len(one["log"][key]) == 2
+        assert _rel(other["log"][key], one["log"][key]) < 1e-5, key
+    if method == "salun":
+        assert other["log"]["mask_fraction"] == one["log"]["mask_fraction"]
+        assert _rel(one["params"], runs["one"]["rl"]["params"]) > 1e-4  # the mask made a difference
+
+
+def test_router_statistics_match_one_process(runs):
+    # 3 forget batches over 2 ranks (two on rank 0, one on rank 1), all-reduced.
+    one, two = runs["one"]["attribution"], runs["two"]["attribution"]
+    assert one["tokens"].min() > 0 and one["stats"][:, 0].abs().max() > 0 and one["stats"][:, 1].abs().max() > 0
+    assert torch.equal(two["tokens"], one["tokens"])
+    assert _rel(two["stats"], one["stats"]) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["two", "micro"])
+def test_uoe_ga_matches_one_process(runs, variant):
+    one, other = runs["one"]["uoe"], runs[variant]["uoe"]
+    assert other["log"]["uoe_experts"] == one["log"]["uoe_experts"]  # the all-reduced attribution chose it
+    assert len(one["log"]["loss"]) == 3 and len(set(round(v, 4) for v in one["log"]["anchor_loss"])) > 1
+    scale = torch.tensor(one["log"]["forget_loss"]).abs() + torch.tensor(one["log"]["anchor_loss"]).abs()
+    for key in ("loss", "forget_loss", "anchor_loss"):
+        a, b = torch.tensor(other["log"][key]), torch.tensor(one["log"][key])
+        assert ((a - b).abs() <= 1e-5 * (scale if key == "loss" else b.abs())).all(), (key, a, b)
+    assert _rel(one["params"], one["init"]) > 1e-3  # the chosen expert (and router) moved
+    assert _rel(other["params"], one["params"]) < 1e-5
+
+
+def test_cli_failure_under_torchrun_shows_the_rank_traceback(tmp_path):
+    # GA at lr 1e30 diverges: the rank raises FloatingPointError inside `unlearnx run`. main() is
+    # decorated with torch's elastic `record`, so the launcher's summary carries the traceback.
+    import yaml
+
+    cfg = yaml.safe_load(_cli_config(tmp_path, tmp_path / "fail").read_text())
+    cfg["train"]["epochs"] = 1
+    cfg["methods"] = [{"name": "ga", "epochs": 1, "lr": 1e30}]
+    path = tmp_path / "fail.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=0",
+           "--module", "unlearnx.cli", "run", str(path), "--quiet"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    summary = (proc.stdout + proc.stderr).split("Root Cause")[-1]
+    assert "To enable traceback" not in summary
+    assert "Traceback (most recent call last)" in summary
+    assert "FloatingPointError: ga: the forget loss became" in summary
 
 
 def test_checkpoint_and_export_from_two_processes(runs, tmp_path):

@@ -11,7 +11,8 @@ initialized, and every loop takes its unchanged single-process path.
 Process-count invariance rests on two deterministic functions of the global batch, not of the
 rank: `split_sizes` (how many of a batch's rows each rank takes, contiguous, in rank order) and
 `rank_seed` (per-rank RNG streams derived from one seed, for randomness that is meant to differ
-between ranks).
+between ranks). Randomness that must NOT depend on the rank (RL's random labels) is drawn from
+`stream_seed(seed, epoch, batch)` for the whole global batch, and each rank keeps its rows.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "current", "set_current", "split_sizes", "rank_seed"]
+__all__ = ["DistContext", "init_distributed", "shutdown", "current", "set_current", "split_sizes", "rank_seed",
+           "stream_seed"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,16 @@ def rank_seed(seed: int, rank: int) -> int:
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise ValueError(f"rank: must be an int >= 0, got {rank!r}")
     digest = hashlib.sha256(f"unlearnx:rank-seed:{seed}:{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for the stream named by `keys` (e.g. epoch, global batch index), derived from one
+    root seed by SHA-256: the same on every rank, independent across keys."""
+    for name, value in (("seed", seed), *((f"keys[{i}]", k) for i, k in enumerate(keys))):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: must be an int, got {value!r}")
+    digest = hashlib.sha256(":".join(["unlearnx:stream-seed", str(seed), *map(str, keys)]).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 

@@ -23,6 +23,10 @@ model's actual selection can differ; the probability columns (and the affinity) 
 Shared experts (Qwen2-MoE ``shared_expert``, DeepSeek ``shared_experts``) are always active, have
 no router column, and are listed in ``shared`` and never selected.
 
+Under torchrun (unlearnx.distributed) every rank passes the same batches; rank r runs batches
+k with k % world_size == r and the accumulators are summed over ranks (`all_reduce_stats_`), so
+every rank gets the one-process statistics (up to fp32 summation order). Collective.
+
 Affinity (Zhuang et al., 2025, "UOE: Unlearning One Expert Is Enough for Mixture-of-Experts
 LLMs"): a_{l,e} = mean over forget tokens of the layer-l router probability of expert e.
 """
@@ -36,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from unlearnx.distributed.context import current as current_context
+from unlearnx.distributed.reduce import all_reduce_stats_, owned
 from unlearnx.ops.router_stats import moe_router_stats_
 
 __all__ = ["ExpertAttribution", "MoEBlock", "expert_attribution", "find_moe_blocks"]
@@ -176,6 +182,8 @@ def expert_attribution(model: nn.Module, data: Iterable[dict], *, retain: Iterab
             bool/int key of the batch (true = forget, false = retain) for mixed batches.
         retain: optional iterable of retain batches (every non-padding token is retain).
         progress: tqdm over batches.
+    Under torchrun: collective; each rank runs its round-robin share of the batches (all ranks
+    must pass the same sequence) and the sums are all-reduced.
     Returns:
         ExpertAttribution (stats [L, 2, E, 4], token counts, shared experts).
     """
@@ -202,14 +210,17 @@ def expert_attribution(model: nn.Module, data: Iterable[dict], *, retain: Iterab
                               else logits, current["flags"], top_k=blk.top_k, normalize_topk=blk.normalize_topk)
         return hook
 
+    ctx = current_context()
     handles = [b.router.register_forward_hook(hook_for(i, b)) for i, b in enumerate(blocks)]
     was_training = model.training
     model.eval()
     try:
         streams = [(data, 1)] + ([(retain, 2)] if retain is not None else [])
         for stream, group in streams:
-            for batch in tqdm(stream, desc=f"expert attribution ({'forget' if group == 1 else 'retain'})",
-                              disable=not progress):
+            # round-robin over ranks: each batch is run whole by one rank (sums do not care which)
+            mine = stream if ctx.world_size == 1 else (batch for _, batch in owned(stream, ctx))
+            for batch in tqdm(mine, desc=f"expert attribution ({'forget' if group == 1 else 'retain'})",
+                              disable=not progress or not ctx.is_main):
                 if not isinstance(batch, dict) or "input_ids" not in batch:
                     raise TypeError("data: every batch must be a dict with 'input_ids'")
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -221,5 +232,6 @@ def expert_attribution(model: nn.Module, data: Iterable[dict], *, retain: Iterab
         for h in handles:
             h.remove()
         model.train(was_training)
+    all_reduce_stats_({"stats": stats, "tokens": tokens}, ctx)
     return ExpertAttribution([b.name for b in blocks], [b.shared for b in blocks], stats, tokens,
                              [b.top_k for b in blocks])

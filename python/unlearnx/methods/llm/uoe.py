@@ -21,6 +21,11 @@ Expert Is Enough for Mixture-of-Experts LLMs").
    Router l's input does not depend on layer l's experts, so L_A has a gradient only through the
    router: with ``train_router`` (default True) the chosen layers' router weights [E, H] are trained
    too (a few hundred parameters per layer); with it False, L_A is a constant and only logged.
+Under torchrun / micro-batches (unlearnx.distributed) UOE declares its base's `loss_units` (GA,
+GradDiff: forget tokens; NPO: forget samples; RMU: none, so base="rmu" refuses to run sharded), and
+each part's anchor term is weighted by its share of the global batch's attention-mask forget
+tokens (the anchor's own unit), so the step equals the one-process step; the expert attribution is
+all-reduced over ranks.
 The fraction of parameters touched (trained expert slices / all parameters) goes to the log as
 "touched_fraction", with "uoe_experts" ([(layer index, expert)]).
 Full fine-tuning only (lora must be None). With base="rmu", RMU's layer is the (deepest) chosen MoE
@@ -32,6 +37,9 @@ from __future__ import annotations
 
 import torch
 
+from unlearnx.distributed.reduce import all_reduce_floats
+from unlearnx.distributed.sharding import rank_parts
+from unlearnx.distributed.wrap import gradient_scale
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod
 from unlearnx.methods.registry import get, register_method
 
@@ -46,8 +54,19 @@ def _batches(dataset, batch_size: int):
         yield dataset.collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
 
 
+def _valid_tokens(side: dict) -> int:
+    """Attention-mask tokens of a side: what the anchor loss is a mean over."""
+    mask = side.get("attention_mask")
+    return int(mask.sum()) if mask is not None else side["input_ids"].numel()
+
+
 class _UOEMixin:
     """Restricts the base method to the chosen experts and adds the router anchor loss."""
+
+    # Sharded step only: the anchor weight of each of this rank's parts, in order, and the running
+    # sum of weighted anchor losses (for the log).
+    _anchor_weights: list[float] | None = None
+    _anchor_sum = 0.0
 
     def validate(self):
         super().validate()
@@ -130,6 +149,25 @@ class _UOEMixin:
         log["uoe_experts"] = list(self.chosen)
         return log
 
+    def _sharded_backward(self, model, batch, params, device, ctx, step):
+        """The base's sharded step, with the anchor weighted by (valid forget tokens of the part) /
+        (valid forget tokens of the global batch): `rank_parts` is a pure function of the batch, so
+        the parts listed here are the ones the base step runs, in the same order."""
+        if self.hparams["anchor"] == 0:
+            return super()._sharded_backward(model, batch, params, device, ctx, step)
+        side, _ = self.primary_units()
+        total = max(_valid_tokens(batch["forget"]), 1)
+        equal = gradient_scale(model, ctx) != 1.0
+        self._anchor_weights = [real * _valid_tokens(part["forget"]) / total
+                                for part, real in rank_parts(batch, ctx, primary=side, equal_counts=equal)]
+        self._anchor_sum = 0.0
+        try:
+            value, parts = super()._sharded_backward(model, batch, params, device, ctx, step)
+        finally:
+            self._anchor_weights = None
+        parts["anchor_loss"] = all_reduce_floats([self._anchor_sum], ctx)[0]
+        return value, parts
+
     def loss(self, model, batch):
         f = batch["forget"]
         n_tokens = f["input_ids"].numel()
@@ -160,6 +198,12 @@ class _UOEMixin:
                 terms.append(((g - target) ** 2).sum(-1).mean())
             anchor_loss = torch.stack(terms).mean()
             parts["anchor_loss"] = anchor_loss.item()
+            if self._anchor_weights is not None:  # a part of a sharded step
+                if not self._weighted:  # a base without `combine` (GA): weight its term here
+                    total, self._weighted = total * self._unit_weights["primary"], True
+                weight = self._anchor_weights.pop(0)
+                self._anchor_sum += weight * parts["anchor_loss"]
+                anchor_loss = anchor_loss * weight
             total = total + self.hparams["anchor"] * anchor_loss
         return total, parts
 
@@ -179,5 +223,5 @@ class UOE(LLMMethod):
         base = get(base_name, "causal_lm")
         combined = type(f"UOE[{base_name}]", (_UOEMixin, base), {
             "defaults": {**base.defaults, **_UOE_DEFAULTS}, "name": "uoe", "paper": cls.paper,
-            "requires": base.requires})
+            "requires": base.requires, "loss_units": base.loss_units})
         return combined(**hparams)
