@@ -22,6 +22,7 @@ timeout 150 python -m pytest -q -p no:cacheprovider tests/ops tests/test_native_
   --junitxml="$OUT/pytest_ops_cpu.xml" || echo "CPU op tests FAILED"
 echo "::: quick GPU benchmark ($(( $(date +%s) - t0 )) s)"
 # Only bench_ssd has a --device mode so far; the other op benchmarks are CPU-only (docs/benchmarks.md).
+# tests/ops/test_ops_cuda_devices.py (in the CUDA tests above) checks every other op on CUDA tensors.
 timeout 120 python benchmarks/bench_ssd.py --device cuda --quick --no-compile 2>&1 | tee "$OUT/bench_ssd_cuda.txt" || echo "bench_ssd FAILED"
 cp benchmarks/results/*.csv "$OUT/" 2>/dev/null || true
 echo "::: done in $(( $(date +%s) - t0 )) s"
