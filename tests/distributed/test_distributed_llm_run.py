@@ -25,11 +25,11 @@ finally:
     sys.path.pop(0)
 
 
-def _run(cfg_path: Path, nproc: int) -> subprocess.CompletedProcess:
+def _run(cfg_path: Path, nproc: int, command: str = "run") -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "python") + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
-    args = ["unlearnx.cli", "run", str(cfg_path), "--quiet"]
+    args = ["unlearnx.cli", command, str(cfg_path), "--quiet"]
     cmd = [sys.executable, "-m", *args] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
          "--max-restarts=0", "--module", *args]
@@ -86,3 +86,8 @@ def test_llm_run_under_torchrun_matches_one_process_and_resumes(tmp_path):
     assert again["metric_cache"]["misses"] == 0 and again["metric_cache"]["hits"] > 0
     assert again["rows"] == two["rows"]
     assert _files(tmp_path / "two") == files
+    # `unlearnx eval` under torchrun re-evaluates the stored models on every rank alike.
+    proc = _run(paths["two"], 2, "eval")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ev = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert ev["command"] == "eval" and ev["rows"] == two["rows"]
