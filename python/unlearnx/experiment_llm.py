@@ -274,10 +274,15 @@ class _Steps:
     """Cached steps of one run directory: models/<label>.safetensors + models/<label>.json.
 
     eval_only: never compute; a step without a matching saved model raises FileNotFoundError.
+    Under torchrun every rank runs every step (the loops are collective); rank 0 alone reads and
+    writes the folder and broadcasts the step's record, so all ranks reuse or compute alike.
     """
 
     def __init__(self, out: Path, echo: Callable[[str], None], *, eval_only: bool = False):
+        from unlearnx.distributed import current
+
         self.out, self.echo, self.eval_only = out, echo, eval_only
+        self.ctx = current()
         self.cached: list[str] = []
 
     def run(self, label: str, key: str, fresh_model: Callable[[], torch.nn.Module],
@@ -287,28 +292,40 @@ class _Steps:
         complete weights). A result whose class differs from `fresh_model()`'s (a wrapper with no
         skeleton to load into, e.g. a prompt guard) is saved for inspection but recomputed on a
         rerun: it cannot be rebuilt from its weights alone."""
+        from unlearnx.distributed import broadcast_parameters_
         from unlearnx.experiment import _file_sha256
         from unlearnx.report import atomic_write_json, load_state_dict, read_json, save_state_dict
 
         weights, rec_path = self.out / "models" / f"{label}.safetensors", self.out / "models" / f"{label}.json"
-        rec = read_json(rec_path)
-        if (rec is not None and rec.get("key") == key and rec.get("reloadable", True) and weights.is_file()
-                and _file_sha256(weights) == rec.get("sha256")):
+        decision: tuple[str, object] = ("compute", None)
+        if self.ctx.is_main:
+            rec = read_json(rec_path)
+            if (rec is not None and rec.get("key") == key and rec.get("reloadable", True) and weights.is_file()
+                    and _file_sha256(weights) == rec.get("sha256")):
+                decision = ("reuse", rec)
+            elif self.eval_only:
+                decision = ("missing", "its result is a wrapper model that is not stored" if rec is not None
+                            and not rec.get("reloadable", True) else "it is missing or was made with another config")
+        action, value = self.ctx.broadcast(decision)  # rank 0 decides; every rank reuses or computes alike
+        if action == "reuse":
             self.echo(f"{label}: reusing {weights.relative_to(self.out)}")
             self.cached.append(label)
-            return load_state_dict(fresh_model(), weights).eval(), rec
-        if self.eval_only:
-            why = "its result is a wrapper model that is not stored" if rec is not None and not rec.get(
-                "reloadable", True) else "it is missing or was made with another config"
-            raise FileNotFoundError(f"{label}: no saved model to evaluate at {weights} ({why}); run `unlearnx run` first")
+            return load_state_dict(fresh_model(), weights).eval(), value
+        if action == "missing":
+            raise FileNotFoundError(f"{label}: no saved model to evaluate at {weights} ({value}); "
+                                    "run `unlearnx run` first")
         model, rec = compute()
+        # Every rank continues from rank 0's weights, the ones saved (training runs whole per rank).
+        broadcast_parameters_(model, self.ctx)
         rec = {"label": label, "key": key, **rec, "reloadable": type(model) is type(fresh_model())}
-        save_state_dict(model, weights, metadata={"unlearnx_step": label, "key": key})
-        rec["sha256"] = _file_sha256(weights)
-        rec["model_file"] = str(weights.relative_to(self.out))
-        rec["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(rec_path, rec)
-        return model.eval(), rec
+        if self.ctx.is_main:
+            save_state_dict(model, weights, metadata={"unlearnx_step": label, "key": key})
+            rec["sha256"] = _file_sha256(weights)
+            rec["model_file"] = str(weights.relative_to(self.out))
+            rec["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            atomic_write_json(rec_path, rec)
+        # The other ranks need the record too (its sha256 keys the methods' steps).
+        return model.eval(), self.ctx.broadcast(rec)
 
 
 def _wants_oracle(name: str, hp: dict) -> bool:
@@ -416,9 +433,13 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
     target, evaluates all of them with the TOFU metrics against the oracle, and writes
     results.json, report.md, report.html, plots/*.png, models/*.safetensors (+ records) and cache/
     (metric values). eval_only: never train or unlearn (FileNotFoundError naming a missing model).
+    Under torchrun (unlearnx.distributed) every rank runs the experiment: each trains the target and
+    the oracle whole with the same seed (rank 0's weights are then broadcast), unlearning and
+    evaluation are collective; rank 0 alone writes files and talks, and broadcasts each step's record.
     """
     import unlearnx as ux
-    from unlearnx.eval.llm import MetricCache, evaluate_tofu
+    from unlearnx.distributed import current
+    from unlearnx.eval.llm import MetricCache, evaluate_tofu, fingerprint_tokenizer
     from unlearnx.experiment import ConfigError, machine, versions
     from unlearnx.report import atomic_write_json
 
@@ -426,7 +447,11 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
     out = Path(out_dir if out_dir is not None else cfg["out_dir"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out_dir: {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = current()
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    # Rank 0 alone talks: progress bars and step messages once, not once per process.
+    quiet = quiet or not ctx.is_main
     echo = (lambda msg: None) if quiet else (echo or (lambda msg: print(msg, file=sys.stderr, flush=True)))
     seed, entries = cfg["seed"], cfg["_methods"]
     start = time.perf_counter()
@@ -435,12 +460,17 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
         torch.set_num_threads(cfg["threads"])
     try:
         mach = machine()
+        if ctx.world_size > 1:
+            mach["processes"] = ctx.world_size  # torchrun: the same results, computed by N ranks
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         dc = cfg["data"]
         data = build_authors_data(dc["authors"], n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"])
         tok = build_demo_tokenizer(data, vocab_size=dc["vocab_size"])
         held = [i for v in data["held"].values() for i in v]
+        if ctx.world_size > 1 and len(set(ctx.all_gather(fingerprint_tokenizer(tok)))) > 1:
+            # Each rank trains its own tokenizer; different vocabularies would pair unrelated models.
+            raise RuntimeError("the ranks built different tokenizers from the same data; run with one process")
         timings["data_tokenizer_s"] = time.perf_counter() - t0
         steps = _Steps(out, echo, eval_only=eval_only)
         base_key = (cfg["data"], cfg["model"], cfg["train"], seed)
@@ -539,8 +569,10 @@ def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, ev
         "machine": mach,
         "config": public_cfg,
     }
-    atomic_write_json(out / "results.json", results)
-    _write_report(results, out)
+    if ctx.is_main:
+        atomic_write_json(out / "results.json", results)
+        _write_report(results, out)
+    ctx.barrier()  # no rank returns before the results and the report exist
     return results
 
 

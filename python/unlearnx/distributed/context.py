@@ -65,6 +65,14 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast(self, obj):
+        """Rank 0's `obj` (picklable) on every rank: one decision (a cache hit, a record) for all."""
+        if not self.initialized:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.initialized:
             dist.barrier()

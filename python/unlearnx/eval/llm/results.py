@@ -7,7 +7,9 @@ paired comparisons between models need.
 `MetricCache` stores the output of one metric computation under
 sha256(model weights, data, metric config): evaluating the same model on the same data with the
 same settings again reads the stored value instead of recomputing it. With a directory, entries
-are JSON files written atomically (temp + fsync + rename), so they survive the process.
+are JSON files written atomically (temp + fsync + rename), so they survive the process. Under
+torchrun (unlearnx.distributed) rank 0 alone reads and writes the directory and broadcasts each
+stored value, so all ranks make the same hit/miss decisions.
 """
 from __future__ import annotations
 
@@ -147,17 +149,26 @@ class MetricCache:
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
+        from unlearnx.distributed import current
+
+        ctx = current()
         path = None if self.directory is None else self.directory / f"{key}.json"
-        if path is not None and path.is_file():
-            value = json.loads(path.read_text(encoding="utf-8"))
-            self._memory[key] = value
+        stored = None
+        if path is not None and ctx.is_main and path.is_file():
+            stored = {"value": json.loads(path.read_text(encoding="utf-8"))}
+        if path is not None:
+            # Under torchrun rank 0 alone reads the directory and sends what it found: every rank
+            # takes the same hit/miss branch, so the collectives inside compute() stay matched.
+            stored = ctx.broadcast(stored)
+        if stored is not None:
+            self._memory[key] = stored["value"]
             self.hits += 1
-            return value
+            return stored["value"]
         self.misses += 1
         # Round-trip through JSON so a computed value and a reloaded one are identical objects.
         value = json.loads(json.dumps(_jsonable(compute()), allow_nan=True))
         self._memory[key] = value
-        if path is not None:
+        if path is not None and ctx.is_main:  # one writer per directory
             atomic_write_text(path, json.dumps(value, allow_nan=True))
         return value
 
