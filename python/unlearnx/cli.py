@@ -73,8 +73,22 @@ def demo_config(methods=None, *, out_dir: str = "runs/demo") -> dict:
     }
 
 
+def _is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun launch: only rank 0 prints the run's summary."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    from unlearnx.distributed import current
+
+    return current().is_main
+
+
 def _finish(results: dict, out: Path, started: float) -> int:
     from unlearnx.report import summary_table
+
+    if not _is_main_process():
+        return 0
 
     for s in results["skipped"]:
         print(f"note: {s['method']} skipped ({s['reason']})")
@@ -128,6 +142,9 @@ def _demo_llm(args: argparse.Namespace) -> int:
 
 def _finish_llm(results: dict, out: Path, started: float) -> int:
     from unlearnx.experiment_llm import llm_summary_table
+
+    if not _is_main_process():
+        return 0
 
     for s in results["skipped"]:
         print(f"note: {s['method']} skipped ({s['reason']})")
