@@ -1,7 +1,6 @@
 """Generation, results/cache, the TOFU and MUSE suites, MIAs and probes on tiny models."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import unlearnx as ux
-from unlearnx.data.lm_batches import QADataset, QATemplate
+from unlearnx.data.lm_batches import QATemplate
 from unlearnx.methods.llm.losses import forward_logits, mean_nll
 from unlearnx.methods.llm.uld import ULDLogitsProcessor, ULDModel, build_assistant, uniform_kl
 from unlearnx.models.lm import build_lm
