@@ -60,7 +60,7 @@ def s3t_dir(s3t_template, tmp_path):
     return Path(shutil.copytree(s3t_template, tmp_path / "s3t"))
 
 
-def subprocess_env(**extra) -> dict:
+def _subprocess_env(**extra) -> dict:
     """Environment for a child Python that imports this checkout's unlearnx, single-threaded."""
     env = dict(os.environ)
     pkg_parent = str(Path(unlearnx.__file__).resolve().parent.parent)
@@ -70,6 +70,20 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-def run_cli(*args, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def _run_cli(*args, env_extra: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "unlearnx.exact.cli", *map(str, args)],
-                          env=subprocess_env(**(env_extra or {})), capture_output=True, text=True, timeout=timeout)
+                          env=_subprocess_env(**(env_extra or {})), capture_output=True, text=True, timeout=timeout)
+
+
+# The helpers reach the tests as fixtures: `from conftest import ...` resolves to whichever
+# folder's conftest was imported first when several test folders are collected together.
+@pytest.fixture(scope="session")
+def subprocess_env():
+    """_subprocess_env(**extra) -> the environment of a child Python that imports this checkout."""
+    return _subprocess_env
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """_run_cli(*args, env_extra=None, timeout=120): `python -m unlearnx.exact.cli ARGS` in a child."""
+    return _run_cli

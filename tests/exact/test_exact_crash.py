@@ -6,7 +6,6 @@ import signal
 
 import pytest
 
-from conftest import run_cli
 from unlearnx.exact import ExactStore, LedgerError, audit_directory
 from unlearnx.exact.io import CRASH_ENV, CRASH_POINTS, sha256_file
 
@@ -37,7 +36,7 @@ def _check_recovered(directory, ids, control_sha, control_effect):
     store.close()
 
 
-def _kill_delete(directory, ids, point):
+def _kill_delete(run_cli, directory, ids, point):
     proc = run_cli("delete", directory, "--ids", ",".join(map(str, ids)), "--requester", "crash-test",
                    env_extra={CRASH_ENV: point})
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
@@ -49,12 +48,12 @@ def _kill_delete(directory, ids, point):
     pytest.param("before_manifest_swap", marks=pytest.mark.slow),
     pytest.param("after_ledger_commit", marks=pytest.mark.slow),
 ])
-def test_sisa_delete_killed_recovers_exactly_once(sisa_dir, tmp_path, point):
+def test_sisa_delete_killed_recovers_exactly_once(sisa_dir, tmp_path, point, run_cli):
     assert point in CRASH_POINTS
     ids = ExactStore.open(sisa_dir).served()[0]["shards"][1]["slices"][1][:2]
     control_sha, control_effect = _uninterrupted(sisa_dir, tmp_path, ids)
     old_sha = sha256_file(sisa_dir / "served.json")
-    _kill_delete(sisa_dir, ids, point)
+    _kill_delete(run_cli, sisa_dir, ids, point)
     # Either the old or the new manifest is served at the moment of the crash, never a mix.
     assert sha256_file(sisa_dir / "served.json") == (control_sha if point in SWAPPED else old_sha)
     if point != "after_ledger_commit":
@@ -62,18 +61,18 @@ def test_sisa_delete_killed_recovers_exactly_once(sisa_dir, tmp_path, point):
     _check_recovered(sisa_dir, ids, control_sha, control_effect)
 
 
-def test_crash_during_recovery_too(sisa_dir, tmp_path):
+def test_crash_during_recovery_too(sisa_dir, tmp_path, run_cli):
     ids = ExactStore.open(sisa_dir).served()[0]["shards"][0]["slices"][0][:1]
     control_sha, control_effect = _uninterrupted(sisa_dir, tmp_path, ids)
-    _kill_delete(sisa_dir, ids, "after_checkpoint_write")
+    _kill_delete(run_cli, sisa_dir, ids, "after_checkpoint_write")
     proc = run_cli("status", sisa_dir, env_extra={CRASH_ENV: "before_manifest_swap"})  # recovery is killed
     assert proc.returncode == -signal.SIGKILL
     _check_recovered(sisa_dir, ids, control_sha, control_effect)
 
 
 @pytest.mark.parametrize("point", ["after_data_write", pytest.param("after_manifest_swap", marks=pytest.mark.slow)])
-def test_s3t_delete_killed_recovers_exactly_once(s3t_dir, tmp_path, point):
+def test_s3t_delete_killed_recovers_exactly_once(s3t_dir, tmp_path, point, run_cli):
     ids = ExactStore.open(s3t_dir).served()[0]["shards"][2]["slices"][0][:2]
     control_sha, control_effect = _uninterrupted(s3t_dir, tmp_path, ids)
-    _kill_delete(s3t_dir, ids, point)
+    _kill_delete(run_cli, s3t_dir, ids, point)
     _check_recovered(s3t_dir, ids, control_sha, control_effect)

@@ -5,14 +5,13 @@ import sys
 
 import pytest
 
-from conftest import run_cli, subprocess_env
 from unlearnx.exact import ExactStore, audit_directory
 from unlearnx.exact.cli import main
 
 
 @pytest.mark.slow  # ~25 s each on the shared 2-core machine (torchrun start-up, 3 interpreters)
 @pytest.mark.parametrize("method", ["sisa", "s3t"])
-def test_torchrun_two_processes_matches_one(tmp_path, method):
+def test_torchrun_two_processes_matches_one(tmp_path, method, run_cli, subprocess_env):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["init", str(one), "--method", method, "-S", "3", "-R", "2", "--epochs", "3", "--hidden", "16"]) == 0
     shutil.copytree(one, two)
