@@ -278,3 +278,13 @@ def test_uoe_with_rmu_base_refuses_sharded_run(micro_ctx, tiny_moe):
     with pytest.raises(NotImplementedError, match="loss_units"):
         ux.unlearn(model, "uoe", forget=forget, retain=retain, tokenizer=tok, base="rmu", batch_size=5, max_steps=1,
                    progress=False)
+
+
+def test_owned_items_and_count_partition_the_items():
+    items = list(range(11))
+    for world in (1, 2, 3, 4):
+        parts = [list(D.owned_items(items, D.DistContext(rank=r, world_size=world))) for r in range(world)]
+        assert sorted(x for p in parts for x in p) == items
+        for r, part in enumerate(parts):
+            assert D.owned_count(len(items), D.DistContext(rank=r, world_size=world)) == len(part)
+            assert part == [k for k, _ in D.owned(items, D.DistContext(rank=r, world_size=world))]

@@ -12,7 +12,8 @@ batch, up to fp32 summation order. See docs/distributed.md.
 from unlearnx.distributed.context import (DistContext, current, init_distributed, rank_seed, set_current,
                                           shutdown, split_sizes, stream_seed)
 from unlearnx.distributed.reduce import (all_reduce_floats, all_reduce_gradients_, all_reduce_stats_,
-                                         all_reduce_tensors_, broadcast_parameters_, gather_ordered, owned)
+                                         all_reduce_tensors_, broadcast_parameters_, gather_ordered, owned,
+                                         owned_count, owned_items)
 from unlearnx.distributed.sharding import count_units, micro_batches, rank_parts, rank_share
 from unlearnx.distributed.wrap import gradient_scale, reduces_gradients, wrap_model
 from unlearnx.distributed.checkpoint import export_safetensors, load_checkpoint, save_checkpoint
@@ -20,7 +21,7 @@ from unlearnx.distributed.checkpoint import export_safetensors, load_checkpoint,
 __all__ = ["DistContext", "current", "init_distributed", "rank_seed", "set_current", "shutdown", "split_sizes",
            "stream_seed",
            "all_reduce_floats", "all_reduce_gradients_", "all_reduce_stats_", "all_reduce_tensors_",
-           "broadcast_parameters_", "gather_ordered", "owned", "count_units", "micro_batches", "rank_parts",
+           "broadcast_parameters_", "gather_ordered", "owned", "owned_count", "owned_items", "count_units", "micro_batches", "rank_parts",
            "rank_share",
            "gradient_scale", "reduces_gradients", "wrap_model", "export_safetensors", "load_checkpoint",
            "save_checkpoint"]

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from unlearnx.distributed.context import DistContext
 
 __all__ = ["all_reduce_tensors_", "all_reduce_gradients_", "all_reduce_stats_", "all_reduce_floats", "owned",
-           "gather_ordered", "broadcast_parameters_"]
+           "owned_items", "owned_count", "gather_ordered", "broadcast_parameters_"]
 
 
 def all_reduce_tensors_(tensors: list[torch.Tensor], ctx: DistContext) -> list[torch.Tensor]:
@@ -84,6 +84,20 @@ def owned(items: Iterable, ctx: DistContext) -> Iterator[tuple[int, object]]:
     for k, item in enumerate(items):
         if ctx.owns(k):
             yield k, item
+
+
+def owned_items(items: Iterable, ctx: DistContext) -> Iterable:
+    """The items of `items` this rank owns, without their index (`items` itself in one process).
+
+    For sums over whole batches (Fisher, saliency, router statistics): each batch is used whole, by
+    one rank, and the partial sums are added across ranks, so the result equals one process's up to
+    summation order."""
+    return items if ctx.world_size == 1 else (item for _, item in owned(items, ctx))
+
+
+def owned_count(n: int, ctx: DistContext) -> int:
+    """How many of n items (indices 0..n-1) this rank owns under `owned` (e.g. a progress bar's total)."""
+    return len(range(ctx.rank, n, ctx.world_size))
 
 
 def gather_ordered(local: Mapping[int, object], ctx: DistContext) -> list:

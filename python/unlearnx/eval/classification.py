@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from unlearnx._modes import training_mode
 from unlearnx.data.datasets import check_dataset
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import gather_ordered, owned
@@ -72,10 +73,8 @@ def model_outputs(model: nn.Module, data, *, batch_size: int = 256, device=None)
     loader = _loader(data, batch_size)
     device = _model_device(model) if device is None else torch.device(device)
     ctx = current_context()
-    was_training = model.training
-    model.eval()
     parts = {}
-    try:
+    with training_mode(model):
         with torch.no_grad():
             # Under torchrun each rank runs the batches it owns; gather_ordered puts them back in
             # data order on every rank (one process: every batch, in order).
@@ -87,8 +86,6 @@ def model_outputs(model: nn.Module, data, *, batch_size: int = 256, device=None)
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 parts[k] = (out.detach().float().cpu(), torch.as_tensor(y).cpu())
-    finally:
-        model.train(was_training)
     parts = gather_ordered(parts, ctx)
     if not parts:
         raise ValueError("data is empty")

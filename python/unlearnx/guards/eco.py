@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX, QADataset, pad_batch
 from unlearnx.methods.llm.base import LLMMethod, as_lm_dataset
 from unlearnx.methods.registry import register_method
@@ -736,45 +737,43 @@ def build_eco_guard(model: nn.Module, forget, retain, *, tokenizer=None, mode: s
     template = QATemplate()
     forget_ds = _as_qa(forget, "forget", template, tokenizer)
     retain_ds = _as_qa(retain, "retain", template, tokenizer)
-    was_training = model.training
-    model.eval()
-    guard = ECOGuard(model, PromptClassifier(1), mode=mode, n_dims=n_dims, seed=seed,
-                     layer=-1 if layer is None else layer, embed=embed,
-                     tokenizer=tokenizer)
-    guard.prompt_suffix = _common_prompt_suffix([forget_ds, retain_ds])
-    if not _suffix_recovers_prompts(guard, [forget_ds, retain_ds], batch_size):
-        guard.prompt_suffix = ()
+    with training_mode(model):
+        guard = ECOGuard(model, PromptClassifier(1), mode=mode, n_dims=n_dims, seed=seed,
+                         layer=-1 if layer is None else layer, embed=embed,
+                         tokenizer=tokenizer)
+        guard.prompt_suffix = _common_prompt_suffix([forget_ds, retain_ds])
+        if not _suffix_recovers_prompts(guard, [forget_ds, retain_ds], batch_size):
+            guard.prompt_suffix = ()
 
-    def features(ds):
-        return torch.cat([guard.prompt_features(ids.to(guard.device), att.to(guard.device)).cpu()
-                          for ids, att in _prompt_batches(ds, batch_size)])
+        def features(ds):
+            return torch.cat([guard.prompt_features(ids.to(guard.device), att.to(guard.device)).cpu()
+                              for ids, att in _prompt_batches(ds, batch_size)])
 
-    classifier, stats = fit_prompt_classifier(features(forget_ds), features(retain_ds), holdout=holdout,
-                                              target_fpr=target_fpr, weight_decay=weight_decay,
-                                              steps=classifier_steps, seed=seed)
-    guard.classifier = classifier.to(guard.device)
+        classifier, stats = fit_prompt_classifier(features(forget_ds), features(retain_ds), holdout=holdout,
+                                                  target_fpr=target_fpr, weight_decay=weight_decay,
+                                                  steps=classifier_steps, seed=seed)
+        guard.classifier = classifier.to(guard.device)
 
-    if target is None:
-        if oracle is not None:
-            target, source = forget_probability(oracle.eval(), forget_ds, batch_size=batch_size), "oracle"
+        if target is None:
+            if oracle is not None:
+                target, source = forget_probability(oracle.eval(), forget_ds, batch_size=batch_size), "oracle"
+            else:
+                surrogate_ds = _as_qa(surrogate, "surrogate", template, tokenizer)
+                target, source = forget_probability(model, surrogate_ds, batch_size=batch_size), "surrogate"
         else:
-            surrogate_ds = _as_qa(surrogate, "surrogate", template, tokenizer)
-            target, source = forget_probability(model, surrogate_ds, batch_size=batch_size), "surrogate"
-    else:
-        source = "given"
+            source = "given"
 
-    flagged = _AllFlagged(guard)
+        flagged = _AllFlagged(guard)
 
-    def metric(s: float) -> float:
-        guard.strength = s
-        return forget_probability(flagged, forget_ds, batch_size=batch_size)
+        def metric(s: float) -> float:
+            guard.strength = s
+            return forget_probability(flagged, forget_ds, batch_size=batch_size)
 
-    hi = min(max_strength, float(model.get_input_embeddings().weight.shape[1])) if mode == "zero_out_top_k" \
-        else max_strength
-    strength, trace = search_strength(metric, target, initial=min(strength_init, hi), max_strength=hi,
-                                      steps=search_steps, tol=tol, progress=progress)
-    guard.strength = float(strength)
-    model.train(was_training)
+        hi = min(max_strength, float(model.get_input_embeddings().weight.shape[1])) if mode == "zero_out_top_k" \
+            else max_strength
+        strength, trace = search_strength(metric, target, initial=min(strength_init, hi), max_strength=hi,
+                                          steps=search_steps, tol=tol, progress=progress)
+        guard.strength = float(strength)
     after = dict(trace)[strength]
     log = {"classifier": stats, "target": float(target), "target_source": source, "strength": float(strength),
            "forget_metric_before": trace[0][1], "forget_metric_after": after,

@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX, ForgetRetainLoader, PairedQADataset, QATemplate, pad_batch
 from unlearnx.methods.llm.base import (COMMON_DEFAULTS, IndexedDataset, LLMMethod, _FlatLoader, as_lm_dataset,
                                        cached_sequence_logprobs, default_lora_config)
@@ -549,10 +550,8 @@ class O3Guard(nn.Module):
         device = next(self.model.parameters()).device
         pad = self.model.config.pad_token_id or 0
         bs = self.method.hparams["batch_size"]
-        was_training = self.model.training
-        self.model.eval()
         out = []
-        try:
+        with training_mode(self.model):
             for s in range(0, len(items), bs):
                 feats = [{"input_ids": i, "labels": i} for i in items[s:s + bs]]
                 batch = pad_batch(feats, pad_token_id=pad)
@@ -562,8 +561,6 @@ class O3Guard(nn.Module):
                 res = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
                                  output_hidden_states=True, use_cache=False)
                 out.append(_pooled(res.hidden_states, self.detector_layer_indices, mask.to(device)))
-        finally:
-            self.model.train(was_training)
         return torch.cat(out, 1)
 
     def adapter_matrices(self, request: int) -> list[torch.Tensor]:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm import tqdm
 
+from unlearnx._modes import training_mode
 from unlearnx.methods.registry import UnlearningMethod, register_method
 from unlearnx.methods.training import dataset_of, model_device
 
@@ -57,14 +58,10 @@ def per_sample_gradients(model: nn.Module, data, *, progress: bool = False) -> t
 
     per_sample = vmap(grad(loss), in_dims=(None, 0, 0))
     rows = []
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model):
         for x, y in tqdm(data, desc="per-sample grads", disable=not progress, leave=False):
             g = per_sample(params, x.to(device), y.to(device))
             rows.append(torch.cat([g[n].reshape(len(x), -1).float() for n in names], 1))
-    finally:
-        model.train(was_training)
     return torch.cat(rows)
 
 
@@ -112,13 +109,9 @@ class Influence(UnlearningMethod):
 
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
-        was_training = model.training
-        model.eval()
-        try:
+        with training_mode(model):
             sum_f, n_f = _gradient_sum(model, forget)
             sum_r, n_r = _gradient_sum(model, retain)
-        finally:
-            model.train(was_training)
         n = n_f + n_r
         v = sum_f / n - (n_f / (n * n_r)) * sum_r
         retain_ds = dataset_of(retain, "retain")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import trange
 
+from unlearnx._modes import training_mode
 from unlearnx.methods.model_parts import split_model
 from unlearnx.methods.registry import UnlearningMethod, register_method
 from unlearnx.methods.training import fit, make_optimizer, model_device
@@ -126,9 +127,7 @@ class LAF(UnlearningMethod):
         opt_align = make_optimizer(params, "adam", lr=hp["lr_align"])
         pairs = _Zip(forget, retain)
         log["forget_loss"], log["align_loss"] = [], []
-        was_training = model.training
-        model.train()
-        try:
+        with training_mode(model, train=True):
             for epoch in trange(hp["epochs"], desc="laf", disable=not progress, leave=False):
                 sums = [0.0, 0.0]
                 for xf, xr in pairs:
@@ -145,8 +144,6 @@ class LAF(UnlearningMethod):
                     sums[1] += loss2.item()
                 log["forget_loss"].append(sums[0] / max(len(pairs), 1))
                 log["align_loss"].append(sums[1] / max(len(pairs), 1))
-        finally:
-            model.train(was_training)
         return log
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from unlearnx._modes import training_mode
 from unlearnx.data.datasets import inputs_of, labels_of
 from unlearnx.methods.registry import UnlearningMethod, register_method
 from unlearnx.methods.training import dataset_of, model_device, union_loader
@@ -65,10 +66,8 @@ def _output_norm_importance(model: nn.Module, loader, *, progress: bool) -> dict
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     acc = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     batches = 0
-    try:
+    with training_mode(model):
         for batch in tqdm(loader, desc="lfssd importance", disable=not progress, leave=False):
             x = batch[0].to(device)
             loss = model(x).float().pow(2).sum(1).mean()
@@ -77,8 +76,6 @@ def _output_norm_importance(model: nn.Module, loader, *, progress: bool) -> dict
                 if g is not None:
                     acc[name].add_(g.float().abs())
             batches += 1
-    finally:
-        model.train(was_training)
     if batches == 0:
         raise ValueError("data yielded no batches")
     return {n: t.div_(batches) for n, t in acc.items()}

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import trange
 
+from unlearnx._modes import training_mode
 from unlearnx.data.datasets import check_dataset
 from unlearnx.distributed.context import current as current_context
 from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_gradients_, broadcast_parameters_
@@ -195,9 +196,7 @@ def fit(
     ctx = current_context()
     if ctx.sharded:
         broadcast_parameters_(model, ctx)
-    was_training = model.training
-    model.train()
-    try:
+    with training_mode(model, train=True):
         bar = trange(epochs, desc=desc, disable=not progress or not ctx.is_main, leave=False)
         for epoch in bar:
             for name, loader, loss_fn in passes(epoch):
@@ -225,8 +224,6 @@ def fit(
                     count += rows
                 log[f"{name}_loss"].append(total / max(count, 1))
                 bar.set_postfix({f"{name}_loss": f"{log[f'{name}_loss'][-1]:.4f}"})
-    finally:
-        model.train(was_training)
     return dict(log)
 
 

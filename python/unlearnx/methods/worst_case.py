@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import trange
 
+from unlearnx._modes import training_mode
 from unlearnx.data.datasets import check_dataset, inputs_of, labels_of
 from unlearnx.methods.training import model_device, seeded
 from unlearnx.ops import project_capped_simplex
@@ -23,15 +24,11 @@ __all__ = ["worst_case_forget_indices"]
 
 def _per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model):
         with torch.no_grad():
             return torch.cat([F.cross_entropy(model(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device),
                                               reduction="none").float().cpu()
                               for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def worst_case_forget_indices(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX, QATemplate
 
 __all__ = ["token_nll", "answer_nll", "finetune_lm", "generate_answers"]
@@ -180,10 +181,8 @@ def generate_answers(model: torch.nn.Module, tokenizer, questions: Sequence[str]
     if pad is None or eos is None:
         raise ValueError("tokenizer: needs pad and eos tokens")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     answers: list[str] = []
-    try:
+    with training_mode(model):
         for start in tqdm(range(0, len(questions), batch_size), desc="generate", disable=not progress):
             prompts = [tokenizer(template.prompt(q))["input_ids"] for q in questions[start:start + batch_size]]
             width = max(len(p) for p in prompts)
@@ -192,6 +191,4 @@ def generate_answers(model: torch.nn.Module, tokenizer, questions: Sequence[str]
             out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos)
             answers += [s.strip() for s in tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
-    finally:
-        model.train(was_training)
     return answers

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from unlearnx._modes import training_mode
 from unlearnx.distributed.context import current as current_context
-from unlearnx.distributed.reduce import all_reduce_stats_, owned
+from unlearnx.distributed.reduce import all_reduce_stats_, owned_items
 from unlearnx.ops.router_stats import moe_router_stats_
 
 __all__ = ["ExpertAttribution", "MoEBlock", "expert_attribution", "find_moe_blocks"]
@@ -212,26 +213,24 @@ def expert_attribution(model: nn.Module, data: Iterable[dict], *, retain: Iterab
 
     ctx = current_context()
     handles = [b.router.register_forward_hook(hook_for(i, b)) for i, b in enumerate(blocks)]
-    was_training = model.training
-    model.eval()
     try:
-        streams = [(data, 1)] + ([(retain, 2)] if retain is not None else [])
-        for stream, group in streams:
-            # round-robin over ranks: each batch is run whole by one rank (sums do not care which)
-            mine = stream if ctx.world_size == 1 else (batch for _, batch in owned(stream, ctx))
-            for batch in tqdm(mine, desc=f"expert attribution ({'forget' if group == 1 else 'retain'})",
-                              disable=not progress or not ctx.is_main):
-                if not isinstance(batch, dict) or "input_ids" not in batch:
-                    raise TypeError("data: every batch must be a dict with 'input_ids'")
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                flags = _token_flags(batch, group, forget_flag)
-                current["flags"] = flags
-                tokens += torch.stack([(flags == 1).sum(), (flags == 2).sum()]).double()
-                model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        with training_mode(model):
+            streams = [(data, 1)] + ([(retain, 2)] if retain is not None else [])
+            for stream, group in streams:
+                # round-robin over ranks: each batch is run whole by one rank (sums do not care which)
+                mine = owned_items(stream, ctx)
+                for batch in tqdm(mine, desc=f"expert attribution ({'forget' if group == 1 else 'retain'})",
+                                  disable=not progress or not ctx.is_main):
+                    if not isinstance(batch, dict) or "input_ids" not in batch:
+                        raise TypeError("data: every batch must be a dict with 'input_ids'")
+                    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    flags = _token_flags(batch, group, forget_flag)
+                    current["flags"] = flags
+                    tokens += torch.stack([(flags == 1).sum(), (flags == 2).sum()]).double()
+                    model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     all_reduce_stats_({"stats": stats, "tokens": tokens}, ctx)
     return ExpertAttribution([b.name for b in blocks], [b.shared for b in blocks], stats, tokens,
                              [b.top_k for b in blocks])

@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from unlearnx._modes import training_mode
 from unlearnx.distributed.context import current as current_context
-from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_stats_, owned
+from unlearnx.distributed.reduce import all_reduce_floats, all_reduce_stats_, owned_items
 from unlearnx.stats._capture import NORM, SQ, Demote, PerSampleCapture, _check_loss
 from unlearnx.stats.losses import batch_size, default_loss_fn, move_to
 
@@ -70,18 +71,15 @@ def _select_params(model: nn.Module, params) -> dict[str, nn.Parameter]:
 @contextmanager
 def _stats_mode(model: nn.Module, wanted: dict[str, nn.Parameter]):
     """Eval mode and requires_grad on the wanted parameters, both restored on exit."""
-    was_training = model.training
     flags = {n: p.requires_grad for n, p in wanted.items()}
-    model.eval()
     try:
         for p in wanted.values():
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with training_mode(model), torch.enable_grad():
             yield
     finally:
         for n, p in wanted.items():
             p.requires_grad_(flags[n])
-        model.train(was_training)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -92,13 +90,6 @@ def _device(model: nn.Module) -> torch.device:
 def _batches(data, progress: bool, desc: str):
     total = len(data) if hasattr(data, "__len__") else None
     return tqdm(data, total=total, desc=desc, disable=not progress, leave=False)
-
-
-def _rank_batches(data, ctx):
-    """Under torchrun: the batches this rank owns (batch k on rank k % world_size). Fisher and
-    saliency are sums over whole batches (or samples), so each batch is used whole, by one rank, and
-    the partial sums are added across ranks: the result equals one process's up to summation order."""
-    return data if ctx.world_size == 1 else (batch for _, batch in owned(data, ctx))
 
 
 def _reduce_count(acc, count: int, ctx) -> int:
@@ -196,7 +187,7 @@ def fisher_diagonal(
     wanted = _select_params(model, params)
     acc = _zeros_like_params(wanted)
     ctx = current_context()
-    data = _rank_batches(data, ctx)
+    data = owned_items(data, ctx)
     with _stats_mode(model, wanted):
         if mode == "per_batch":
             m = 0
@@ -241,7 +232,7 @@ def grad_saliency(
     wanted = _select_params(model, params)
     acc = _zeros_like_params(wanted)
     ctx = current_context()
-    data = _rank_batches(data, ctx)
+    data = owned_items(data, ctx)
     with _stats_mode(model, wanted):
         m = 0
         for names, grads in _per_batch_gradients(model, data, loss_fn, wanted, progress, "saliency"):

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
+from unlearnx._modes import training_mode
 from unlearnx.distributed.context import current as current_context
-from unlearnx.distributed.reduce import gather_ordered, owned
+from unlearnx.distributed.reduce import gather_ordered, owned, owned_count
 from unlearnx.eval.llm.scoring import _check_batch_size, _device
 
 __all__ = ["greedy_generate", "cut_at_stop", "rouge_l"]
@@ -73,20 +74,16 @@ def greedy_generate(model: torch.nn.Module, tokenizer, prompts: Sequence[str], *
     ctx = current_context()
     starts = range(0, len(order), batch_size)
     mine: dict[int, str] = {}
-    was_training = model.training
-    model.eval()
-    try:
+    with training_mode(model):
         # Under torchrun each rank decodes the batches it owns (the one-process batches, hence the same
         # texts); the texts are then gathered into prompt order on every rank.
-        for _, start in tqdm(owned(starts, ctx), total=-(-len(starts) // ctx.world_size), desc="generate",
+        for _, start in tqdm(owned(starts, ctx), total=owned_count(len(starts), ctx), desc="generate",
                              disable=not progress):
             idx = order[start:start + batch_size]
             texts = _greedy_batch(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, tuple(stop_strings),
                                   pad, eos, device)
             for i, t in zip(idx, texts):
                 mine[i] = t
-    finally:
-        model.train(was_training)
     return gather_ordered(mine, ctx)
 
 

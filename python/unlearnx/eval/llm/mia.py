@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import QATemplate, pad_batch
 from unlearnx.data.text import QAItem
 from unlearnx.eval.llm.scoring import TokenScores, encode_items, score_tokens
@@ -92,18 +93,14 @@ def gradnorm_scores(model: torch.nn.Module, features: Sequence[dict], *, pad_tok
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: has no parameter that requires grad")
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with training_mode(model):
         device = params[0].device
         for f in tqdm(features, desc="gradnorm", disable=not progress):
             batch = {k: v.to(device) for k, v in pad_batch([f], pad_token_id=pad_token_id).items()}
             grads = torch.autograd.grad(answer_nll(model, batch).sum(), params, allow_unused=True)
             norms = [g.float().norm() if g is not None else torch.zeros((), device=device) for g in grads]
             out.append(float(torch.stack(norms).mean()))
-    finally:
-        model.train(was_training)
     return np.array(out)
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX, QATemplate, encode_qa, encode_text, pad_batch
 from unlearnx.data.text import QAItem
 from unlearnx.distributed.context import current as current_context
-from unlearnx.distributed.reduce import gather_ordered, owned
+from unlearnx.distributed.reduce import gather_ordered, owned, owned_count
 
 __all__ = ["TokenScores", "encode_items", "score_tokens", "hidden_states"]
 
@@ -126,17 +127,15 @@ def score_tokens(model: torch.nn.Module, features: Sequence[dict], *, pad_token_
         raise ValueError("features: empty")
     _check_batch_size(batch_size)
     device = _device(model)
-    was_training = model.training
-    model.eval()
     n = len(features)
     logp, mu, var, correct = [None] * n, [None] * n, [None] * n, [None] * n
     ctx = current_context()
     batches = _length_batches(features, batch_size)
     mine = {}
-    try:
+    with training_mode(model):
         # Under torchrun each rank scores the batches it owns; the per-item values are then gathered
         # into input order on every rank (the same batches as one process, so the same values).
-        for _, idx in tqdm(owned(batches, ctx), total=-(-len(batches) // ctx.world_size), desc="score",
+        for _, idx in tqdm(owned(batches, ctx), total=owned_count(len(batches), ctx), desc="score",
                            disable=not progress):
             batch = pad_batch([features[i] for i in idx], pad_token_id=pad_token_id)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
@@ -149,8 +148,6 @@ def score_tokens(model: torch.nn.Module, features: Sequence[dict], *, pad_token_
                 sel = mask[row]
                 mine[i] = (lp[row, sel].double().cpu().numpy(), m[row, sel].double().cpu().numpy(),
                            v[row, sel].double().cpu().numpy(), hit[row, sel].cpu().numpy())
-    finally:
-        model.train(was_training)
     for i, (lp_i, mu_i, var_i, hit_i) in enumerate(gather_ordered(mine, ctx)):
         logp[i], mu[i], var[i], correct[i] = lp_i, mu_i, var_i, hit_i
     return TokenScores(logp=logp, mu=mu, var=var, correct=correct)
@@ -166,11 +163,9 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
         raise ValueError("features: empty")
     _check_batch_size(batch_size)
     device = _device(model)
-    was_training = model.training
-    model.eval()
     ctx = current_context()
     mine = {}
-    try:
+    with training_mode(model):
         for _, idx in owned(_length_batches(features, batch_size), ctx):  # as score_tokens
             batch = pad_batch([features[i] for i in idx], pad_token_id=pad_token_id)
             out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
@@ -183,6 +178,4 @@ def hidden_states(model: torch.nn.Module, features: Sequence[dict], *, pad_token
             pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
             for row, i in enumerate(idx):
                 mine[i] = pooled[row].double().cpu().numpy()
-    finally:
-        model.train(was_training)
     return np.stack(gather_ordered(mine, ctx))

@@ -41,11 +41,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import (ForgetRetainLoader, PairedQADataset, QADataset, QATemplate,
                                       refusal_items)
 from unlearnx.data.text import QAItem
 from unlearnx.distributed.context import current as current_context
-from unlearnx.distributed.reduce import all_reduce_gradients_, broadcast_parameters_, gather_ordered, owned
+from unlearnx.distributed.reduce import (all_reduce_gradients_, broadcast_parameters_, gather_ordered, owned,
+                                         owned_count)
 from unlearnx.distributed.sharding import count_units, rank_parts
 from unlearnx.distributed.wrap import gradient_scale
 from unlearnx.methods.llm.losses import forward_logits, kl_to_reference, mean_nll
@@ -426,21 +428,18 @@ def cached_sequence_logprobs(model, paired: PairedQADataset, key: str, *, batch_
 
     ds = paired.datasets[key]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     ctx = peft.disable_adapter() if peft is not None else contextlib.nullcontext()
     dist_ctx = current_context()
     starts = range(0, len(ds), batch_size)
     mine = {}
-    with torch.no_grad(), ctx:
+    with training_mode(model), torch.no_grad(), ctx:
         # Under torchrun each rank scores the batches it owns (the same batches as one process), then
         # the ranks exchange them: the cache is built once, and equals the one-process cache.
-        for k, start in tqdm(owned(starts, dist_ctx), total=-(-len(starts) // dist_ctx.world_size),
+        for k, start in tqdm(owned(starts, dist_ctx), total=owned_count(len(starts), dist_ctx),
                              desc=f"reference {key}", disable=not progress):
             batch = ds.collate([ds[i] for i in range(start, min(len(ds), start + batch_size))])
             batch = _to_device(batch, device)
             mine[k] = sequence_logprob(forward_logits(model, batch), batch["labels"]).cpu()
-    model.train(was_training)
     out = gather_ordered(mine, dist_ctx)
     return torch.cat(out)
 

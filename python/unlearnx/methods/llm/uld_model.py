@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unlearnx._modes import training_mode
 from unlearnx.ops.logit_diff import MODES, logit_diff_logprobs, logit_diff_sample
 
 __all__ = ["ULDModel", "ULDOutput", "ULDLogitsProcessor"]
@@ -216,13 +217,11 @@ class ULDModel(nn.Module):
         mask = attention_mask.to(torch.int64)
         positions = _positions(mask)
         arg = self._cache_arg if use_cache else None
-        was_training = self.training
-        self.eval()
         generated: list[torch.Tensor] = []
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         caches = (None, None)
         step_ids, step_pos = input_ids, positions
-        try:
+        with training_mode(self):
             for step in range(max_new_tokens):
                 if arg is None:  # no cache: the whole sequence again
                     step_ids = torch.cat([input_ids, *[t[:, None] for t in generated]], 1)
@@ -246,8 +245,6 @@ class ULDModel(nn.Module):
                             done[r] = True
                 if bool(done.all()):
                     break
-        finally:
-            self.train(was_training)
         return torch.cat([input_ids, torch.stack(generated, 1)], 1)
 
 
@@ -292,12 +289,8 @@ class ULDLogitsProcessor:
             self._mask = self._full_mask(input_ids)
             self._pos = _positions(self._mask)
             ids, pos, cache = input_ids, self._pos, None
-        was_training = self.assistant.training
-        self.assistant.eval()
-        try:
+        with training_mode(self.assistant):
             za, self._cache, _ = _run(self.assistant, self._arg, ids, self._mask, pos, cache, **self._last)
-        finally:
-            self.assistant.train(was_training)
         self._seen = length
         return logit_diff_logprobs(scores, za[:, -1].to(scores.dtype), mode="uld", weight=self.weight,
                                    relative_top=self.relative_top)

@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from unlearnx._modes import training_mode
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, _to_device
 from unlearnx.methods.llm.losses import forward_logits, shifted_labels
 from unlearnx.methods.registry import register_method
@@ -40,16 +41,13 @@ class UNDIAL(LLMMethod):
         ds = forget.datasets["forget"]
         device = next(model.parameters()).device
         rows = []
-        was_training = model.training
-        model.eval()
         ctx = self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
+        with training_mode(model), torch.no_grad(), ctx:
             for i in range(0, len(ds), self.hparams["batch_size"]):
                 b = _to_device(ds.collate([ds[j] for j in range(i, min(len(ds), i + self.hparams["batch_size"]))]), device)
                 logits = forward_logits(model, b)
                 mask = shifted_labels(b["labels"]) != IGNORE_INDEX
                 rows += [logits[k][mask[k]] for k in range(logits.shape[0])]
-        model.train(was_training)
         self.ref_cache["forget_logits"] = rows  # per example: [answer tokens, V]
 
     def loss(self, model, batch):

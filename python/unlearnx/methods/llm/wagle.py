@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from unlearnx._modes import training_mode
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, _to_device
 from unlearnx.methods.llm.losses import forward_logits, mean_nll
 from unlearnx.methods.registry import get, register_method
@@ -50,11 +51,9 @@ def _summed_gradients(model, dataset, batch_size: int, max_batches: int | None =
 
 def wagle_scores(model, forget, retain, *, gamma: float, batch_size: int) -> dict[str, torch.Tensor]:
     """S = theta * g_f - (1/gamma) g_r * g_f per weight (name -> fp32), at the current weights."""
-    was_training = model.training
-    model.eval()
-    g_f = _summed_gradients(model, forget, batch_size)
-    g_r = _summed_gradients(model, retain, batch_size, max_batches=-(-len(forget) // batch_size))
-    model.train(was_training)
+    with training_mode(model):
+        g_f = _summed_gradients(model, forget, batch_size)
+        g_r = _summed_gradients(model, retain, batch_size, max_batches=-(-len(forget) // batch_size))
     theta = dict(model.named_parameters())
     return {n: theta[n].detach().float() * g - g_r[n] * g / gamma for n, g in g_f.items()}
 

@@ -27,6 +27,7 @@ import copy
 import torch
 from torch import nn
 
+from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, _to_device, default_lora_config
 from unlearnx.methods.llm.losses import forward_logits, mean_nll, shifted_labels
@@ -90,15 +91,12 @@ class WHP(LLMMethod):
         reinforced = self._reinforce(model, forget, progress)
         device = next(model.parameters()).device
         self.generic_labels = []  # per forget example: the generic label of each answer position
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with training_mode(model), torch.no_grad():
             for i in range(len(forget)):
                 b = _to_device(forget.collate([forget[i]]), device)
                 v = generic_logits(forward_logits(model, b), forward_logits(reinforced, b), self.hparams["alpha"])
                 mask = shifted_labels(b["labels"])[0] != IGNORE_INDEX
                 self.generic_labels.append(v[0][mask].argmax(-1).cpu())
-        model.train(was_training)
 
     def loss(self, model, batch):
         f = batch["forget"]
