@@ -42,7 +42,7 @@ from unlearnx.eval.llm import (  # noqa: E402
     relearning_attack,
     summary_table,
 )
-from unlearnx.experiment_llm import (  # noqa: E402
+from unlearnx.experiments.llm import (  # noqa: E402
     BASE_HPARAMS,
     METHOD_HPARAMS,
     build_authors_data,

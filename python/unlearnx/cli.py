@@ -1,6 +1,6 @@
 """The `unlearnx` command.
 
-    unlearnx demo [--task classification|llm] [--quick] [--methods ...] [--out DIR] [--quiet]
+    unlearnx demo [--task TASK] [--quick] [--methods ...] [--device cpu|cuda|auto] [--out DIR] [--quiet]
     unlearnx run CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx eval CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx bench [--family NAME] [--quick] [--out FILE] [extra benchmark arguments]
@@ -18,11 +18,6 @@ import time
 from pathlib import Path
 
 from torch.distributed.elastic.multiprocessing.errors import record
-
-# The demo's panel (SalUn's comparison set); methods not registered in this installation are
-# skipped with a note, so the demo picks them up as soon as they exist.
-DEMO_METHODS = ("ft", "ga", "rl", "l1_sparse", "salun", "ssd")
-
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
@@ -51,28 +46,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(methods=None, *, out_dir: str = "runs/demo") -> dict:
-    """The demo experiment: small_cnn on scikit-learn's digits, 10 % random forgetting, Retrain
-    oracle, and `methods` (default `DEMO_METHODS`, each skipped with a note when not registered;
-    explicitly named methods must exist). Training recipe: 20 epochs SGD lr 0.05, cosine schedule.
-    One torch thread: the models are tiny, so intra-op threads only add synchronisation (and on a
-    busy machine a descheduled worker thread stalls every op)."""
-    explicit = methods is not None
-    entries = [{"name": m} if explicit else {"name": m, "optional": True} for m in (methods or DEMO_METHODS)]
-    return {
-        "name": "demo: digits, small_cnn, 10% random forgetting",
-        "out_dir": out_dir,
-        "seeds": [0],
-        "threads": 1,
-        "data": {"name": "digits"},
-        "model": {"name": "small_cnn"},
-        "scenario": {"kind": "random", "fraction": 0.1},
-        "train": {"epochs": 20, "lr": 0.05, "batch_size": 64, "schedule": "cosine"},
-        "methods": entries,
-        "eval": {"suite": "classification"},
-    }
-
-
 def _is_main_process() -> bool:
     """False on the ranks > 0 of a torchrun launch: only rank 0 prints the run's summary."""
     import os
@@ -84,89 +57,72 @@ def _is_main_process() -> bool:
     return current().is_main
 
 
-def _finish(results: dict, out: Path, started: float) -> int:
-    from unlearnx.report import summary_table
-
+def _finish(task, results: dict, out: Path, started: float) -> int:
     if not _is_main_process():
         return 0
-
     for s in results["skipped"]:
         print(f"note: {s['method']} skipped ({s['reason']})")
-    cached = sorted({c for v in results["cached_steps"].values() for c in v})
+    cached = results["cached_steps"]
+    if isinstance(cached, dict):  # per seed
+        cached = sorted({c for v in cached.values() for c in v})
     if cached:
         print(f"reused finished steps: {', '.join(cached)}")
-    sc = results["scenario"]
-    print(f"\n{results['name']}: |D_f| = {sc['n_forget']}, |D_r| = {sc['n_retain']}, |test| = {sc['n_test']}; "
-          f"seeds {results['seeds']}")
-    print(summary_table(results))
+    print(task.summary(results))
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}, {out / 'report.html'}")
     print(f"wall time: {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    # Bars only on a terminal (or with --progress); in logs and CI one line per finished step.
+    return True if getattr(args, "progress", False) else None
 
 
 def _experiment(cfg_or_path, overrides, args, *, eval_only: bool) -> int:
-    from unlearnx.experiment import ConfigError, load_config, run_experiment, validate_config
+    from unlearnx.experiments import ConfigError, get_task, load_config, run_experiment, validate_config
 
     started = time.perf_counter()
+    cfg = {"task": "?"}
     try:
         cfg = load_config(cfg_or_path, overrides) if isinstance(cfg_or_path, str) else validate_config(cfg_or_path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out if args.out else cfg["out_dir"])
-    try:
-        results = run_experiment(cfg, out, quiet=args.quiet, eval_only=eval_only)
+        out = Path(args.out if args.out else cfg["out_dir"])
+        results = run_experiment(cfg, out, quiet=args.quiet, eval_only=eval_only, progress=_progress(args))
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if cfg["task"] == "llm":
-        return _finish_llm(results, out, started)
-    return _finish(results, out, started)
-
-
-def _demo_llm(args: argparse.Namespace) -> int:
-    from unlearnx.experiment_llm import run_llm_demo
-
-    started = time.perf_counter()
-    out = Path(args.out or "runs/demo-llm")
-    try:
-        results = run_llm_demo(out, quick=args.quick, methods=args.methods, quiet=args.quiet)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ImportError as exc:  # an optional extra (transformers, diffusers, ...) is missing
+        print(f"error: task {cfg['task']!r} needs an optional extra (pip install 'unlearnx[{cfg['task']}]'): {exc}",
+              file=sys.stderr)
         return 2
-    except ImportError as exc:  # transformers / rouge-score: the "llm" extra
-        print(f"error: --task llm needs the llm extra (pip install 'unlearnx[llm]'): {exc}", file=sys.stderr)
-        return 2
-    return _finish_llm(results, out, started)
-
-
-def _finish_llm(results: dict, out: Path, started: float) -> int:
-    from unlearnx.experiment_llm import llm_summary_table
-
-    if not _is_main_process():
-        return 0
-
-    for s in results["skipped"]:
-        print(f"note: {s['method']} skipped ({s['reason']})")
-    if results["cached_steps"]:
-        print(f"reused finished steps: {', '.join(results['cached_steps'])}")
-    d = results["data"]
-    print(f"\n{results['name']}: forget10 = {d['n_forget']} QA, retain90 = {d['n_retain']} QA; "
-          f"Retrain = the retain oracle, target = before unlearning")
-    print(llm_summary_table(results))
-    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}, {out / 'report.html'}")
-    print(f"wall time: {time.perf_counter() - started:.1f} s")
-    return 0
+    return _finish(get_task(cfg["task"]), results, out, started)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.task == "llm":
-        return _demo_llm(args)
-    if args.quick:
-        print("error: --quick is only for --task llm (the classification demo takes a few minutes already)",
+    from unlearnx.experiments import get_task
+
+    task = get_task(args.task)
+    options = {name: True for name in task.demo_options() if getattr(args, name, False)}
+    for name in _all_demo_options():
+        if getattr(args, name, False) and name not in task.demo_options():
+            print(f"error: --{name} is not an option of --task {args.task}", file=sys.stderr)
+            return 2
+    try:
+        cfg = task.demo_config(methods=args.methods, quick=args.quick, out_dir=args.out, device=args.device,
+                               options=options)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"error: --task {args.task} needs an optional extra (pip install 'unlearnx[{args.task}]'): {exc}",
               file=sys.stderr)
         return 2
-    return _experiment(demo_config(args.methods, out_dir=args.out or "runs/demo"), [], args, eval_only=False)
+    return _experiment(cfg, [], args, eval_only=False)
+
+
+def _all_demo_options() -> dict[str, str]:
+    from unlearnx.experiments import available_tasks, get_task
+
+    return {name: help for t in available_tasks() for name, help in get_task(t).demo_options().items()}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -227,16 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="version, torch, compiled backends and the backend in use")
     p.set_defaults(func=_cmd_info)
 
+    from unlearnx.experiments import available_tasks, get_task
+
+    tasks = available_tasks()
     p = sub.add_parser("demo", help="a complete unlearning experiment on embedded data (a few minutes on a CPU)")
-    p.add_argument("--task", choices=("classification", "llm"), default="classification",
-                   help="classification: digits + small_cnn; llm: a tiny Llama on fictitious authors (TOFU forget10)")
-    p.add_argument("--quick", action="store_true", help="--task llm only: smaller data and training (~1 minute)")
+    p.add_argument("--task", choices=tasks, default="classification",
+                   help="; ".join(f"{t}: {get_task(t).demo_help}" for t in tasks).replace("%", "%%"))
+    p.add_argument("--quick", action="store_true", help="smaller data and training where the task has a quick mode")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help=f"methods to compare with Retrain (default: {' '.join(DEMO_METHODS)}; with --task llm: "
-                        "ga graddiff npo simnpo uld; skipping any not registered)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo, runs/demo-llm with --task llm); "
+                   help="methods to compare with Retrain (default: the task's panel, skipping any not registered)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                   help="where the demo runs (cuda is refused with exit 2 where torch sees no GPU)")
+    for name, help_text in _all_demo_options().items():
+        p.add_argument(f"--{name}", action="store_true", help=help_text.replace("%", "%%"))
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/demo, runs/demo-<task>); "
                                                 "rerunning reuses finished steps")
     p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+    p.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
     p.set_defaults(func=_cmd_demo)
 
     for name, func, text in (("run", _cmd_run, "train or load, unlearn, evaluate and report, as a config says"),
@@ -246,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
         p.add_argument("--out", metavar="DIR", help="run directory (default: the config's out_dir)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
+        p.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="run benchmarks/bench_*.py and print their tables "

@@ -5,7 +5,9 @@ import pytest
 import yaml
 
 from unlearnx import cli
-from unlearnx.experiment import ConfigError, apply_overrides, load_config, validate_config
+from unlearnx.experiments import get_task
+from unlearnx.experiments.classification import DEMO_METHODS
+from unlearnx.experiments import ConfigError, apply_overrides, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,13 +120,13 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
 def test_demo_config_skips_unregistered_defaults_and_rejects_unknown_explicit():
     import unlearnx as ux
 
-    cfg = validate_config(cli.demo_config())
+    cfg = validate_config(get_task("classification").demo_config())
     ran = {m["method"] for m in cfg["_methods"]}
     skipped = {s["method"] for s in cfg["_skipped"]}
-    assert ran | skipped == set(cli.DEMO_METHODS) and not ran & skipped
-    assert ran == set(cli.DEMO_METHODS) & set(ux.methods.available())
+    assert ran | skipped == set(DEMO_METHODS) and not ran & skipped
+    assert ran == set(DEMO_METHODS) & set(ux.methods.available())
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
-        validate_config(cli.demo_config(["ft", "nope"]))
+        validate_config(get_task("classification").demo_config(methods=["ft", "nope"]))
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*.yaml")),

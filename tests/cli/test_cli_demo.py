@@ -6,6 +6,8 @@ import pytest
 
 import unlearnx as ux
 from unlearnx import cli
+from unlearnx.experiments import get_task
+from unlearnx.experiments.classification import DEMO_METHODS
 
 
 @pytest.mark.slow
@@ -16,10 +18,10 @@ def test_demo_classification_end_to_end(tmp_path, capsys):
     wall = time.perf_counter() - start
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    ran = [m for m in cli.DEMO_METHODS if m in ux.methods.available()]
+    ran = [m for m in DEMO_METHODS if m in ux.methods.available()]
     labels = [results["hparams"][k]["method"] for k in results["hparams"]]
     assert labels == ran and list(results["rows"])[:2] == ["Retrain", "Original"]
-    for m in cli.DEMO_METHODS:
+    for m in DEMO_METHODS:
         if m not in ran:
             assert f"note: {m} skipped" in printed
     md = (out / "report.md").read_text()

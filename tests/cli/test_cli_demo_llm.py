@@ -6,7 +6,7 @@ import pytest
 
 import unlearnx as ux
 from unlearnx import cli
-from unlearnx.experiment_llm import LLM_DEMO_METHODS, run_llm_demo
+from unlearnx.experiments.llm import LLM_DEMO_METHODS, run_llm_demo
 
 
 def test_unknown_method_exits_2_naming_it(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from unlearnx import cli
-from unlearnx.experiment import run_experiment
+from unlearnx.experiments import run_experiment
 from unlearnx.models import small_cnn
 from unlearnx.report import load_state_dict
 
@@ -64,7 +64,8 @@ def test_outputs_hold_every_method(finished_run):
     # Saved models load into the architecture and reproduce the reported forget accuracy.
     model = load_state_dict(small_cnn(width=8), out / "seed-0" / "methods" / "GA.safetensors")
     from unlearnx.eval import unlearning_accuracy
-    from unlearnx.experiment import _build_data, _build_scenario, validate_config
+    from unlearnx.experiments import validate_config
+    from unlearnx.experiments.classification import build_data as _build_data, build_scenario as _build_scenario
 
     cfg = validate_config(results["config"])
     (train, test), _ = _build_data(cfg["data"], 0)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from unlearnx import cli
-from unlearnx.experiment import ConfigError, load_config, validate_config
+from unlearnx.experiments import ConfigError, load_config, validate_config
 
 
 def tiny(out, **extra):

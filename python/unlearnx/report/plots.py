@@ -66,12 +66,19 @@ def tradeoff_scatter(rows: Mapping[str, Mapping[str, float]], *, x: str = "gap/U
     `y` (utility; default TA), one labelled point per method that has both."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
-    for i, (name, r) in enumerate(rows.items()):
-        if x in r and y in r:
-            marker = "*" if name == reference else "o"
-            ax.scatter(r[x], r[y], s=120 if name == reference else 50, marker=marker,
-                       color="black" if name == reference else plt.get_cmap("tab10")(i % 10))
-            ax.annotate(name, (r[x], r[y]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    pts = [(i, name, float(r[x]), float(r[y])) for i, (name, r) in enumerate(rows.items()) if x in r and y in r]
+    xs, ys = [p[2] for p in pts] or [0.0], [p[3] for p in pts] or [0.0]
+    # Points closer than 3% of the axis spans share one place: their labels are stacked so that
+    # each stays readable (e.g. Original and methods that barely moved it).
+    tol_x, tol_y = 0.03 * ((max(xs) - min(xs)) or 1.0), 0.03 * ((max(ys) - min(ys)) or 1.0)
+    placed: list[tuple[float, float]] = []
+    for i, name, px, py in pts:
+        marker = "*" if name == reference else "o"
+        ax.scatter(px, py, s=120 if name == reference else 50, marker=marker,
+                   color="black" if name == reference else plt.get_cmap("tab10")(i % 10))
+        stack = sum(abs(px - qx) <= tol_x and abs(py - qy) <= tol_y for qx, qy in placed)
+        placed.append((px, py))
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(5, 4 - 10 * stack), fontsize=8)
     ax.set_xlabel(x + (" (forgetting error, lower is better)" if x.startswith("gap/") else ""))
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)

@@ -61,6 +61,8 @@ def report_blocks(results: Mapping, figures: Mapping[str, tuple[str, bytes]]) ->
     seeds = results.get("seeds", [])
     rows = results["rows"]
     blocks: list[tuple] = [("h", 1, f"unlearnx report: {results.get('name', 'experiment')}")]
+    if results.get("reading"):
+        blocks.append(("p", f"**In short:** {results['reading']}"))
     blocks.append(("p", (
         f"Scenario **{sc.get('name', '?')}** on data **{sc.get('data', '?')}**: |D| = {sc.get('n_train', '?')}, "
         f"|D_f| = {sc.get('n_forget', '?')}, |D_r| = {sc.get('n_retain', '?')}, |test| = {sc.get('n_test', '?')}. "

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unlearnx.eval.tables import results_table
+
 from unlearnx.report.io import atomic_write_text
 
 __all__ = ["EvalResult", "MetricCache", "summary_table", "fingerprint_model", "fingerprint_data",
@@ -88,9 +90,7 @@ class EvalResult(Mapping):
 
 def summary_table(results: Mapping[str, Mapping[str, float]], *, columns: Sequence[str] | None = None) -> str:
     """Markdown table, one row per model (EvalResult or metrics dict); see
-    `unlearnx.eval.suite.results_table` (a "Retrain" row is listed first)."""
-    from unlearnx.eval.suite import results_table
-
+    `unlearnx.eval.tables.results_table` (a "Retrain" row is listed first)."""
     return results_table(results, columns=columns)
 
 

@@ -1,4 +1,5 @@
-"""The LLM demo (`unlearnx demo --task llm`): TOFU-style forget10 on the built-in fictitious authors.
+"""The LLM task (`task: llm` configs, `unlearnx demo --task llm`): TOFU-style forget10 on the built-in
+fictitious authors.
 
 Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 
@@ -20,6 +21,11 @@ Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
    mean of probability, ROUGE-L recall and truth ratio on retain + held sets) and its ratio to
    the target's, forget probability / ROUGE-L recall / truth ratio.
 
+Device and precision: `device` (cpu, cuda, auto) is where data, models, the oracle, methods and
+evaluation run; `dtype: bfloat16` runs every forward and backward pass under torch.autocast in
+bf16 while the weights and the optimizer state stay fp32 (master weights: small updates are not
+lost to bf16 rounding); results.json records the device, the GPU name and the dtype.
+
 Resumable: every trained or unlearned model is saved (safetensors, atomically) under
 out/models/ with a JSON record holding sha256(config of that step); a rerun with the same config
 loads them instead of training again, and the TOFU metric values are kept in out/cache/
@@ -39,22 +45,23 @@ native kernels built, torch 2.13 CPU, 1 torch thread):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import datetime as _dt
-import hashlib
 import json
 import math
-import re
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["LLM_DEMO_METHODS", "METHOD_HPARAMS", "BASE_HPARAMS", "llm_demo_config", "validate_llm_config",
-           "build_authors_data", "EncodedItems", "train_lm", "run_llm_experiment", "run_llm_demo", "llm_summary_table"]
+from unlearnx.experiments.config import ConfigError, Field, check_range, suggest, validate_methods
+from unlearnx.experiments.run import Run, step_key
+from unlearnx.experiments.tasks import ExperimentTask, register_task
+
+__all__ = ["LLM_DEMO_METHODS", "METHOD_HPARAMS", "BASE_HPARAMS", "LLMTask", "llm_demo_config", "build_authors_data",
+           "build_demo_tokenizer", "EncodedItems", "train_lm", "run_llm_demo", "llm_summary_table"]
 
 # Unlearning methods of the demo; "uld" is picked up (and until then skipped with a note) once registered.
 LLM_DEMO_METHODS = ("ga", "graddiff", "npo", "simnpo", "uld")
@@ -82,14 +89,19 @@ COLUMNS = {
 }
 
 
-def _llm_schema() -> dict:
-    from unlearnx.experiment import Field
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
+
+def _llm_schema() -> dict:
     return {
         "task": Field("str", "llm", choices=("llm",)),
         "name": Field("str", "llm experiment", help="report title, default output folder"),
         "out_dir": Field("str", None, help="run directory (default runs/<name>)"),
         "seed": Field("int", 0, help="data order, model initialisation and every method's seed"),
+        "device": Field("str", "cpu", choices=("cpu", "cuda", "auto"),
+                        help="where data, models, the oracle, methods and evaluation run"),
+        "dtype": Field("str", "float32", choices=tuple(DTYPES),
+                       help="bfloat16: forward/backward under autocast in bf16, fp32 weights and optimizer state"),
         "threads": Field("int", 1, help="torch CPU threads during the run (0: torch's default)"),
         "data": {
             "authors": Field("int", 20, help="fictitious authors (forget10 = the last ceil(10%) of them)"),
@@ -111,61 +123,245 @@ def _llm_schema() -> dict:
     }
 
 
-def validate_llm_config(config: Mapping) -> dict:
-    """Check an LLM experiment config (`task: llm`) and return a complete copy with defaults.
+def _epoch_means(losses: Sequence[float], epochs: int) -> list[float]:
+    # Per-step losses -> one mean per epoch (what the loss-curve figure shows).
+    n = max(1, len(losses) // max(1, epochs))
+    return [float(sum(losses[i:i + n]) / len(losses[i:i + n])) for i in range(0, len(losses), n)]
 
-    Adds "_methods" ([{label, method, hparams}], hparams = BASE_HPARAMS < METHOD_HPARAMS < the
-    entry's own, limited to the method's hyper-parameters; each method is instantiated once so bad
-    values fail here, before any work) and "_skipped". Raises ConfigError naming the key.
-    """
-    import unlearnx as ux
-    from unlearnx.experiment import ConfigError, _suggest, _validate_methods, _validate_section
-    from unlearnx.models.lm import available_lms
 
-    cfg = _validate_section({k: v for k, v in config.items() if not str(k).startswith("_")}, _llm_schema(), "")
-    if cfg["out_dir"] is None:
-        cfg["out_dir"] = str(Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", cfg["name"]))
-    for path, value, low in (("threads", cfg["threads"], 0), ("data.authors", cfg["data"]["authors"], 2),
-                             ("data.vocab_size", cfg["data"]["vocab_size"], 300),
-                             ("data.n_real_authors", cfg["data"]["n_real_authors"], 0),
-                             ("data.n_world_facts", cfg["data"]["n_world_facts"], 0),
-                             ("model.hidden", cfg["model"]["hidden"], 1), ("model.layers", cfg["model"]["layers"], 1),
-                             ("model.heads", cfg["model"]["heads"], 1), ("train.epochs", cfg["train"]["epochs"], 1),
-                             ("train.batch_size", cfg["train"]["batch_size"], 1),
-                             ("eval.retain_subset", cfg["eval"]["retain_subset"], 1),
-                             ("eval.max_new_tokens", cfg["eval"]["max_new_tokens"], 1)):
-        if value < low:
-            raise ConfigError(f"config key {path!r}: expected an integer >= {low}, got {value}")
-    if not cfg["train"]["lr"] > 0:
-        raise ConfigError(f"config key 'train.lr': expected a number > 0, got {cfg['train']['lr']}")
-    if cfg["model"]["name"] not in available_lms():
-        raise ConfigError(f"config key 'model.name': unknown model {cfg['model']['name']!r}"
-                          f"{_suggest(cfg['model']['name'], available_lms())}")
-    clash = sorted(set(cfg["model"]["kwargs"]) & {"hidden", "layers", "heads", "vocab_size", "tokenizer", "seed"})
-    if clash:
-        raise ConfigError(f"config key 'model.kwargs': {clash} are set elsewhere (model.hidden/layers/heads; the "
-                          "vocabulary comes from the tokenizer, the seed from 'seed')")
-    methods, skipped = _validate_methods(cfg["methods"], task="causal_lm")
-    for i, entry in enumerate(methods):
-        cls = ux.methods.get(entry["method"], task="causal_lm")
-        base = {k: v for k, v in {**BASE_HPARAMS, **METHOD_HPARAMS.get(entry["method"], {})}.items()
-                if k in cls.defaults}
-        entry["hparams"] = {**base, **entry["hparams"]}
-        try:
-            _method_instance(entry["method"], entry["hparams"])
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"config key 'methods[{i}]' ({entry['method']}): {exc}") from None
-    cfg["_methods"], cfg["_skipped"] = methods, skipped
-    return cfg
+class _Setup:
+    """The data, tokenizer and step keys of an LLM run."""
+
+    def __init__(self, run: Run):
+        from unlearnx.eval.llm import fingerprint_tokenizer
+
+        cfg = run.cfg
+        t0 = time.perf_counter()
+        dc = cfg["data"]
+        self.seed = cfg["seed"]
+        self.data = build_authors_data(dc["authors"], n_real_authors=dc["n_real_authors"],
+                                       n_world_facts=dc["n_world_facts"])
+        self.tok = build_demo_tokenizer(self.data, vocab_size=dc["vocab_size"])
+        self.held = [i for v in self.data["held"].values() for i in v]
+        if run.ctx.world_size > 1 and len(set(run.ctx.all_gather(fingerprint_tokenizer(self.tok)))) > 1:
+            # Each rank trains its own tokenizer; different vocabularies would pair unrelated models.
+            raise RuntimeError("the ranks built different tokenizers from the same data; run with one process")
+        self.timings = {"data_tokenizer_s": time.perf_counter() - t0}
+        # bf16 training gives other weights; fp32 keys stay those of earlier run folders.
+        self.base_key = (cfg["data"], cfg["model"], cfg["train"], self.seed) + (
+            (cfg["dtype"],) if cfg["dtype"] != "float32" else ())
+        self.model_kw = {**{k: v for k, v in cfg["model"].items() if k not in ("name", "kwargs")},
+                         **cfg["model"]["kwargs"]}
+        self.dtype = cfg["dtype"]
+
+    def fresh(self, cfg: dict):
+        from unlearnx.models.lm import build_lm
+
+        return build_lm(cfg["model"]["name"], tokenizer=self.tok, seed=self.seed, **self.model_kw)
+
+    def precision(self, device: torch.device):
+        """The autocast context of the run's dtype (fp32: nothing)."""
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=DTYPES[self.dtype])
+
+
+@register_task
+class LLMTask(ExperimentTask):
+    """Causal LMs: TOFU-style forget10 of the built-in fictitious authors, retain oracle in the same run."""
+
+    name = "llm"
+    method_task = "causal_lm"
+    demo_help = "a tiny Llama on fictitious authors (TOFU forget10); needs the llm extra"
+    original_label = "target"
+
+    def schema(self) -> dict:
+        return _llm_schema()
+
+    def seeds(self, cfg: dict) -> list[int]:
+        return [cfg["seed"]]
+
+    def validate(self, cfg: dict) -> dict:
+        """Ranges, the model, and the methods: hparams = BASE_HPARAMS < METHOD_HPARAMS < the entry's
+        own, limited to the method's hyper-parameters; each method is instantiated once so bad values
+        fail here, before any work."""
+        import unlearnx as ux
+        from unlearnx.models.lm import available_lms
+
+        for path, value, low in (("threads", cfg["threads"], 0), ("data.authors", cfg["data"]["authors"], 2),
+                                 ("data.vocab_size", cfg["data"]["vocab_size"], 300),
+                                 ("data.n_real_authors", cfg["data"]["n_real_authors"], 0),
+                                 ("data.n_world_facts", cfg["data"]["n_world_facts"], 0),
+                                 ("model.hidden", cfg["model"]["hidden"], 1),
+                                 ("model.layers", cfg["model"]["layers"], 1),
+                                 ("model.heads", cfg["model"]["heads"], 1), ("train.epochs", cfg["train"]["epochs"], 1),
+                                 ("train.batch_size", cfg["train"]["batch_size"], 1),
+                                 ("eval.retain_subset", cfg["eval"]["retain_subset"], 1),
+                                 ("eval.max_new_tokens", cfg["eval"]["max_new_tokens"], 1)):
+            if value < low:
+                raise ConfigError(f"config key {path!r}: expected an integer >= {low}, got {value}")
+        check_range("train.lr", cfg["train"]["lr"], low=0, low_open=True)
+        if cfg["model"]["name"] not in available_lms():
+            raise ConfigError(f"config key 'model.name': unknown model {cfg['model']['name']!r}"
+                              f"{suggest(cfg['model']['name'], available_lms())}")
+        clash = sorted(set(cfg["model"]["kwargs"]) & {"hidden", "layers", "heads", "vocab_size", "tokenizer", "seed"})
+        if clash:
+            raise ConfigError(f"config key 'model.kwargs': {clash} are set elsewhere (model.hidden/layers/heads; the "
+                              "vocabulary comes from the tokenizer, the seed from 'seed')")
+        methods, skipped = validate_methods(cfg["methods"], self.method_task)
+        for i, entry in enumerate(methods):
+            cls = ux.methods.get(entry["method"], task="causal_lm")
+            base = {k: v for k, v in {**BASE_HPARAMS, **METHOD_HPARAMS.get(entry["method"], {})}.items()
+                    if k in cls.defaults}
+            entry["hparams"] = {**base, **entry["hparams"]}
+            try:
+                _method_instance(entry["method"], entry["hparams"])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"config key 'methods[{i}]' ({entry['method']}): {exc}") from None
+        cfg["_methods"], cfg["_skipped"] = methods, skipped
+        return cfg
+
+    def demo_config(self, *, methods=None, quick=False, out_dir=None, device="cpu", options=None) -> dict:
+        return llm_demo_config(quick=quick, methods=methods, out_dir=out_dir or "runs/demo-llm", device=device,
+                               **(options or {}))
+
+    def demo_options(self) -> dict[str, str]:
+        return {}
+
+    # ---- steps
+    def setup(self, run: Run, seed: int) -> _Setup:
+        return _Setup(run)
+
+    def _train(self, run: Run, setup: _Setup, label: str, items):
+        cfg = run.cfg
+
+        def compute():
+            run.echo(f"{label}: training on {len(items)} QA items / texts for {cfg['train']['epochs']} epochs")
+            t = time.perf_counter()
+            with setup.precision(run.device):
+                model, losses = train_lm(setup.tok, items, model={"name": cfg["model"]["name"], **setup.model_kw},
+                                         train=cfg["train"], seed=setup.seed, progress=run.progress,
+                                         device=run.device)
+            return model, {"seconds": time.perf_counter() - t,
+                           "loss_curve": _epoch_means(losses, cfg["train"]["epochs"])}
+
+        model, rec = run.steps.run(label, step_key("train", label, setup.base_key), run.out / "models" / label,
+                                   lambda: setup.fresh(cfg), compute)
+        return model.to(run.device).eval(), rec
+
+    def original(self, run: Run, setup: _Setup):
+        d = setup.data
+        return self._train(run, setup, "target",
+                           d["forget"] + d["retain"] + setup.held + d["forget_bios"] + d["retain_bios"])
+
+    def oracle(self, run: Run, setup: _Setup):
+        d = setup.data
+        model, rec = self._train(run, setup, "Retrain", d["retain"] + setup.held + d["retain_bios"])
+        setup.oracle_model = model  # the target of methods calibrated against an unlearning target (ECO)
+        return model, rec
+
+    def unlearn(self, run: Run, setup: _Setup, entry: dict, original, original_record: dict):
+        import unlearnx as ux
+
+        label, name, hp = entry["label"], entry["method"], entry["hparams"]
+        data = setup.data
+
+        def compute():
+            run.echo(f"{name}: unlearning forget10 ({len(data['forget'])} QA) with {hp}")
+            extra = {}
+            if _wants_oracle(name, hp):
+                # A method calibrated against an unlearning target (ECO's corruption strength)
+                # gets the run's retain oracle when the config names no target of its own.
+                extra["oracle"] = setup.oracle_model
+            with setup.precision(run.device):
+                res = ux.unlearn(copy.deepcopy(original), name, forget=data["forget"], retain=data["retain"],
+                                 tokenizer=setup.tok, seed=setup.seed, progress=run.progress, **hp, **extra)
+            curve = res.log.get("loss") if isinstance(res.log, dict) else None
+            used = {k: ("the run's Retrain oracle" if k in extra else v) for k, v in res.hparams.items()}
+            return res.model, {"method": name, "seconds": res.seconds, "hparams": used,
+                               "loss_curve": [float(v) for v in curve] if curve else []}
+
+        def fresh_result():
+            # What this method's saved result loads into: a wrapper (ULD's target + assistant)
+            # comes from the method's result_skeleton; a plain LM otherwise.
+            skeleton = getattr(_method_instance(name, hp), "result_skeleton", None)
+            return skeleton(setup.fresh(run.cfg)) if skeleton else setup.fresh(run.cfg)
+
+        key = step_key("unlearn", name, hp, setup.base_key, original_record["sha256"])
+        model, rec = run.steps.run(label, key, run.out / "models" / label, fresh_result, compute)
+        return model.to(run.device).eval(), rec
+
+    def evaluate(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
+        from unlearnx.eval.llm import MetricCache, evaluate_tofu
+
+        data, ev = setup.data, run.cfg["eval"]
+        # Evaluation: the oracle first (its per-item forget truth ratios are every model's KS reference).
+        cache = MetricCache(run.out / "cache")
+        t0 = time.perf_counter()
+        tofu = {}
+        for label in models:
+            run.echo(f"{label}: TOFU evaluation")
+            with setup.precision(run.device):
+                tofu[label] = evaluate_tofu(models[label], setup.tok, forget=data["forget"],
+                                            retain=data["retain"][:ev["retain_subset"]], held=data["held"],
+                                            reference=tofu.get("Retrain", models["Retrain"]),
+                                            max_new_tokens=ev["max_new_tokens"], cache=cache,
+                                            progress=run.progress)
+        timings = dict(setup.timings)
+        for label, rec in records.items():
+            timings[f"{'train' if label in ('target', 'Retrain') else 'unlearn'} {label}_s"] = rec["seconds"]
+        timings["evaluation_s"] = time.perf_counter() - t0
+        mu_target = tofu["target"]["model_utility"]
+        rows = {label: _tofu_row(tofu[label], mu_target) for label in tofu}
+        labels = [e["label"] for e in run.cfg["_methods"]]
+        for label in labels:
+            rows[label]["unlearn_s"] = records[label]["seconds"]
+        d = data
+        summary = {"n_forget": len(d["forget"]), "n_retain": len(d["retain"]),
+                   "forget_authors": len(d["forget_bios"]), "n_holdout": len(d["holdout"]),
+                   "held": {k: len(v) for k, v in d["held"].items()}}
+        return {"rows": rows, "records": records, "tofu": tofu, "cached": cached, "timings": timings,
+                "cache": cache, "data": summary}
+
+    # ---- the whole run
+    def results(self, run: Run, per_seed: list[dict]) -> dict:
+        s, cfg = per_seed[0], run.cfg
+        public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        return {
+            "format": "unlearnx-llm-results/1",
+            "config_key": step_key(public_cfg),
+            "data": s["data"],
+            "device": {"device": str(run.device), "dtype": cfg["dtype"],
+                       "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None},
+            "rows": s["rows"],
+            "methods": [e["label"] for e in cfg["_methods"]],
+            "skipped": cfg["_skipped"],
+            "runs": s["records"],
+            "tofu": {label: {"aggregate": r.aggregate,
+                             "forget_truth_ratio_raw": r.per_item["forget/truth_ratio_raw"]}
+                     for label, r in s["tofu"].items()},
+            "cached_steps": s["cached"],
+            "metric_cache": {"hits": s["cache"].hits, "misses": s["cache"].misses},
+            "timings": s["timings"],
+        }
+
+    def write_report(self, results: dict, out) -> None:
+        _write_report(results, Path(out))
+
+    def summary(self, results: dict) -> str:
+        d = results["data"]
+        return (f"\n{results['name']}: forget10 = {d['n_forget']} QA, retain90 = {d['n_retain']} QA; "
+                f"Retrain = the retain oracle, target = before unlearning\n" + llm_summary_table(results))
 
 
 def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None, seed: int = 0,
-                    out_dir: str = "runs/demo-llm") -> dict:
-    """The demo's configuration (an LLM experiment config, see `validate_llm_config`).
+                    out_dir: str = "runs/demo-llm", device: str = "cpu", dtype: str = "float32") -> dict:
+    """The demo's configuration (an LLM experiment config, see `LLMTask.validate`).
 
     quick: fewer authors and epochs and a smaller evaluation (under 5 minutes on 2 CPU cores).
     methods: unlearning methods to run (default `LLM_DEMO_METHODS`, each skipped with a note when
     not registered; explicitly named methods must be registered for task "causal_lm").
+    device, dtype: where and in which precision it runs (see the module docstring).
     """
     if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
         raise ValueError(f"methods: expected a list of method names, got {methods!r}")
@@ -183,6 +379,8 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
                 + (" (quick)" if quick else ""),
         "out_dir": str(out_dir),
         "seed": seed,
+        "device": device,
+        "dtype": dtype,
         # One torch thread: the models are tiny, so intra-op threads mostly add synchronisation.
         "threads": 1,
         "data": {"authors": size["authors"], "n_real_authors": size["n_real_authors"],
@@ -247,85 +445,20 @@ class EncodedItems(Dataset):
         return pad_batch(feats, pad_token_id=self.pad)
 
 
-def train_lm(tokenizer, items, *, model: dict, train: dict, seed: int, progress: bool = False):
+def train_lm(tokenizer, items, *, model: dict, train: dict, seed: int, progress: bool = False, device=None):
     """A fresh tiny LM (`build_lm(**model)`) fine-tuned on `items` (QA items and/or texts) with
-    AdamW, linear warm-up / decay (`finetune_lm`). Returns (model, per-step losses)."""
+    AdamW, linear warm-up / decay (`finetune_lm`) on `device` (default cpu). Returns (model,
+    per-step losses)."""
     from unlearnx.models.lm import build_lm
     from unlearnx.models.lm_training import finetune_lm
 
     kw = {k: v for k, v in model.items() if k != "name"}
     lm = build_lm(model["name"], tokenizer=tokenizer, seed=seed, **kw)
+    if device is not None:
+        lm = lm.to(device)
     losses = finetune_lm(lm, EncodedItems(tokenizer, items), epochs=train["epochs"], lr=train["lr"],
                          batch_size=train["batch_size"], seed=seed, progress=progress)
     return lm, losses
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _epoch_means(losses: Sequence[float], epochs: int) -> list[float]:
-    # Per-step losses -> one mean per epoch (what the loss-curve figure shows).
-    n = max(1, len(losses) // max(1, epochs))
-    return [float(sum(losses[i:i + n]) / len(losses[i:i + n])) for i in range(0, len(losses), n)]
-
-
-class _Steps:
-    """Cached steps of one run directory: models/<label>.safetensors + models/<label>.json.
-
-    eval_only: never compute; a step without a matching saved model raises FileNotFoundError.
-    Under torchrun every rank runs every step (the loops are collective); rank 0 alone reads and
-    writes the folder and broadcasts the step's record, so all ranks reuse or compute alike.
-    """
-
-    def __init__(self, out: Path, echo: Callable[[str], None], *, eval_only: bool = False):
-        from unlearnx.distributed import current
-
-        self.out, self.echo, self.eval_only = out, echo, eval_only
-        self.ctx = current()
-        self.cached: list[str] = []
-
-    def run(self, label: str, key: str, fresh_model: Callable[[], torch.nn.Module],
-            compute: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[torch.nn.Module, dict]:
-        """Load step `label` when its record matches `key` and its weights' sha256, else compute it
-        (compute() -> (model, record)) and save weights then record (a record always points at
-        complete weights). A result whose class differs from `fresh_model()`'s (a wrapper with no
-        skeleton to load into, e.g. a prompt guard) is saved for inspection but recomputed on a
-        rerun: it cannot be rebuilt from its weights alone."""
-        from unlearnx.distributed import broadcast_parameters_
-        from unlearnx.experiment import _file_sha256
-        from unlearnx.report import atomic_write_json, load_state_dict, read_json, save_state_dict
-
-        weights, rec_path = self.out / "models" / f"{label}.safetensors", self.out / "models" / f"{label}.json"
-        decision: tuple[str, object] = ("compute", None)
-        if self.ctx.is_main:
-            rec = read_json(rec_path)
-            if (rec is not None and rec.get("key") == key and rec.get("reloadable", True) and weights.is_file()
-                    and _file_sha256(weights) == rec.get("sha256")):
-                decision = ("reuse", rec)
-            elif self.eval_only:
-                decision = ("missing", "its result is a wrapper model that is not stored" if rec is not None
-                            and not rec.get("reloadable", True) else "it is missing or was made with another config")
-        action, value = self.ctx.broadcast(decision)  # rank 0 decides; every rank reuses or computes alike
-        if action == "reuse":
-            self.echo(f"{label}: reusing {weights.relative_to(self.out)}")
-            self.cached.append(label)
-            return load_state_dict(fresh_model(), weights).eval(), value
-        if action == "missing":
-            raise FileNotFoundError(f"{label}: no saved model to evaluate at {weights} ({value}); "
-                                    "run `unlearnx run` first")
-        model, rec = compute()
-        # Every rank continues from rank 0's weights, the ones saved (training runs whole per rank).
-        broadcast_parameters_(model, self.ctx)
-        rec = {"label": label, "key": key, **rec, "reloadable": type(model) is type(fresh_model())}
-        if self.ctx.is_main:
-            save_state_dict(model, weights, metadata={"unlearnx_step": label, "key": key})
-            rec["sha256"] = _file_sha256(weights)
-            rec["model_file"] = str(weights.relative_to(self.out))
-            rec["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            atomic_write_json(rec_path, rec)
-        # The other ranks need the record too (its sha256 keys the methods' steps).
-        return model.eval(), self.ctx.broadcast(rec)
 
 
 def _wants_oracle(name: str, hp: dict) -> bool:
@@ -424,162 +557,13 @@ def _write_report(results: dict, out: Path) -> None:
     atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
 
 
-def run_llm_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_only: bool = False,
-                       echo: Callable[[str], None] | None = None) -> dict:
-    """Run an LLM experiment (`task: llm` config, see `validate_llm_config`) into `out_dir`
-    (default: the config's out_dir); return the results dict.
-
-    Trains (or reloads) the target and the retain oracle, runs every method on a copy of the
-    target, evaluates all of them with the TOFU metrics against the oracle, and writes
-    results.json, report.md, report.html, plots/*.png, models/*.safetensors (+ records) and cache/
-    (metric values). eval_only: never train or unlearn (FileNotFoundError naming a missing model).
-    Under torchrun (unlearnx.distributed) every rank runs the experiment: each trains the target and
-    the oracle whole with the same seed (rank 0's weights are then broadcast), unlearning and
-    evaluation are collective; rank 0 alone writes files and talks, and broadcasts each step's record.
-    """
-    import unlearnx as ux
-    from unlearnx.distributed import current
-    from unlearnx.eval.llm import MetricCache, evaluate_tofu, fingerprint_tokenizer
-    from unlearnx.experiment import ConfigError, machine, versions
-    from unlearnx.report import atomic_write_json
-
-    cfg = validate_llm_config(config)
-    out = Path(out_dir if out_dir is not None else cfg["out_dir"])
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out_dir: {out} exists and is not a directory")
-    ctx = current()
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    # Rank 0 alone talks: progress bars and step messages once, not once per process.
-    quiet = quiet or not ctx.is_main
-    echo = (lambda msg: None) if quiet else (echo or (lambda msg: print(msg, file=sys.stderr, flush=True)))
-    seed, entries = cfg["seed"], cfg["_methods"]
-    start = time.perf_counter()
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    try:
-        mach = machine()
-        if ctx.world_size > 1:
-            mach["processes"] = ctx.world_size  # torchrun: the same results, computed by N ranks
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        dc = cfg["data"]
-        data = build_authors_data(dc["authors"], n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"])
-        tok = build_demo_tokenizer(data, vocab_size=dc["vocab_size"])
-        held = [i for v in data["held"].values() for i in v]
-        if ctx.world_size > 1 and len(set(ctx.all_gather(fingerprint_tokenizer(tok)))) > 1:
-            # Each rank trains its own tokenizer; different vocabularies would pair unrelated models.
-            raise RuntimeError("the ranks built different tokenizers from the same data; run with one process")
-        timings["data_tokenizer_s"] = time.perf_counter() - t0
-        steps = _Steps(out, echo, eval_only=eval_only)
-        base_key = (cfg["data"], cfg["model"], cfg["train"], seed)
-        train_sets = {
-            "target": data["forget"] + data["retain"] + held + data["forget_bios"] + data["retain_bios"],
-            "Retrain": data["retain"] + held + data["retain_bios"],
-        }
-        from unlearnx.models.lm import build_lm
-
-        model_kw = {**{k: v for k, v in cfg["model"].items() if k not in ("name", "kwargs")}, **cfg["model"]["kwargs"]}
-
-        def fresh():
-            return build_lm(cfg["model"]["name"], tokenizer=tok, seed=seed, **model_kw)
-
-        runs, models = {}, {}
-        for label, items in train_sets.items():
-            def compute(label=label, items=items):
-                echo(f"{label}: training on {len(items)} QA items / texts for {cfg['train']['epochs']} epochs")
-                t = time.perf_counter()
-                model, losses = train_lm(tok, items, model={"name": cfg["model"]["name"], **model_kw},
-                                         train=cfg["train"], seed=seed, progress=not quiet)
-                return model, {"seconds": time.perf_counter() - t,
-                               "loss_curve": _epoch_means(losses, cfg["train"]["epochs"])}
-
-            models[label], runs[label] = steps.run(label, _key("train", label, base_key), fresh, compute)
-            timings[f"train {label}_s"] = runs[label]["seconds"]
-
-        for entry in entries:
-            label, name, hp = entry["label"], entry["method"], entry["hparams"]
-
-            def compute(name=name, hp=hp):
-                echo(f"{name}: unlearning forget10 ({len(data['forget'])} QA) with {hp}")
-                extra = {}
-                if _wants_oracle(name, hp):
-                    # A method calibrated against an unlearning target (ECO's corruption strength)
-                    # gets the run's retain oracle when the config names no target of its own.
-                    extra["oracle"] = models["Retrain"]
-                res = ux.unlearn(copy.deepcopy(models["target"]), name, forget=data["forget"],
-                                 retain=data["retain"], tokenizer=tok, seed=seed, progress=not quiet, **hp, **extra)
-                curve = res.log.get("loss") if isinstance(res.log, dict) else None
-                used = {k: ("the run's Retrain oracle" if k in extra else v) for k, v in res.hparams.items()}
-                return res.model, {"method": name, "seconds": res.seconds, "hparams": used,
-                                   "loss_curve": [float(v) for v in curve] if curve else []}
-
-            def fresh_result(name=name, hp=hp):
-                # What this method's saved result loads into: a wrapper (ULD's target + assistant)
-                # comes from the method's result_skeleton; a plain LM otherwise.
-                skeleton = getattr(_method_instance(name, hp), "result_skeleton", None)
-                return skeleton(fresh()) if skeleton else fresh()
-
-            models[label], runs[label] = steps.run(label, _key("unlearn", name, hp, base_key, runs["target"]["sha256"]),
-                                                   fresh_result, compute)
-            timings[f"unlearn {label}_s"] = runs[label]["seconds"]
-
-        # Evaluation: the oracle first (its per-item forget truth ratios are every model's KS reference).
-        cache = MetricCache(out / "cache")
-        ev = cfg["eval"]
-        t0 = time.perf_counter()
-        tofu = {}
-        labels = [e["label"] for e in entries]
-        for label in ["Retrain", "target", *labels]:
-            echo(f"{label}: TOFU evaluation")
-            tofu[label] = evaluate_tofu(models[label], tok, forget=data["forget"],
-                                        retain=data["retain"][:ev["retain_subset"]], held=data["held"],
-                                        reference=tofu.get("Retrain", models["Retrain"]),
-                                        max_new_tokens=ev["max_new_tokens"], cache=cache, progress=not quiet)
-        timings["evaluation_s"] = time.perf_counter() - t0
-        mu_target = tofu["target"]["model_utility"]
-        rows = {label: _tofu_row(tofu[label], mu_target) for label in tofu}
-        for label in labels:
-            rows[label]["unlearn_s"] = runs[label]["seconds"]
-    finally:
-        torch.set_num_threads(threads)
-    timings["total_s"] = time.perf_counter() - start
-    public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    results = {
-        "format": "unlearnx-llm-results/1",
-        "task": "llm",
-        "name": cfg["name"],
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "eval" if eval_only else "run",
-        "config_key": _key(public_cfg),
-        "data": {"n_forget": len(data["forget"]), "n_retain": len(data["retain"]),
-                 "forget_authors": len(data["forget_bios"]), "n_holdout": len(data["holdout"]),
-                 "held": {k: len(v) for k, v in data["held"].items()}},
-        "rows": rows,
-        "methods": labels,
-        "skipped": cfg["_skipped"],
-        "runs": runs,
-        "tofu": {label: {"aggregate": r.aggregate,
-                         "forget_truth_ratio_raw": r.per_item["forget/truth_ratio_raw"]} for label, r in tofu.items()},
-        "cached_steps": steps.cached,
-        "metric_cache": {"hits": cache.hits, "misses": cache.misses},
-        "timings": timings,
-        "versions": versions(),
-        "machine": mach,
-        "config": public_cfg,
-    }
-    if ctx.is_main:
-        atomic_write_json(out / "results.json", results)
-        _write_report(results, out)
-    ctx.barrier()  # no rank returns before the results and the report exist
-    return results
-
-
 def run_llm_demo(out_dir="runs/demo-llm", *, quick: bool = False, methods: Sequence[str] | None = None,
-                 quiet: bool = False, seed: int = 0, echo: Callable[[str], None] | None = None) -> dict:
+                 quiet: bool = False, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 echo: Callable[[str], None] | None = None) -> dict:
     """Run the LLM demo (`llm_demo_config`, see the module docstring) into `out_dir`; return the
     results dict. Raises ValueError naming the argument for bad input (e.g. an unregistered method
     named in `methods`)."""
-    return run_llm_experiment(llm_demo_config(quick=quick, methods=methods, seed=seed, out_dir=str(out_dir)),
-                              quiet=quiet, echo=echo)
+    from unlearnx.experiments.run import run_experiment
+
+    return run_experiment(llm_demo_config(quick=quick, methods=methods, seed=seed, out_dir=str(out_dir),
+                                          device=device, dtype=dtype), quiet=quiet, echo=echo)
