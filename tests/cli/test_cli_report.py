@@ -134,3 +134,23 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
                          text=True, timeout=120)
     assert run.returncode == 0 and shot.read_bytes().startswith(b"\x89PNG"), run.stderr[-2000:]
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_scatter_labels_of_coinciding_points_stay_readable():
+    from unlearnx.report.plots import place_labels, tradeoff_scatter
+
+    pts = [("Original", 400.0, 100.0), ("FT", 400.5, 100.2), ("l1-sparse", 400.0, 95.0), ("GA", 400.0, 91.0),
+           ("Retrain", 10.0, 100.0)]
+    labels = place_labels(pts)
+    texts = [t for t, _, _ in labels]
+    assert "Original = FT" in texts and len(texts) == 4  # coinciding points share one label
+    boxes = {t: (400 + 8 if t != "Retrain" else 18, dict((n, y) for n, _, y in pts)[first] + dy, 5.0 * len(t) + 6)
+             for t, first, dy in labels}
+    names = list(boxes)
+    for i, a in enumerate(names):  # no two label boxes overlap
+        for b in names[i + 1:]:
+            (ax, ay, aw), (bx, by, bw) = boxes[a], boxes[b]
+            assert abs(ay - by) >= 10 or ax + aw <= bx or bx + bw <= ax, (a, b)
+    png = tradeoff_scatter({"Retrain": {"gap/UA": 0.0, "TA": 98.0}, "Original": {"gap/UA": 100.0, "TA": 98.0},
+                            "FT": {"gap/UA": 100.0, "TA": 98.0}})
+    assert png.startswith(b"\x89PNG")

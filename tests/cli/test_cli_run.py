@@ -161,3 +161,31 @@ def test_two_seeds_report_mean_and_std(tmp_path):
     assert res["std"]["GA"]["UA"] == pytest.approx(abs(ua[0] - ua[1]) / 2 ** 0.5)
     assert res["audit"]["forget_digest"]["0"] != res["audit"]["forget_digest"]["1"]
     assert " ± " in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_reading_is_computed_from_the_numbers(finished_run):
+    from unlearnx.experiments.classification import reading
+
+    _, out = finished_run
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    best = min((n for n in rows if n not in ("Retrain", "Original")), key=lambda n: rows[n]["Avg.Gap"])
+    assert results["reading"].startswith(f"{best} is closest to Retrain (Avg. Gap {rows[best]['Avg.Gap']:.2f}")
+    assert f"{100 * rows[best]['RTE-ratio']:.0f}% of Retrain's time" in results["reading"]
+    assert "**In short:** " + results["reading"] in (out / "report.md").read_text()
+    rows = {"Retrain": {"Avg.Gap": 0.0}, "Original": {"Avg.Gap": 5.0}, "A": {"Avg.Gap": 7.0, "RTE-ratio": 0.1},
+            "B": {"Avg.Gap": 1.0, "RTE-ratio": 0.25}}
+    text = reading(rows)
+    assert text.startswith("B is closest to Retrain (Avg. Gap 1.00 points in 25% of Retrain's time).")
+    assert "A ends farther from it than doing nothing" in text
+    assert reading({"Retrain": {}, "Original": {}}) == ""
+
+
+def test_without_a_terminal_each_step_is_one_line(tmp_path):
+    lines = []
+    cfg = tiny_config(tmp_path / "out")
+    cfg["methods"] = [{"name": "ga", "epochs": 1, "lr": 0.05}]
+    cfg["train"]["epochs"] = 1
+    run_experiment(cfg, echo=lines.append, progress=None)  # stderr is not a terminal under pytest
+    done = [ln for ln in lines if ": done in " in ln]
+    assert [ln.split(":")[0] for ln in done] == ["Original", "Retrain", "GA"]

@@ -187,9 +187,12 @@ class Run:
 
     def __init__(self, cfg: dict, out: Path, *, quiet: bool, eval_only: bool, echo: Callable[[str], None],
                  progress: bool | None = None):
-        from unlearnx.distributed import current
+        from unlearnx.distributed import current, init_distributed
 
         self.cfg, self.out, self.eval_only = cfg, out, eval_only
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+            # Under torchrun the config's device picks the process group: NCCL for cuda, gloo for cpu.
+            init_distributed(cfg.get("device", "auto"))
         self.ctx = current()
         # Rank 0 alone talks: progress bars and step messages once, not once per process.
         self.quiet = quiet or not self.ctx.is_main

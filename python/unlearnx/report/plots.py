@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-__all__ = ["metric_bars", "tradeoff_scatter", "loss_curves", "report_figures"]
+__all__ = ["metric_bars", "tradeoff_scatter", "place_labels", "loss_curves", "report_figures"]
 
 
 def _pyplot():
@@ -67,23 +67,56 @@ def tradeoff_scatter(rows: Mapping[str, Mapping[str, float]], *, x: str = "gap/U
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     pts = [(i, name, float(r[x]), float(r[y])) for i, (name, r) in enumerate(rows.items()) if x in r and y in r]
-    xs, ys = [p[2] for p in pts] or [0.0], [p[3] for p in pts] or [0.0]
-    # Points closer than 3% of the axis spans share one place: their labels are stacked so that
-    # each stays readable (e.g. Original and methods that barely moved it).
-    tol_x, tol_y = 0.03 * ((max(xs) - min(xs)) or 1.0), 0.03 * ((max(ys) - min(ys)) or 1.0)
-    placed: list[tuple[float, float]] = []
     for i, name, px, py in pts:
         marker = "*" if name == reference else "o"
         ax.scatter(px, py, s=120 if name == reference else 50, marker=marker,
                    color="black" if name == reference else plt.get_cmap("tab10")(i % 10))
-        stack = sum(abs(px - qx) <= tol_x and abs(py - qy) <= tol_y for qx, qy in placed)
-        placed.append((px, py))
-        ax.annotate(name, (px, py), textcoords="offset points", xytext=(5, 4 - 10 * stack), fontsize=8)
+    # Labels of points that (nearly) coincide would be drawn on top of each other (e.g. Original and
+    # methods that barely moved it): place each label at the first vertical offset whose box, in
+    # display points, overlaps no label placed before.
+    ax.autoscale_view()
+    to_points = ax.transData.transform
+    scale = 72.0 / fig.dpi
+    labels = place_labels([(name, *(v * scale for v in to_points((px, py)))) for _, name, px, py in pts])
+    coords = {name: (px, py) for _, name, px, py in pts}
+    for text, first, dy in labels:
+        # A label moved away from its point gets a thin leader line back to it.
+        arrow = None if dy == _LABEL_DY[0] else {"arrowstyle": "-", "lw": 0.5, "color": "0.4"}
+        ax.annotate(text, coords[first], textcoords="offset points", xytext=(8, dy), fontsize=8, arrowprops=arrow)
     ax.set_xlabel(x + (" (forgetting error, lower is better)" if x.startswith("gap/") else ""))
     ax.set_ylabel(y)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
+
+
+_LABEL_DY = (-3, -15, 9, -27, 21, -39, 33, -51, 45, -63)  # vertical offsets tried, in points
+
+
+def place_labels(points: Sequence[tuple[str, float, float]]) -> list[tuple[str, str, float]]:
+    """Readable labels for scatter points given in display points [(name, x, y)]: points within 2
+    points of each other share one label "A = B"; each label goes right of its point at the first
+    vertical offset whose box overlaps no label placed before (top to bottom). Returns
+    [(label text, name of the point it belongs to, vertical offset)]."""
+    groups: list[list] = []
+    for name, bx, by in points:
+        for g in groups:
+            if abs(g[2] - bx) < 2 and abs(g[3] - by) < 2:
+                g[0] += f" = {name}"
+                break
+        else:
+            groups.append([name, name, bx, by])
+    placed: list[tuple[float, float, float]] = []  # (x, y, width) of placed labels
+    out = []
+    for text, first, bx, by in sorted(groups, key=lambda g: -g[3]):
+        width = 5.0 * len(text) + 6
+        dy = _LABEL_DY[0]
+        for dy in _LABEL_DY:
+            if all(abs(by + dy - qy) >= 10 or bx + 8 >= qx + qw or qx >= bx + 8 + width for qx, qy, qw in placed):
+                break
+        placed.append((bx + 8, by + dy, width))
+        out.append((text, first, dy))
+    return out
 
 
 def loss_curves(curves: Mapping[str, Sequence[float]]) -> bytes:
