@@ -84,7 +84,10 @@ def test_text_dataset_labels_every_token_but_bos(tok):
     assert batch["labels"][0, 0] == IGNORE_INDEX
     assert (batch["labels"][0, 1:n0] == batch["input_ids"][0, 1:n0]).all()
     assert (batch["labels"][0, n0:] == IGNORE_INDEX).all()
-    assert batch["input_ids"][1, -1] == tok.eos_token_id
+    # No <eos> on plain texts (MUSE): the ids are exactly tokenizer(text).
+    assert batch["input_ids"][1].tolist() == tok("A much longer text with more words in it.")["input_ids"]
+    with_eos = TextDataset(["A short text."], tok, eos=True)[0]["input_ids"]
+    assert with_eos == tok("A short text.")["input_ids"] + [tok.eos_token_id]
 
 
 def test_forget_retain_loader_covers_and_cycles(qa, tok):

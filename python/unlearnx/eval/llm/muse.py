@@ -4,10 +4,12 @@
                  forget text's first `prefix_tokens` tokens and the true next 128 tokens, x100
     KnowMem      ROUGE-L F1 (no stemmer) of greedy answers (32 tokens, stop at "\\n\\n",
                  "\\nQuestion", "Question:") to questions asked after few-shot examples
-                 "Question: {q}\\nAnswer: {a}\\n\\n", x100; on forget QA (lower is better) and
+                 "Question: {q}\\nAnswer: {a}\\n\\n" then "Question: {q}\\nAnswer: " (MUSE's
+                 trailing space), x100; on forget QA (lower is better) and
                  retain QA (utility, higher is better)
     PrivLeak     (AUC_unlearned - AUC_retrain) / AUC_retrain x 100 with MUSE's AUC of the Min-K%
-                 (k = 0.4) attack on forget vs holdout texts; good band [-5, 5]
+                 (k = 0.4) attack on forget vs holdout texts, each scored as tokenizer(text) with
+                 no <eos> appended (as MUSE's code does); good band [-5, 5]
 
 MUSE's AUC (its `sweep`: forget labelled 0, holdout 1, ROC of -score) equals 1 - `mia_auc`
 (the attack AUC of `unlearnx.eval.llm.mia`, forget 0 / holdout 1 on "higher = less likely
@@ -68,9 +70,14 @@ def _qa(items, name: str) -> list[QAItem]:
     return list(items)
 
 
-def knowmem_prompt(question: str, shots: Sequence[QAItem]) -> str:
-    """MUSE's few-shot QA prompt: "Question: {q}\\nAnswer: {a}\\n\\n" per shot, then the question."""
-    return "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + f"Question: {question}\nAnswer:"
+def knowmem_prompt(question: str, shots: Sequence[QAItem], *, trailing_space: bool = True) -> str:
+    """MUSE's few-shot QA prompt: "Question: {q}\\nAnswer: {a}\\n\\n" per shot, then
+    "Question: {question}\\nAnswer: " -- with MUSE's trailing space after "Answer:", which changes
+    the greedy answers; `trailing_space=False` gives the variant without it."""
+    if not isinstance(trailing_space, bool):
+        raise TypeError(f"trailing_space: must be a bool, got {type(trailing_space).__name__}")
+    end = "Answer: " if trailing_space else "Answer:"
+    return "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + f"Question: {question}\n{end}"
 
 
 def _cached(cache, model, tokenizer, data, config, compute):
@@ -112,7 +119,7 @@ def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_t
 
 def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots: Sequence[QAItem],
             max_new_tokens: int = 32, batch_size: int = 32, cache: MetricCache | None = None,
-            progress: bool = False) -> dict[str, list]:
+            progress: bool = False, trailing_space: bool = True) -> dict[str, list]:
     """Per-question KnowMem: ROUGE-L F1 (x100, no stemmer) of the greedy answer after the
     few-shot prompt (`knowmem_prompt`), stopped at KNOWMEM_STOP_STRINGS, vs the true answer.
 
@@ -123,7 +130,7 @@ def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots
         raise TypeError("shots: expected a sequence of QAItem")
 
     def compute():
-        prompts = [knowmem_prompt(it.question, shots) for it in items]
+        prompts = [knowmem_prompt(it.question, shots, trailing_space=trailing_space) for it in items]
         gens = [g.strip() for g in greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                                    stop_strings=KNOWMEM_STOP_STRINGS, batch_size=batch_size,
                                                    progress=progress)]
@@ -131,7 +138,8 @@ def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots
         return {"rouge_l_f1": scores, "generation": gens}
 
     return _cached(cache, model, tokenizer, {"items": items, "shots": shots},
-                   {"metric": "knowmem", "max_new_tokens": max_new_tokens}, compute)
+                   {"metric": "knowmem", "max_new_tokens": max_new_tokens,
+                                                                  "trailing_space": trailing_space}, compute)
 
 
 def muse_auc(forget_scores, holdout_scores) -> float:
@@ -167,7 +175,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
                   verbmem_texts: Sequence[str] | None = None, shots: Sequence[QAItem] | None = None,
                   n_shots: int = 3, reference=None, k: float = 0.4, prefix_tokens: int = 32,
                   verbmem_tokens: int = 128, knowmem_tokens: int = 32, batch_size: int = 16,
-                  cache: MetricCache | None = None, progress: bool = False) -> EvalResult:
+                  cache: MetricCache | None = None, progress: bool = False,
+                  knowmem_trailing_space: bool = True) -> EvalResult:
     """The MUSE suite on one model.
 
     Args:
@@ -178,6 +187,7 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
         shots: few-shot examples for KnowMem; default: the first `n_shots` retain_qa items (and
             those are then left out of the retain KnowMem score).
         reference: the retrain model, its MUSE EvalResult, or its MUSE AUC (float); adds "privleak".
+        knowmem_trailing_space: KnowMem prompts end with "Answer: " as MUSE's do (False: "Answer:").
     Returns:
         EvalResult with aggregate "verbmem_forget", "knowmem_forget", "knowmem_retain" (x100),
         "mink_auc" (MUSE AUC) and "privleak"; per-item values under the same names.
@@ -204,7 +214,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
     for name, qa in (("knowmem_forget", forget_qa), ("knowmem_retain", retain_qa)):
         if qa is not None:
             r = knowmem(model, tokenizer, _qa(qa, name), shots=shots, max_new_tokens=knowmem_tokens,
-                        batch_size=batch_size, cache=cache, progress=progress)
+                        batch_size=batch_size, cache=cache, progress=progress,
+                        trailing_space=knowmem_trailing_space)
             per_item[name], per_item[f"{name}/generation"] = r["rouge_l_f1"], r["generation"]
             aggregate[name] = float(np.mean(r["rouge_l_f1"]))
     scores = _min_k(model, tokenizer, forget, holdout, k, batch_size, cache, progress)
@@ -222,7 +233,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
             ref_auc = reference
         aggregate["privleak"] = privleak(aggregate["mink_auc"], ref_auc)
     config = {"k": k, "prefix_tokens": prefix_tokens, "verbmem_tokens": verbmem_tokens,
-              "knowmem_tokens": knowmem_tokens, "n_shots": len(shots), "model": fingerprint_model(model),
+              "knowmem_tokens": knowmem_tokens, "knowmem_trailing_space": knowmem_trailing_space,
+              "n_shots": len(shots), "model": fingerprint_model(model),
               "tokenizer": fingerprint_tokenizer(tokenizer)}
     return EvalResult(suite="muse", aggregate=aggregate, per_item=per_item, config=config)
 
