@@ -47,8 +47,8 @@ def test_tofu_plain_and_perturbed(tmp_path):
 
 def test_tofu_errors_name_file_field_schema(tmp_path):
     _jsonl(tmp_path / "forget05.json", [{"question": "Q?", "answer": "A."}, {"question": "Q?", "anwser": "A."}])
-    with pytest.raises(BenchmarkSchemaError, match=r"forget05\.json: record 1: missing field 'answer'.*expected schema: "
-                                                  r"question \(str\), answer \(str\)"):
+    with pytest.raises(BenchmarkSchemaError, match=r"forget05\.json: record 1: missing field 'answer'.*"
+                                                  r"expected schema: question \(str\), answer \(str\)"):
         load_tofu(tmp_path, "forget05")
     _jsonl(tmp_path / "retain_perturbed.json", [{"question": "Q?", "answer": "A.", "paraphrased_answer": "P",
                                                  "perturbed_answer": "not a list"}])

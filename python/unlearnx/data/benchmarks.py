@@ -254,7 +254,8 @@ def load_muse(path: str | os.PathLike, subset: str, split: str) -> list[str] | l
         return _texts(file)
     keys = ("prompt", "gt") if subset == "verbmem" else ("question", "answer")
     schema = f"{keys[0]} (str), {keys[1]} (str)"
-    return [QAItem(question=_field(rec, keys[0], str, file, i, schema), answer=_field(rec, keys[1], str, file, i, schema))
+    return [QAItem(question=_field(rec, keys[0], str, file, i, schema),
+                   answer=_field(rec, keys[1], str, file, i, schema))
             for i, rec in enumerate(_nonempty(read_records(file), file))]
 
 
