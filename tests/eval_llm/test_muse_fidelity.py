@@ -32,3 +32,14 @@ def test_knowmem_prompt_is_muse_exact():
     shot = QAItem(question="Q1?", answer="A1")
     assert knowmem_prompt("Q2?", [shot]) == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: "
     assert knowmem_prompt("Q2?", [shot], trailing_space=False).endswith("Question: Q2?\nAnswer:")
+
+
+def test_verbmem_takes_muse_prompt_gt_pairs(tok, bigram):
+    from unlearnx.eval.llm import greedy_generate, rouge_l, verbmem
+
+    pairs = [QAItem(question="The author was born in", answer=" a small town by the river.")]
+    res = verbmem(bigram, tok, pairs, max_new_tokens=6)
+    assert res["truth"] == [pairs[0].answer]
+    gen = greedy_generate(bigram, tok, [pairs[0].question], max_new_tokens=6)
+    assert res["generation"] == gen
+    assert res["rouge_l_f1"] == [100 * s for s in rouge_l(gen, [pairs[0].answer], use_stemmer=False, kind="fmeasure")]

@@ -63,3 +63,11 @@ def test_accuracy_equals_lm_eval(setup, monkeypatch):
     theirs = run_lm_eval(model, tok, [task], batch_size=4)
     assert theirs["wmdp_bio_local"]["acc,none"] == pytest.approx(ours["accuracy"], abs=1e-12)
     assert 0 < ours["accuracy"] < 1  # a non-degenerate comparison
+
+
+def test_evaluate_suite_routes_wmdp(setup):
+    import unlearnx as ux
+
+    _, items, tok, model = setup
+    res = ux.evaluate(model, suite="wmdp", tokenizer=tok, items={"bio": items})
+    assert res["wmdp_bio/accuracy"] == wmdp_accuracy(model, tok, items)["accuracy"]

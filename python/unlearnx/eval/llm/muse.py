@@ -87,15 +87,20 @@ def _cached(cache, model, tokenizer, data, config, compute):
     return cache.get_or_compute(key, compute)
 
 
-def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_tokens: int = 32,
+def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str] | Sequence[QAItem], *, prefix_tokens: int = 32,
             max_new_tokens: int = 128, batch_size: int = 16, cache: MetricCache | None = None,
             progress: bool = False) -> dict[str, list]:
-    """Per-text VerbMem: ROUGE-L F1 (x100, no stemmer) of the greedy continuation of the first
-    `prefix_tokens` tokens vs the true next `max_new_tokens` tokens (decoded).
+    """Per-text VerbMem: ROUGE-L F1 (x100, no stemmer) of the greedy continuation of a prompt vs
+    the true continuation.
 
-    Returns {"rouge_l_f1": [N] in [0, 100], "generation": [N], "truth": [N]}. Texts shorter than
-    prefix_tokens + 1 tokens raise."""
-    texts = _texts(texts, "texts")
+    `texts` are plain texts (prompt = the first `prefix_tokens` tokens, truth = the next
+    `max_new_tokens` tokens, decoded) or MUSE's verbmem/forget.json pairs as QAItem(question=prompt,
+    answer=gt) (`unlearnx.data.benchmarks.load_muse(path, "verbmem", "forget")`), used as given.
+    Returns {"rouge_l_f1": [N] in [0, 100], "generation": [N], "truth": [N]}. Plain texts shorter
+    than prefix_tokens + 1 tokens raise."""
+    pairs = isinstance(texts, Sequence) and not isinstance(texts, str) and bool(texts) and all(
+        isinstance(t, QAItem) for t in texts)
+    texts = list(texts) if pairs else _texts(texts, "texts")
     for name, v in (("prefix_tokens", prefix_tokens), ("max_new_tokens", max_new_tokens)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
@@ -103,6 +108,10 @@ def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_t
     def compute():
         prompts, truths = [], []
         for i, t in enumerate(texts):
+            if pairs:
+                prompts.append(t.question)
+                truths.append(t.answer)
+                continue
             ids = tokenizer(t, add_special_tokens=False)["input_ids"]
             if len(ids) <= prefix_tokens:
                 raise ValueError(f"texts[{i}]: {len(ids)} tokens, needs more than prefix_tokens={prefix_tokens}")
@@ -183,7 +192,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
         forget, holdout: member / non-member items for PrivLeak's Min-K% attack (plain texts,
             or QAItems scored on their answers).
         forget_qa, retain_qa: QA for KnowMem (optional).
-        verbmem_texts: forget texts for VerbMem; default: `forget` when it holds plain texts.
+        verbmem_texts: forget texts for VerbMem, or MUSE's verbmem (prompt, gt) pairs as QAItems;
+            default: `forget` when it holds plain texts.
         shots: few-shot examples for KnowMem; default: the first `n_shots` retain_qa items (and
             those are then left out of the retain KnowMem score).
         reference: the retrain model, its MUSE EvalResult, or its MUSE AUC (float); adds "privleak".

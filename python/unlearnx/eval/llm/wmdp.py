@@ -23,7 +23,7 @@ from unlearnx.data.benchmarks import MultipleChoiceItem
 from unlearnx.data.lm_batches import IGNORE_INDEX
 from unlearnx.eval.llm.scoring import score_tokens
 
-__all__ = ["CHOICE_LETTERS", "wmdp_prompt", "multiple_choice_scores", "wmdp_accuracy"]
+__all__ = ["CHOICE_LETTERS", "wmdp_prompt", "multiple_choice_scores", "wmdp_accuracy", "evaluate_wmdp"]
 
 CHOICE_LETTERS = ("A", "B", "C", "D")
 
@@ -73,3 +73,23 @@ def wmdp_accuracy(model: torch.nn.Module, tokenizer, items: Sequence[MultipleCho
     correct = predicted == np.array([it.answer for it in items])
     return {"accuracy": float(correct.mean()), "correct": correct.tolist(), "predicted": predicted.tolist(),
             "scores": scores.tolist()}
+
+
+def evaluate_wmdp(model: torch.nn.Module, tokenizer, *, items: dict[str, Sequence[MultipleChoiceItem]] |
+                  Sequence[MultipleChoiceItem], batch_size: int = 32, progress: bool = False):
+    """WMDP as an EvalResult: items is {"bio": [...], "cyber": [...], ...} (or one list, named
+    "wmdp"); aggregate "wmdp_<name>/accuracy" per set, per-item "wmdp_<name>/correct"."""
+    from unlearnx.eval.llm.results import EvalResult, fingerprint_model, fingerprint_tokenizer
+
+    sets = {"wmdp": items} if not isinstance(items, dict) else items
+    if not sets:
+        raise ValueError("items: empty")
+    aggregate, per_item = {}, {}
+    for name, its in sets.items():
+        key = name if name.startswith("wmdp") else f"wmdp_{name}"
+        r = wmdp_accuracy(model, tokenizer, its, batch_size=batch_size, progress=progress)
+        aggregate[f"{key}/accuracy"] = r["accuracy"]
+        per_item[f"{key}/correct"] = r["correct"]
+    return EvalResult(suite="wmdp", aggregate=aggregate, per_item=per_item,
+                      config={"template": "lm-eval wmdp", "model": fingerprint_model(model),
+                              "tokenizer": fingerprint_tokenizer(tokenizer)})
