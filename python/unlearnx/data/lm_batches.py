@@ -6,6 +6,8 @@ and tokenized as two segments, the prompt and the answer, so that the loss mask 
     input_ids = [<bos>] + tok(prompt) + tok(answer) + [<eos>]
     labels    = [-100] * (1 + |tok(prompt)|) + tok(answer) + [<eos>]
 
+(<bos> only when the tokenizer prepends one, as Llama's and `build_tokenizer`'s do.)
+
 Batches are right-padded: `input_ids`, `attention_mask`, `labels` are [B, L] int64 tensors with
 `labels == -100` exactly on the <bos>, prompt and padding positions (the loss is taken on answer
 tokens and <eos> only, as in TOFU). Hugging Face causal LMs shift labels internally.
@@ -128,8 +130,7 @@ def encode_qa(tokenizer, question: str, answer: str, *, template: QATemplate = Q
     prompt, answer_segment = template.split(question, answer)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(answer_segment, add_special_tokens=False)["input_ids"] + [_special_id(tokenizer, "eos")]
-    if prompt_ids[:1] != [_special_id(tokenizer, "bos")]:
-        raise ValueError("tokenizer: must prepend <bos> to encoded text (build it with build_tokenizer)")
+    # Tokenizers that prepend no <bos> (Qwen2, GPT-2) work too: the prompt is unlabelled either way.
     input_ids = prompt_ids + answer_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
     if max_length is not None:
