@@ -114,3 +114,23 @@ def test_batch_over_targets(tok, llama):
     assert set(out["per_target"]) == {"Ann A", "Bob B"}
     assert out["mean"]["forget_fb"] == pytest.approx(np.mean([r["forget_fb"] for r in out["per_target"].values()]))
     assert out["per_target"]["Bob B"].config["targets"] == ["Bob B"]
+
+
+def test_zero_shot_pipeline_with_a_registered_method(tok, llama):
+    """The RWKU recipe end to end: self-generated corpus -> ux.unlearn (GA) -> evaluation."""
+    import torch
+
+    import unlearnx as ux
+    from unlearnx.data.lm_batches import TextDataset
+
+    def ga(model, target, corpus):
+        return ux.unlearn(model, method="ga", forget=TextDataset(corpus, tok), lr=1e-2, epochs=1, batch_size=2,
+                          warmup_epochs=0, progress=False, inplace=True).model
+
+    before = {k: v.clone() for k, v in llama.state_dict().items()}
+    out = evaluate_rwku_targets(llama, tok, _data(), unlearn_fn=ga, n_texts=2,
+                                corpus_kwargs={"max_new_tokens": 8}, max_new_tokens=4)
+    res = out["per_target"]["Ann A"]
+    assert res.config["model"] != evaluate_rwku(llama, tok, _data(), max_new_tokens=4).config["model"]
+    # The unlearned copy was evaluated (other weights); the input model is untouched.
+    assert all(torch.equal(v, before[k]) for k, v in llama.state_dict().items())

@@ -41,11 +41,12 @@ def wmdp_prompt(item: MultipleChoiceItem) -> str:
 
 
 def _continuation_features(tokenizer, context: str, continuation: str) -> dict[str, list[int]]:
-    # lm-eval's _encode_pair: encode the whole string and the context, the continuation is the rest.
+    # lm-eval's _encode_pair: encode the whole string and the context, the continuation is the rest
+    # (taken by position, as lm-eval does, even where a merge crosses the boundary).
     whole = tokenizer(context + continuation)["input_ids"]
     ctx = tokenizer(context)["input_ids"]
-    if whole[:len(ctx)] != ctx or len(whole) == len(ctx):
-        raise ValueError(f"tokenizer: encoding of {continuation!r} after the context does not extend the context's")
+    if len(whole) <= len(ctx):
+        raise ValueError(f"tokenizer: {continuation!r} adds no token after the context")
     return {"input_ids": whole, "labels": [IGNORE_INDEX] * len(ctx) + whole[len(ctx):]}
 
 
