@@ -133,6 +133,18 @@ def test_rwku_target_folder_and_batch(tmp_path):
     assert set(data.neighbor) == {"level1"} and data.mia_forget == ["Ann A text"]
     assert set(data.utility) == {"fluency"}
     assert load_benchmark("rwku", folder, split="Ann A").forget["level1"][0].answer == "Paris"
+    # An All-style folder holds every target; for_target keeps one target's records.
+    all_dir = tmp_path / "All"
+    _rwku_target(all_dir, "Ann A")
+    _json(all_dir / "intro.json", [{"target": "Ann A"}, {"target": "Bob B"}])
+    _json(all_dir / "forget_level1.json", [
+        {"subject": s, "query": f"{s} ___.", "answer": s[0], "level": "1"} for s in ("Ann A", "Bob B")])
+    _json(all_dir / "triviaqa.json", [{"question": "Q", "answers": ["a"], "subject": s} for s in ("Ann A", "Bob B")])
+    bob = load_rwku(all_dir).for_target("Bob B")
+    assert [p.answer for p in bob.forget["level1"]] == ["B"] and bob.forget["level2"] == []
+    assert [r["subject"] for r in bob.utility["factuality"]] == ["Bob B"] and bob.mia_forget == []
+    with pytest.raises(ValueError, match="target"):
+        load_rwku(all_dir).for_target("Carl C")
 
 
 def test_rwku_errors(tmp_path):

@@ -313,7 +313,8 @@ class RWKUData:
     utility: dict[str, list] = field(default_factory=dict)
 
     def for_target(self, target: str) -> RWKUData:
-        """The probes and MIA texts whose subject is `target` (RWKU's single-target setting)."""
+        """The probes, MIA texts and utility records whose subject is `target` (RWKU's single-target
+        setting; utility records without a subject field are kept)."""
         if target not in self.targets:
             raise ValueError(f"target: {target!r} is not one of the {len(self.targets)} targets")
 
@@ -325,7 +326,8 @@ class RWKUData:
         return RWKUData(targets=[target], forget=pick(self.forget), neighbor=pick(self.neighbor),
                         mia_forget=[t for t, _ in mf], mia_forget_subjects=[s for _, s in mf],
                         mia_retain=[t for t, _ in mr], mia_retain_subjects=[s for _, s in mr],
-                        utility=self.utility)
+                        utility={k: [r for r in v if not isinstance(r, Mapping) or r.get("subject", target) == target]
+                                 for k, v in self.utility.items()})
 
 
 _RWKU_PROBE_SCHEMA = "subject (str), query (str), answer (str), level (str or int) [, type (str), required at level 3]"
