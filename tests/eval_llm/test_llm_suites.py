@@ -122,7 +122,9 @@ def test_muse_suite_and_runners(qa, tok, bigram):
         assert 0.0 <= res[k] <= 100.0
     assert len(res.per_item["knowmem_retain"]) == 4  # 3 of the 7 retain QA are the few-shot examples
     assert knowmem_prompt("Q?", qa["retain90"][:1]) == (f"Question: {qa['retain90'][0].question}\nAnswer: "
-                                                        f"{qa['retain90'][0].answer}\n\nQuestion: Q?\nAnswer:")
+                                                        f"{qa['retain90'][0].answer}\n\nQuestion: Q?\nAnswer: ")
+    # MUSE's prompt ends with "Answer: " (trailing space); the option gives the other.
+    assert knowmem_prompt("Q?", [], trailing_space=False) == "Question: Q?\nAnswer:"
     assert evaluate_llm(bigram, suite="muse", tokenizer=tok, forget=forget, holdout=holdout, prefix_tokens=8,
                         verbmem_tokens=4).aggregate["mink_auc"] == res["mink_auc"]
     with pytest.raises(ValueError, match="suite"):

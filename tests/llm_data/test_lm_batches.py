@@ -84,7 +84,10 @@ def test_text_dataset_labels_every_token_but_bos(tok):
     assert batch["labels"][0, 0] == IGNORE_INDEX
     assert (batch["labels"][0, 1:n0] == batch["input_ids"][0, 1:n0]).all()
     assert (batch["labels"][0, n0:] == IGNORE_INDEX).all()
-    assert batch["input_ids"][1, -1] == tok.eos_token_id
+    # No <eos> on plain texts (MUSE): the ids are exactly tokenizer(text).
+    assert batch["input_ids"][1].tolist() == tok("A much longer text with more words in it.")["input_ids"]
+    with_eos = TextDataset(["A short text."], tok, eos=True)[0]["input_ids"]
+    assert with_eos == tok("A short text.")["input_ids"] + [tok.eos_token_id]
 
 
 def test_forget_retain_loader_covers_and_cycles(qa, tok):
@@ -183,3 +186,22 @@ def test_qadataset_accepts_pairs_and_rejects_junk(tok):
         QADataset([("Who?",)], tok)
     with pytest.raises(ValueError, match="items"):
         QADataset([], tok)
+
+
+def test_tokenizer_without_bos_prefix(tok):
+    # Qwen2 / GPT-2 style: encoding prepends nothing; QA and text encoding still label correctly.
+    import copy
+
+    from tokenizers import processors
+
+    from unlearnx.data.lm_batches import encode_text
+
+    nobos = copy.deepcopy(tok)
+    nobos.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    assert nobos("Who?")["input_ids"][0] != tok.bos_token_id
+    f = encode_qa(nobos, "Who?", "Ann.")
+    n_prompt = len(nobos(QATemplate().split("Who?", "Ann.")[0])["input_ids"])
+    assert f["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert f["labels"][n_prompt:] == f["input_ids"][n_prompt:] and f["input_ids"][-1] == tok.eos_token_id
+    t = encode_text(nobos, "Plain words here.")
+    assert t["input_ids"] == nobos("Plain words here.")["input_ids"] and t["labels"][0] == IGNORE_INDEX

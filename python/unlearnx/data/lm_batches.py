@@ -6,6 +6,8 @@ and tokenized as two segments, the prompt and the answer, so that the loss mask 
     input_ids = [<bos>] + tok(prompt) + tok(answer) + [<eos>]
     labels    = [-100] * (1 + |tok(prompt)|) + tok(answer) + [<eos>]
 
+(<bos> only when the tokenizer prepends one, as Llama's and `build_tokenizer`'s do.)
+
 Batches are right-padded: `input_ids`, `attention_mask`, `labels` are [B, L] int64 tensors with
 `labels == -100` exactly on the <bos>, prompt and padding positions (the loss is taken on answer
 tokens and <eos> only, as in TOFU). Hugging Face causal LMs shift labels internally.
@@ -128,8 +130,7 @@ def encode_qa(tokenizer, question: str, answer: str, *, template: QATemplate = Q
     prompt, answer_segment = template.split(question, answer)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     answer_ids = tokenizer(answer_segment, add_special_tokens=False)["input_ids"] + [_special_id(tokenizer, "eos")]
-    if prompt_ids[:1] != [_special_id(tokenizer, "bos")]:
-        raise ValueError("tokenizer: must prepend <bos> to encoded text (build it with build_tokenizer)")
+    # Tokenizers that prepend no <bos> (Qwen2, GPT-2) work too: the prompt is unlabelled either way.
     input_ids = prompt_ids + answer_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
     if max_length is not None:
@@ -139,13 +140,24 @@ def encode_qa(tokenizer, question: str, answer: str, *, template: QATemplate = Q
     return {"input_ids": input_ids, "labels": labels}
 
 
-def encode_text(tokenizer, text: str, *, max_length: int | None = None) -> dict[str, list[int]]:
-    """Token ids and labels of a plain text: `[<bos>] + tok(text) + [<eos>]`, loss on every
-    token after <bos> (labels[0] = -100). Truncated from the right to `max_length`."""
+def encode_text(tokenizer, text: str, *, max_length: int | None = None, eos: bool = False) -> dict[str, list[int]]:
+    """Token ids and labels of a plain text: `tokenizer(text)` (with its <bos>), loss on every
+    token after <bos> (labels[0] = -100). Truncated from the right to `max_length`.
+
+    No <eos> is appended unless `eos=True`: MUSE trains on and scores (Min-K%, PrivLeak)
+    `tokenizer.encode(text)` exactly, and an appended, scored <eos> shifts every plain-text
+    MIA score (Shi et al., 2024; issue #22). <eos> belongs to QA answers (`encode_qa`), whose
+    TOFU labels include it."""
     if not isinstance(text, str):
         raise TypeError("text: must be str")
+    if not isinstance(eos, bool):
+        raise TypeError(f"eos: must be a bool, got {type(eos).__name__}")
     _check_max_length(max_length)
-    input_ids = tokenizer(text, add_special_tokens=True)["input_ids"] + [_special_id(tokenizer, "eos")]
+    input_ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if eos:
+        input_ids = input_ids + [_special_id(tokenizer, "eos")]
+    if len(input_ids) < 2:
+        raise ValueError(f"text: {text!r} encodes to {len(input_ids)} token(s); nothing after <bos> to score")
     labels = [IGNORE_INDEX] + input_ids[1:]
     if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -217,14 +229,15 @@ class QADataset(Dataset):
 
 
 class TextDataset(Dataset):
-    """Pre-tokenized plain texts (MUSE-style corpora), loss on every token; see `encode_text`."""
+    """Pre-tokenized plain texts (MUSE-style corpora), loss on every token; see `encode_text`
+    (no <eos> appended unless `eos=True`, as MUSE trains)."""
 
-    def __init__(self, texts: Sequence[str], tokenizer, *, max_length: int | None = None):
+    def __init__(self, texts: Sequence[str], tokenizer, *, max_length: int | None = None, eos: bool = False):
         if isinstance(texts, str) or not texts:
             raise ValueError("texts: expected a non-empty sequence of str")
         self.texts = list(texts)
         self.pad_token_id = _special_id(tokenizer, "pad")
-        self.features = [encode_text(tokenizer, t, max_length=max_length) for t in self.texts]
+        self.features = [encode_text(tokenizer, t, max_length=max_length, eos=eos) for t in self.texts]
 
     def __len__(self) -> int:
         return len(self.features)

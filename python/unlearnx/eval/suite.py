@@ -38,8 +38,8 @@ from unlearnx.eval.tables import results_table
 __all__ = ["AVG_GAP_KEYS", "SUITES", "avg_gap", "run_time_efficiency", "evaluate", "results_table"]
 
 AVG_GAP_KEYS = ("UA", "RA", "TA", "MIA-Efficacy")
-SUITES = ("classification", "corrective", "regression", "tofu", "muse")
-LLM_SUITES = ("tofu", "muse")
+SUITES = ("classification", "corrective", "regression", "tofu", "muse", "wmdp", "rwku")
+LLM_SUITES = ("tofu", "muse", "wmdp", "rwku")
 
 
 def _number(value, name: str) -> float:
@@ -134,7 +134,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Evaluate `model` on a forget/retain/test split; return {metric name: float}.
 
-    suite="tofu" | "muse" evaluates a causal LM with `unlearnx.eval.llm.evaluate_llm` instead:
+    suite="tofu" | "muse" | "wmdp" | "rwku" evaluates a causal LM with `unlearnx.eval.llm.evaluate_llm`:
     `tokenizer` is required, forget/retain/reference are passed on when given, and the other
     keyword arguments are those of `evaluate_tofu` / `evaluate_muse` (held=, holdout=, forget_qa=,
     cache=...); the result is an `EvalResult` (a mapping of aggregates with per-item values).

@@ -23,6 +23,10 @@ Three architectures cover the layer types the LLM unlearning methods touch:
 Initialization is seeded and leaves the global torch RNG untouched. Special-token ids default to
 those of `unlearnx.data.text.build_tokenizer` (pad 0, bos 2, eos 3); `build_lm(name,
 tokenizer=...)` takes them and the vocabulary size from a tokenizer.
+
+`load_pretrained_lm` loads a real checkpoint (a local directory, or a hub name already in the
+local cache unless the caller allows the network) with its tokenizer, for TOFU / MUSE / WMDP /
+RWKU runs on pretrained models.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = ["tiny_llama", "tiny_gpt2", "tiny_moe", "tiny_mixtral", "tiny_olmoe", "tiny_deepseek", "build_lm",
-           "available_lms"]
+           "available_lms", "load_pretrained_lm", "PRETRAINED_DTYPES"]
 
 _PAD, _BOS, _EOS = 0, 2, 3
 
@@ -252,3 +256,77 @@ def build_lm(name: str, *, vocab_size: int | None = None, tokenizer=None, **kwar
     if vocab_size is None:
         raise ValueError("vocab_size: give vocab_size or tokenizer")
     return _BUILDERS[name](vocab_size, **kwargs)
+
+
+PRETRAINED_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _lora_config(lora):
+    from peft import LoraConfig
+
+    if isinstance(lora, LoraConfig):
+        return lora
+    if lora is True:
+        from unlearnx.methods.llm.base import default_lora_config
+
+        return default_lora_config()
+    if not isinstance(lora, dict):
+        raise TypeError(f"lora: expected None, True, a dict or a peft.LoraConfig, got {type(lora).__name__}")
+    known = {"r", "alpha", "lora_alpha", "dropout", "lora_dropout", "target_modules"}
+    unknown = sorted(set(lora) - known)
+    if unknown:
+        raise ValueError(f"lora: unknown keys {unknown}; expected some of {sorted(known)}")
+    r = lora.get("r", 8)
+    return LoraConfig(r=r, lora_alpha=lora.get("alpha", lora.get("lora_alpha", 2 * r)),
+                      lora_dropout=lora.get("dropout", lora.get("lora_dropout", 0.0)),
+                      target_modules=lora.get("target_modules", "all-linear"), task_type="CAUSAL_LM")
+
+
+def load_pretrained_lm(path_or_name: str, *, dtype: str = "auto", lora=None, allow_network: bool = False,
+                       device: str | None = None, trust_remote_code: bool = False):
+    """A pretrained causal LM and its tokenizer: `AutoModelForCausalLM` + `AutoTokenizer`.
+
+    Args:
+        path_or_name: a local directory (save_pretrained layout) or a hub name. Without
+            `allow_network`, files are read with `local_files_only=True`: a hub name works only
+            when it is already in the local Hugging Face cache.
+        dtype: "auto" (the checkpoint's dtype), "float32", "float16" or "bfloat16".
+        lora: None; True (r 8, alpha 16 on every linear layer); a dict {r, alpha, dropout,
+            target_modules}; or a peft.LoraConfig. The model is then wrapped by peft's
+            `get_peft_model` (only the adapters train).
+        device: where to put the model (default: where transformers loads it, the CPU).
+    Returns:
+        (model in eval mode, tokenizer). A tokenizer without a pad token gets pad = eos (batches are
+        right-padded and padding is masked, so its id never matters); its chat template, when it
+        has one, is kept (`tokenizer.chat_template`, used by RWKU's prompts).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(path_or_name, str) or not path_or_name:
+        raise ValueError(f"path_or_name: expected a non-empty str, got {path_or_name!r}")
+    if dtype not in PRETRAINED_DTYPES:
+        raise ValueError(f"dtype: expected one of {PRETRAINED_DTYPES}, got {dtype!r}")
+    local_only = not allow_network
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_name, local_files_only=local_only,
+                                                  trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path_or_name, local_files_only=local_only, trust_remote_code=trust_remote_code,
+            dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+    except OSError as e:
+        hint = "" if allow_network else " (network off: give a local directory or a name in the local cache)"
+        raise FileNotFoundError(f"path_or_name: cannot load {path_or_name!r}{hint}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"path_or_name: the tokenizer of {path_or_name!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model = model.to(device)
+    if lora is not None and lora is not False:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config(lora))
+    return model.eval(), tokenizer

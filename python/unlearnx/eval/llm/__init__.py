@@ -50,6 +50,22 @@ from unlearnx.eval.llm.results import (
     summary_table,
 )
 from unlearnx.eval.llm.scoring import TokenScores, encode_items, hidden_states, score_tokens
+from unlearnx.eval.llm.lm_eval import lm_eval_available, run_lm_eval
+from unlearnx.eval.llm.parametric import (
+    ConceptVector,
+    ablate_concept_vectors,
+    concept_token_ids,
+    concept_vector_drift,
+    locate_concept_vectors,
+)
+from unlearnx.eval.llm.rwku import (
+    evaluate_rwku,
+    evaluate_rwku_targets,
+    rwku_forget_corpus,
+    rwku_mia,
+    rwku_probe_prompt,
+    rwku_probe_recall,
+)
 from unlearnx.eval.llm.tofu import (
     evaluate_tofu,
     exact_memorization,
@@ -63,19 +79,20 @@ from unlearnx.eval.llm.tofu import (
     truth_ratio,
     truth_ratio_score,
 )
+from unlearnx.eval.llm.wmdp import evaluate_wmdp, multiple_choice_scores, wmdp_accuracy, wmdp_prompt
 
-LLM_SUITES = ("tofu", "muse")
+LLM_SUITES = ("tofu", "muse", "wmdp", "rwku")
 
 
 def evaluate_llm(model, *, suite: str, tokenizer, **kwargs) -> EvalResult:
-    """Route to `evaluate_tofu` (suite="tofu") or `evaluate_muse` (suite="muse"); the keyword
-    arguments are those of the chosen function. This is what `ux.evaluate(model, suite="tofu" |
-    "muse", tokenizer=..., ...)` calls."""
+    """Route to `evaluate_tofu` (suite="tofu"), `evaluate_muse` ("muse"), `evaluate_wmdp` ("wmdp",
+    items=...) or `evaluate_rwku` ("rwku", data=RWKUData); the keyword arguments are those of the
+    chosen function. This is what `ux.evaluate(model, suite=..., tokenizer=..., ...)` calls."""
     if suite not in LLM_SUITES:
         raise ValueError(f"suite: must be one of {LLM_SUITES}, got {suite!r}")
     if tokenizer is None:
         raise ValueError("tokenizer: required by the LLM suites")
-    fn = evaluate_tofu if suite == "tofu" else evaluate_muse
+    fn = {"tofu": evaluate_tofu, "muse": evaluate_muse, "wmdp": evaluate_wmdp, "rwku": evaluate_rwku}[suite]
     return fn(model, tokenizer, **kwargs)
 
 
@@ -92,4 +109,9 @@ __all__ = [
     "reference_scores", "mia_auc", "mia_attacks",
     "answer_probability", "relearning_attack", "quantize_weights", "quantization_probe", "linear_probe",
     "in_context_reintroduction",
+    "wmdp_prompt", "multiple_choice_scores", "wmdp_accuracy", "evaluate_wmdp",
+    "lm_eval_available", "run_lm_eval",
+    "rwku_probe_prompt", "rwku_forget_corpus", "rwku_probe_recall", "rwku_mia", "evaluate_rwku",
+    "evaluate_rwku_targets",
+    "ConceptVector", "concept_token_ids", "locate_concept_vectors", "concept_vector_drift", "ablate_concept_vectors",
 ]

@@ -4,10 +4,12 @@
                  forget text's first `prefix_tokens` tokens and the true next 128 tokens, x100
     KnowMem      ROUGE-L F1 (no stemmer) of greedy answers (32 tokens, stop at "\\n\\n",
                  "\\nQuestion", "Question:") to questions asked after few-shot examples
-                 "Question: {q}\\nAnswer: {a}\\n\\n", x100; on forget QA (lower is better) and
+                 "Question: {q}\\nAnswer: {a}\\n\\n" then "Question: {q}\\nAnswer: " (MUSE's
+                 trailing space), x100; on forget QA (lower is better) and
                  retain QA (utility, higher is better)
     PrivLeak     (AUC_unlearned - AUC_retrain) / AUC_retrain x 100 with MUSE's AUC of the Min-K%
-                 (k = 0.4) attack on forget vs holdout texts; good band [-5, 5]
+                 (k = 0.4) attack on forget vs holdout texts, each scored as tokenizer(text) with
+                 no <eos> appended (as MUSE's code does); good band [-5, 5]
 
 MUSE's AUC (its `sweep`: forget labelled 0, holdout 1, ROC of -score) equals 1 - `mia_auc`
 (the attack AUC of `unlearnx.eval.llm.mia`, forget 0 / holdout 1 on "higher = less likely
@@ -68,9 +70,14 @@ def _qa(items, name: str) -> list[QAItem]:
     return list(items)
 
 
-def knowmem_prompt(question: str, shots: Sequence[QAItem]) -> str:
-    """MUSE's few-shot QA prompt: "Question: {q}\\nAnswer: {a}\\n\\n" per shot, then the question."""
-    return "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + f"Question: {question}\nAnswer:"
+def knowmem_prompt(question: str, shots: Sequence[QAItem], *, trailing_space: bool = True) -> str:
+    """MUSE's few-shot QA prompt: "Question: {q}\\nAnswer: {a}\\n\\n" per shot, then
+    "Question: {question}\\nAnswer: " -- with MUSE's trailing space after "Answer:", which changes
+    the greedy answers; `trailing_space=False` gives the variant without it."""
+    if not isinstance(trailing_space, bool):
+        raise TypeError(f"trailing_space: must be a bool, got {type(trailing_space).__name__}")
+    end = "Answer: " if trailing_space else "Answer:"
+    return "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + f"Question: {question}\n{end}"
 
 
 def _cached(cache, model, tokenizer, data, config, compute):
@@ -80,15 +87,20 @@ def _cached(cache, model, tokenizer, data, config, compute):
     return cache.get_or_compute(key, compute)
 
 
-def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_tokens: int = 32,
+def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str] | Sequence[QAItem], *, prefix_tokens: int = 32,
             max_new_tokens: int = 128, batch_size: int = 16, cache: MetricCache | None = None,
             progress: bool = False) -> dict[str, list]:
-    """Per-text VerbMem: ROUGE-L F1 (x100, no stemmer) of the greedy continuation of the first
-    `prefix_tokens` tokens vs the true next `max_new_tokens` tokens (decoded).
+    """Per-text VerbMem: ROUGE-L F1 (x100, no stemmer) of the greedy continuation of a prompt vs
+    the true continuation.
 
-    Returns {"rouge_l_f1": [N] in [0, 100], "generation": [N], "truth": [N]}. Texts shorter than
-    prefix_tokens + 1 tokens raise."""
-    texts = _texts(texts, "texts")
+    `texts` are plain texts (prompt = the first `prefix_tokens` tokens, truth = the next
+    `max_new_tokens` tokens, decoded) or MUSE's verbmem/forget.json pairs as QAItem(question=prompt,
+    answer=gt) (`unlearnx.data.benchmarks.load_muse(path, "verbmem", "forget")`), used as given.
+    Returns {"rouge_l_f1": [N] in [0, 100], "generation": [N], "truth": [N]}. Plain texts shorter
+    than prefix_tokens + 1 tokens raise."""
+    pairs = isinstance(texts, Sequence) and not isinstance(texts, str) and bool(texts) and all(
+        isinstance(t, QAItem) for t in texts)
+    texts = list(texts) if pairs else _texts(texts, "texts")
     for name, v in (("prefix_tokens", prefix_tokens), ("max_new_tokens", max_new_tokens)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
@@ -96,6 +108,10 @@ def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_t
     def compute():
         prompts, truths = [], []
         for i, t in enumerate(texts):
+            if pairs:
+                prompts.append(t.question)
+                truths.append(t.answer)
+                continue
             ids = tokenizer(t, add_special_tokens=False)["input_ids"]
             if len(ids) <= prefix_tokens:
                 raise ValueError(f"texts[{i}]: {len(ids)} tokens, needs more than prefix_tokens={prefix_tokens}")
@@ -112,7 +128,7 @@ def verbmem(model: torch.nn.Module, tokenizer, texts: Sequence[str], *, prefix_t
 
 def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots: Sequence[QAItem],
             max_new_tokens: int = 32, batch_size: int = 32, cache: MetricCache | None = None,
-            progress: bool = False) -> dict[str, list]:
+            progress: bool = False, trailing_space: bool = True) -> dict[str, list]:
     """Per-question KnowMem: ROUGE-L F1 (x100, no stemmer) of the greedy answer after the
     few-shot prompt (`knowmem_prompt`), stopped at KNOWMEM_STOP_STRINGS, vs the true answer.
 
@@ -123,7 +139,7 @@ def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots
         raise TypeError("shots: expected a sequence of QAItem")
 
     def compute():
-        prompts = [knowmem_prompt(it.question, shots) for it in items]
+        prompts = [knowmem_prompt(it.question, shots, trailing_space=trailing_space) for it in items]
         gens = [g.strip() for g in greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                                    stop_strings=KNOWMEM_STOP_STRINGS, batch_size=batch_size,
                                                    progress=progress)]
@@ -131,7 +147,8 @@ def knowmem(model: torch.nn.Module, tokenizer, items: Sequence[QAItem], *, shots
         return {"rouge_l_f1": scores, "generation": gens}
 
     return _cached(cache, model, tokenizer, {"items": items, "shots": shots},
-                   {"metric": "knowmem", "max_new_tokens": max_new_tokens}, compute)
+                   {"metric": "knowmem", "max_new_tokens": max_new_tokens,
+                                                                  "trailing_space": trailing_space}, compute)
 
 
 def muse_auc(forget_scores, holdout_scores) -> float:
@@ -167,17 +184,20 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
                   verbmem_texts: Sequence[str] | None = None, shots: Sequence[QAItem] | None = None,
                   n_shots: int = 3, reference=None, k: float = 0.4, prefix_tokens: int = 32,
                   verbmem_tokens: int = 128, knowmem_tokens: int = 32, batch_size: int = 16,
-                  cache: MetricCache | None = None, progress: bool = False) -> EvalResult:
+                  cache: MetricCache | None = None, progress: bool = False,
+                  knowmem_trailing_space: bool = True) -> EvalResult:
     """The MUSE suite on one model.
 
     Args:
         forget, holdout: member / non-member items for PrivLeak's Min-K% attack (plain texts,
             or QAItems scored on their answers).
         forget_qa, retain_qa: QA for KnowMem (optional).
-        verbmem_texts: forget texts for VerbMem; default: `forget` when it holds plain texts.
+        verbmem_texts: forget texts for VerbMem, or MUSE's verbmem (prompt, gt) pairs as QAItems;
+            default: `forget` when it holds plain texts.
         shots: few-shot examples for KnowMem; default: the first `n_shots` retain_qa items (and
             those are then left out of the retain KnowMem score).
         reference: the retrain model, its MUSE EvalResult, or its MUSE AUC (float); adds "privleak".
+        knowmem_trailing_space: KnowMem prompts end with "Answer: " as MUSE's do (False: "Answer:").
     Returns:
         EvalResult with aggregate "verbmem_forget", "knowmem_forget", "knowmem_retain" (x100),
         "mink_auc" (MUSE AUC) and "privleak"; per-item values under the same names.
@@ -204,7 +224,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
     for name, qa in (("knowmem_forget", forget_qa), ("knowmem_retain", retain_qa)):
         if qa is not None:
             r = knowmem(model, tokenizer, _qa(qa, name), shots=shots, max_new_tokens=knowmem_tokens,
-                        batch_size=batch_size, cache=cache, progress=progress)
+                        batch_size=batch_size, cache=cache, progress=progress,
+                        trailing_space=knowmem_trailing_space)
             per_item[name], per_item[f"{name}/generation"] = r["rouge_l_f1"], r["generation"]
             aggregate[name] = float(np.mean(r["rouge_l_f1"]))
     scores = _min_k(model, tokenizer, forget, holdout, k, batch_size, cache, progress)
@@ -222,7 +243,8 @@ def evaluate_muse(model: torch.nn.Module, tokenizer, *, forget: Sequence, holdou
             ref_auc = reference
         aggregate["privleak"] = privleak(aggregate["mink_auc"], ref_auc)
     config = {"k": k, "prefix_tokens": prefix_tokens, "verbmem_tokens": verbmem_tokens,
-              "knowmem_tokens": knowmem_tokens, "n_shots": len(shots), "model": fingerprint_model(model),
+              "knowmem_tokens": knowmem_tokens, "knowmem_trailing_space": knowmem_trailing_space,
+              "n_shots": len(shots), "model": fingerprint_model(model),
               "tokenizer": fingerprint_tokenizer(tokenizer)}
     return EvalResult(suite="muse", aggregate=aggregate, per_item=per_item, config=config)
 

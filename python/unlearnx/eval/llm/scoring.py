@@ -1,7 +1,8 @@
 """Teacher-forced per-token statistics of a causal LM, the raw material of every LLM metric.
 
 An item is scored on its labelled tokens only (labels != -100, see `unlearnx.data.lm_batches`):
-for a QA item the answer tokens and <eos>, for a plain text every token after <bos>. For each
+for a QA item the answer tokens and <eos>, for a plain text every token of tokenizer(text) after
+the first (<bos>), no <eos> (as MUSE scores). For each
 scored token t of sample i, with logits z at the previous position and V the vocabulary:
 
     logp[t]    = log softmax(z)[y_t]                       (log-probability of the true token)
