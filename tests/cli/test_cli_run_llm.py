@@ -85,3 +85,32 @@ def test_tiny_llm_run_end_to_end_resume_and_eval(tmp_path, capsys):
     # eval on a config whose steps never ran fails naming the missing model, without training.
     assert cli.main(["eval", str(path), "train.epochs=5", "--quiet"]) == 2
     assert "no saved model" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_is_refused_before_any_work_without_a_gpu(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--task", "llm", "--quick", "--device", "cuda", "--out", str(out), "--quiet"]) == 2
+    assert "device" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ConfigError, match="'device'"):
+        validate_config(tiny(tmp_path / "x", device="cuda"))
+    with pytest.raises(ConfigError, match="dtype"):
+        validate_config(tiny(tmp_path / "x", dtype="float8"))
+
+
+def test_bfloat16_runs_under_autocast_and_is_recorded(tmp_path):
+    import torch
+
+    from unlearnx.experiments import run_experiment
+
+    cfg = tiny(tmp_path / "out", dtype="bfloat16")
+    cfg["train"]["epochs"] = 1
+    cfg["methods"] = [{"name": "ga", "epochs": 1}]
+    res = run_experiment(cfg, quiet=True)
+    assert res["device"] == {"device": "cpu", "dtype": "bfloat16", "gpu": None}
+    assert all(v is not None for v in res["rows"]["ga"].values())
+    # Master weights stay fp32: the saved models are fp32, so precision only changes the compute.
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / "models" / "ga.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
