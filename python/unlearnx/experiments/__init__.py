@@ -16,6 +16,7 @@ from unlearnx.experiments.run import StepStore, machine, run_experiment, version
 from unlearnx.experiments.tasks import ExperimentTask, available_tasks, get_task, register_task
 from unlearnx.experiments import classification  # noqa: F401,E402  (registers the task)
 from unlearnx.experiments import llm  # noqa: F401,E402  (registers the task)
+from unlearnx.experiments import diffusion  # noqa: F401,E402  (registers the task)
 
 __all__ = ["ConfigError", "Field", "apply_overrides", "load_config", "validate_config", "run_experiment",
            "StepStore", "machine", "versions", "ExperimentTask", "available_tasks", "get_task", "register_task"]

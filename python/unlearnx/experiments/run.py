@@ -290,8 +290,10 @@ def run_experiment(config: Mapping, out_dir=None, *, quiet: bool = False, eval_o
         "machine": mach,
         "config": public_cfg,
     }
+    # Keys starting with "_" (e.g. images for the report) reach the report but not results.json.
+    private = {k: results.pop(k) for k in [k for k in results if k.startswith("_")]}
     if run.ctx.is_main:
         atomic_write_json(out / "results.json", results)
-        task.write_report(results, out)
+        task.write_report({**results, **private}, out)
     run.ctx.barrier()  # no rank returns before the results and the report exist
     return results

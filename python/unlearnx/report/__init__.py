@@ -8,7 +8,7 @@ from unlearnx.report.io import (
     save_state_dict,
     to_jsonable,
 )
-from unlearnx.report.plots import loss_curves, metric_bars, report_figures, tradeoff_scatter
+from unlearnx.report.plots import image_grid, loss_curves, metric_bars, report_figures, tradeoff_scatter
 from unlearnx.report.render import (
     MAIN_COLUMNS,
     format_value,
@@ -37,6 +37,7 @@ __all__ = [
     "metric_bars",
     "tradeoff_scatter",
     "loss_curves",
+    "image_grid",
     "report_figures",
 ]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 
-__all__ = ["metric_bars", "tradeoff_scatter", "place_labels", "loss_curves", "report_figures"]
+__all__ = ["metric_bars", "tradeoff_scatter", "place_labels", "loss_curves", "image_grid", "report_figures"]
 
 
 def _pyplot():
@@ -135,6 +135,33 @@ def loss_curves(curves: Mapping[str, Sequence[float]]) -> bytes:
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def image_grid(columns: Mapping[str, Sequence[tuple[str, object]]]) -> bytes:
+    """A grid of images: one column per entry of `columns` ({title: [(row label, image)]}, images
+    as tensors [C, H, W] in [0, 1], C 1 or 3), rows in the order of the first column's labels."""
+    plt = _pyplot()
+    titles = list(columns)
+    if not titles or not columns[titles[0]]:
+        raise ValueError("columns must hold at least one column with one image")
+    rows = [label for label, _ in columns[titles[0]]]
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(1.3 * len(titles) + 1.2, 1.3 * len(rows) + 0.4),
+                             squeeze=False)
+    for j, title in enumerate(titles):
+        cells = dict(columns[title])
+        for i, label in enumerate(rows):
+            ax = axes[i][j]
+            img = cells[label].detach().float().cpu().clamp(0, 1)
+            ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None,
+                      interpolation="nearest", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title, fontsize=7)
+            if j == 0:
+                ax.set_ylabel(str(label), fontsize=6, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return _png(fig)
 

@@ -1,0 +1,478 @@
+"""The diffusion task (`task: diffusion` configs, `unlearnx demo --task diffusion`): erase a style, an
+object or a class from a diffusion model, against a Retrain oracle trained in the same run.
+
+Built-in benchmark (nothing downloaded; unlearnx.data.canvas):
+- canvas: small RGB images of objects drawn in styles, prompts "a {object} in {style} style"; a
+  tiny text-conditional model with Stable Diffusion's components (UNet2DConditionModel +
+  CLIPTextModel over a word tokenizer) is trained on all of it (the original) and on everything
+  but the erased style / object (Retrain). Style and object evaluators (small CNNs trained on
+  canvas images of another seed) classify the generations: UA, IRA, CRA and an evaluator-feature
+  FID as UnlearnCanvas defines them (unlearnx.eval.diffusion).
+- digits: scikit-learn's digits upscaled, a class-conditional UNet2DModel; class-wise forgetting
+  with a digit evaluator: UA and retain accuracy.
+
+`model: {pretrained: DIR}` loads a diffusers pipeline directory as the original (no Retrain can be
+trained for it: the report says so and shows the metrics that need none).
+
+Run directory: results.json, report.md, report.html, plots/ (metric bars, the image grid of
+prompts x {Original, each method, Retrain}); seed-<s>/{original,retrain}.{json,safetensors},
+seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+
+import torch
+
+from unlearnx.experiments.config import ConfigError, Field, check_range, validate_methods
+from unlearnx.experiments.run import Run, aggregate_seeds, loss_curves, step_key
+from unlearnx.experiments.tasks import ExperimentTask, register_task
+
+__all__ = ["DiffusionTask", "DIFFUSION_DEMO_METHODS", "DIFFUSION_COLUMNS", "diffusion_demo_config"]
+
+# The demo's panel; methods not registered in this installation are skipped with a note.
+DIFFUSION_DEMO_METHODS = ("esd_x", "esd_u", "salun_diffusion", "fmn", "uce")
+
+DIFFUSION_COLUMNS = {
+    "UA": "erased concept's generations not classified as it, % (→ Retrain, ↑)",
+    "IRA": "in-domain retain accuracy, % (other styles / classes; ↑)",
+    "CRA": "cross-domain retain accuracy, % (objects when a style is erased; ↑)",
+    "FID-eval": "Fréchet distance in the in-run evaluator's features, retained concepts vs real (↓)",
+    "Avg.Gap": "mean |metric − Retrain's| over UA, IRA, CRA (↓)",
+    "RTE-s": "unlearning wall time, s (↓)",
+    "changed-params": "parameters that differ from the original (storage of the change)",
+}
+
+SCHEMA: dict = {
+    "task": Field("str", "diffusion", choices=("diffusion",)),
+    "name": Field("str", "diffusion experiment", help="report title, default output folder"),
+    "out_dir": Field("str", None, help="run directory (default runs/<name>)"),
+    "seeds": Field("int_list", [0], help="one full run per seed: data, models, sampling"),
+    "device": Field("str", "cpu", choices=("cpu", "cuda", "auto")),
+    "threads": Field("int", 1, help="torch CPU threads during the run (0: torch's default)"),
+    "data": {
+        "name": Field("str", "canvas", choices=("canvas", "digits"), help="built-in data set"),
+        "size": Field("int", 16, help="image side in pixels (canvas 16 or 32; digits upscaled to it)"),
+        "n_per_pair": Field("int", 24, help="canvas: images per (style, object) pair"),
+        "n_styles": Field("int", 4, help="canvas: number of styles"),
+        "n_objects": Field("int", 4, help="canvas: number of objects"),
+    },
+    "scenario": {
+        "kind": Field("str", "style", choices=("style", "object", "class")),
+        "target": Field("any", None, help="the erased style / object name, or digit class (default: the first)"),
+    },
+    "model": {
+        "pretrained": Field("str", None, help="a diffusers pipeline directory (the original; no Retrain)"),
+        "block_out_channels": Field("int_list", [32, 64], help="UNet widths of the built-in model"),
+        "layers_per_block": Field("int", 1),
+        "text_dim": Field("int", 32, help="width of the built-in CLIP text encoder"),
+    },
+    "train": {"steps": Field("int", 1200, help="optimizer steps of the original and of Retrain"),
+              "lr": Field("number", 2e-3), "batch_size": Field("int", 64)},
+    "evaluator": {"epochs": Field("int", 12, help="epochs of the style/object/digit evaluators")},
+    "methods": Field("any", list(DIFFUSION_DEMO_METHODS), help="list of method names or {name, label?, "
+                                                               "optional?, <hparams>}"),
+    "eval": {
+        "n_per_prompt": Field("int", 6, help="generations per prompt (canvas) or per class x 4 (digits)"),
+        "sample_steps": Field("int", 20, help="DDIM steps when sampling"),
+        "guidance_scale": Field("number", 3.0, help="classifier-free guidance weight"),
+        "grid_prompts": Field("int", 4, help="prompts (rows) in the report's image grid"),
+    },
+}
+
+
+class _Setup:
+    """One seed of a diffusion run: data, the forget/retain split, the evaluators' data."""
+
+    def __init__(self, run: Run, seed: int):
+        from unlearnx.data.canvas import canvas_dataset, digits_upscaled
+        from unlearnx.diffusion import ConditionedImages
+
+        cfg = run.cfg
+        d, sc = cfg["data"], cfg["scenario"]
+        self.seed = seed
+        self.dir = run.out / f"seed-{seed}"
+        self.kind = sc["kind"]
+        if d["name"] == "canvas":
+            self.data = canvas_dataset(n_per_pair=d["n_per_pair"], size=d["size"], n_styles=d["n_styles"],
+                                       n_objects=d["n_objects"], seed=seed)
+            # The evaluators are trained on canvas images of another seed: held out from the diffusion data.
+            self.eval_data = canvas_dataset(n_per_pair=max(8, d["n_per_pair"] // 2), size=d["size"],
+                                            n_styles=d["n_styles"], n_objects=d["n_objects"], seed=seed + 7919)
+            names = self.data.styles if self.kind == "style" else self.data.objects
+            self.target = sc["target"] if sc["target"] is not None else names[0]
+            self.forget, self.retain = (self.data.split_style(self.target) if self.kind == "style"
+                                        else self.data.split_object(self.target))
+            self.prompts = list(dict.fromkeys(self.data.prompts))
+        else:
+            train, test = digits_upscaled(size=d["size"], seed=seed)
+            self.target = int(sc["target"]) if sc["target"] is not None else 0
+            x, y = train.tensors
+            f = y == self.target
+            self.data = ConditionedImages(x, y.tolist())
+            self.forget, self.retain = ConditionedImages(x[f], y[f].tolist()), ConditionedImages(x[~f], y[~f].tolist())
+            self.eval_train, self.eval_test = train, test
+            self.prompts = list(range(10))
+        self.base_key = step_key(cfg["data"], cfg["scenario"], cfg["model"], cfg["train"], seed)
+
+    def fresh(self, cfg: dict):
+        """The built-in model of the config, with the seed's initial weights (same for Retrain)."""
+        from unlearnx.diffusion import tiny_class_model, tiny_text_model
+
+        m, d = cfg["model"], cfg["data"]
+        torch.manual_seed(self.seed)
+        if d["name"] == "canvas":
+            return tiny_text_model(self.prompts, image_size=d["size"], block_out_channels=m["block_out_channels"],
+                                   layers_per_block=m["layers_per_block"], text_dim=m["text_dim"])
+        return tiny_class_model(10, image_size=d["size"], block_out_channels=m["block_out_channels"],
+                                layers_per_block=m["layers_per_block"])
+
+
+def _evaluator_specs(setup: _Setup, cfg: dict) -> dict:
+    """{name: (train TensorDataset, test TensorDataset, classes, channels)} of the run's evaluators."""
+    if cfg["data"]["name"] == "canvas":
+        ev, n = setup.eval_data, len(setup.eval_data)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(setup.seed))
+        tr, te = perm[: int(0.8 * n)], perm[int(0.8 * n):]
+        out = {}
+        for name, labeled, k in (("style", ev.style_labeled(), len(ev.styles)),
+                                 ("object", ev.object_labeled(), len(ev.objects))):
+            x, y = labeled.tensors
+            out[name] = (torch.utils.data.TensorDataset(x[tr], y[tr]), torch.utils.data.TensorDataset(x[te], y[te]),
+                         k, 3)
+        return out
+    return {"digit": (setup.eval_train, setup.eval_test, 10, 1)}
+
+
+@register_task
+class DiffusionTask(ExperimentTask):
+    """Diffusion models: style / object erasure on the built-in canvas, class-wise forgetting on digits."""
+
+    name = "diffusion"
+    method_task = "diffusion"
+    demo_help = "a tiny text-to-image diffusion model on built-in canvas images, one style erased; needs the " \
+                "diffusion extra"
+
+    def schema(self) -> dict:
+        return SCHEMA
+
+    def validate(self, cfg: dict) -> dict:
+        d, sc, m = cfg["data"], cfg["scenario"], cfg["model"]
+        check_range("threads", cfg["threads"], low=0)
+        check_range("data.size", d["size"], low=8)
+        for key in ("n_per_pair", "n_styles", "n_objects"):
+            check_range(f"data.{key}", d[key], low=1)
+        from unlearnx.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
+
+        check_range("data.n_styles", d["n_styles"], high=len(CANVAS_STYLES))
+        check_range("data.n_objects", d["n_objects"], high=len(CANVAS_OBJECTS))
+        if d["size"] % (2 ** (len(m["block_out_channels"]) - 1)):
+            raise ConfigError(f"config key 'data.size': {d['size']} must be divisible by "
+                              f"2^(len(model.block_out_channels) - 1)")
+        if (d["name"] == "digits") != (sc["kind"] == "class"):
+            raise ConfigError(f"config key 'scenario.kind': {sc['kind']!r} does not go with data {d['name']!r} "
+                              "(canvas: style or object; digits: class)")
+        if sc["target"] is not None:
+            if sc["kind"] == "class":
+                if isinstance(sc["target"], bool) or not isinstance(sc["target"], int) or not 0 <= sc["target"] <= 9:
+                    raise ConfigError(f"config key 'scenario.target': expected a digit class 0-9, got {sc['target']!r}")
+            else:
+                names = [s.name for s in CANVAS_STYLES[:d["n_styles"]]] if sc["kind"] == "style" \
+                    else list(CANVAS_OBJECTS[:d["n_objects"]])
+                if sc["target"] not in names:
+                    raise ConfigError(f"config key 'scenario.target': expected one of the {sc['kind']}s {names}, "
+                                      f"got {sc['target']!r}")
+        for key in ("block_out_channels",):
+            if any(c < 8 or c % 8 for c in m[key]):
+                raise ConfigError(f"config key 'model.{key}': widths must be multiples of 8, got {m[key]}")
+        check_range("model.layers_per_block", m["layers_per_block"], low=1)
+        check_range("model.text_dim", m["text_dim"], low=2)
+        if m["pretrained"] is not None:
+            raise ConfigError("config key 'model.pretrained': pretrained pipelines run through the Python API "
+                              "(unlearnx.diffusion.load_pipeline + ux.unlearn); the built-in benchmark needs its "
+                              "own model and Retrain")
+        for key, low in (("steps", 1), ("batch_size", 1)):
+            check_range(f"train.{key}", cfg["train"][key], low=low)
+        check_range("train.lr", cfg["train"]["lr"], low=0, low_open=True)
+        check_range("evaluator.epochs", cfg["evaluator"]["epochs"], low=1)
+        for key in ("n_per_prompt", "sample_steps", "grid_prompts"):
+            check_range(f"eval.{key}", cfg["eval"][key], low=1)
+        check_range("eval.guidance_scale", cfg["eval"]["guidance_scale"], low=0)
+        cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task)
+        return cfg
+
+    def demo_config(self, *, methods=None, quick=False, out_dir=None, device="cpu", options=None) -> dict:
+        return diffusion_demo_config(methods=methods, quick=quick, out_dir=out_dir or "runs/demo-diffusion",
+                                     device=device)
+
+    # ---- steps
+    def setup(self, run: Run, seed: int) -> _Setup:
+        setup = _Setup(run, seed)
+        setup.evaluators = {}
+        setup.evaluator_acc = {}
+        from unlearnx.eval.diffusion import train_evaluator
+        from unlearnx.models import small_cnn
+
+        for name, (train, test, k, ch) in _evaluator_specs(setup, run.cfg).items():
+            size = run.cfg["data"]["size"]
+
+            def compute(train=train, test=test, k=k, ch=ch, name=name):
+                run.echo(f"[seed {seed}] {name} evaluator: training on {len(train)} images")
+                clf, acc = train_evaluator(train, test, num_classes=k, in_channels=ch, image_size=size,
+                                           epochs=run.cfg["evaluator"]["epochs"], seed=seed)
+                return clf, {"seconds": None, "heldout_accuracy": acc}
+
+            def fresh(k=k, ch=ch):
+                return small_cnn(k, in_channels=ch, image_size=size, width=32)
+
+            clf, rec = run.steps.run(f"{name} evaluator", step_key(setup.base_key, "evaluator", name,
+                                                                    run.cfg["evaluator"]),
+                                     setup.dir / f"evaluator-{name}", fresh, compute)
+            setup.evaluators[name] = clf.to(run.device).eval()
+            setup.evaluator_acc[name] = rec["heldout_accuracy"]
+        return setup
+
+    def _train(self, run: Run, setup: _Setup, label: str, data):
+        from unlearnx.diffusion import train_diffusion
+
+        t = run.cfg["train"]
+
+        def compute():
+            run.echo(f"[seed {setup.seed}] {label}: training the diffusion model on {len(data)} images "
+                     f"for {t['steps']} steps")
+            model = setup.fresh(run.cfg).to(run.device)
+            log = train_diffusion(model, data, steps=t["steps"], lr=t["lr"], batch_size=t["batch_size"],
+                                  seed=setup.seed, progress=False)
+            return model, {"seconds": log["seconds"], "loss_curves": loss_curves(log)}
+
+        key = step_key(setup.base_key, label.lower())
+        model, rec = run.steps.run(label, key, setup.dir / label.lower(), lambda: setup.fresh(run.cfg), compute)
+        return model.to(run.device), rec
+
+    def original(self, run: Run, setup: _Setup):
+        return self._train(run, setup, "Original", setup.data)
+
+    def oracle(self, run: Run, setup: _Setup):
+        return self._train(run, setup, "Retrain", setup.retain)
+
+    def unlearn(self, run: Run, setup: _Setup, entry: dict, original, original_record: dict):
+        import unlearnx
+        from unlearnx.report import to_jsonable
+
+        def compute():
+            run.echo(f"[seed {setup.seed}] {entry['label']}: unlearning with {entry['method']} {entry['hparams'] or ''}")
+            if run.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(run.device)
+            res = unlearnx.unlearn(copy.deepcopy(original), method=entry["method"], forget=setup.forget,
+                                   retain=setup.retain, seed=setup.seed, progress=False, device=run.device,
+                                   inplace=True, **entry["hparams"])
+            peak = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
+            log = to_jsonable({k: v for k, v in (res.log or {}).items() if k != "loss"})
+            return res.model, {"method": entry["method"], "hparams": entry["hparams"],
+                               "hparams_resolved": to_jsonable(res.hparams), "seconds": float(res.seconds),
+                               "peak_memory_bytes": peak, "loss_curves": loss_curves(res.log), "log": log}
+
+        key = step_key(original_record["key"], entry["method"], entry["hparams"])
+        stem = setup.dir / "methods" / "".join(c if c.isalnum() or c in "._-" else "_" for c in entry["label"])
+        model, rec = run.steps.run(entry["label"], key, stem, lambda: copy.deepcopy(original), compute)
+        return model.to(run.device), rec
+
+    def evaluate(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
+        from unlearnx.eval.diffusion import canvas_metrics, change_storage, class_metrics
+
+        ev, cfg = run.cfg["eval"], run.cfg
+        t0 = time.perf_counter()
+        metrics, grids = {}, {}
+        for label, model in models.items():
+            run.echo(f"[seed {setup.seed}] {label}: sampling and classifying generations")
+            common = {"steps": ev["sample_steps"], "guidance_scale": ev["guidance_scale"], "seed": setup.seed}
+            if cfg["data"]["name"] == "canvas":
+                m = canvas_metrics(model, style_clf=setup.evaluators["style"], object_clf=setup.evaluators["object"],
+                                   styles=setup.data.styles, objects=setup.data.objects, target=setup.target,
+                                   domain=setup.kind, n_per_prompt=ev["n_per_prompt"], real=setup.eval_data,
+                                   return_images=True, **common)
+                row = {"UA": m["ua"], "IRA": m["ira"], "CRA": m["cra"], "FID-eval": m.get("fid_evaluator")}
+                grids[label] = _grid_cells(m["images"], m["prompts"], setup, ev)
+            else:
+                m = class_metrics(model, classifier=setup.evaluators["digit"], forget_classes=[setup.target],
+                                  n_per_class=4 * ev["n_per_prompt"], real=setup.eval_test, **common)
+                row = {"UA": m["ua"], "IRA": m["retain_acc"], "FID-eval": m.get("fid_evaluator")}
+            if label not in (self.original_label,):
+                row["RTE-s"] = records[label]["seconds"]
+            if label not in (self.original_label, self.oracle_label):
+                row["changed-params"] = float(change_storage(models["Original"].unet, model.unet)["changed_params"])
+            metrics[label] = row
+        ref = metrics["Retrain"]
+        gap_keys = [k for k in ("UA", "IRA", "CRA") if k in ref]
+        for label, row in metrics.items():
+            for k in gap_keys:
+                row[f"gap/{k}"] = abs(row[k] - ref[k])
+            row["Avg.Gap"] = sum(row[f"gap/{k}"] for k in gap_keys) / len(gap_keys)
+            if row.get("RTE-s") is not None and ref.get("RTE-s"):
+                row["RTE-ratio"] = row["RTE-s"] / ref["RTE-s"]
+        timings = {f"{label}_s": rec.get("seconds") for label, rec in records.items()}
+        timings["evaluation_s"] = time.perf_counter() - t0
+        return {"seed": setup.seed, "metrics": metrics, "grids": grids, "cached": cached, "timings": timings,
+                "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in records.items()},
+                "evaluators": setup.evaluator_acc, "target": setup.target,
+                "sizes": {"n_train": len(setup.data), "n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
+
+    # ---- the whole run
+    def results(self, run: Run, per_seed: list[dict]) -> dict:
+        cfg = run.cfg
+        rows, std = aggregate_seeds([s["metrics"] for s in per_seed])
+        first = per_seed[0]
+        return {
+            "format": "unlearnx-diffusion-results/1",
+            "seeds": cfg["seeds"],
+            "scenario": {"data": cfg["data"]["name"], "kind": cfg["scenario"]["kind"], "target": first["target"],
+                         **first["sizes"]},
+            "rows": rows,
+            "std": std,
+            "reading": _reading(rows),
+            "evaluators": {str(s["seed"]): s["evaluators"] for s in per_seed},
+            "hparams": {e["label"]: {"method": e["method"], "hparams": e["hparams"],
+                                     "resolved": first["runs"][e["label"]].get("hparams_resolved", {})}
+                        for e in cfg["_methods"]},
+            "skipped": cfg["_skipped"],
+            "runs": {str(s["seed"]): s["runs"] for s in per_seed},
+            "per_seed_metrics": {str(s["seed"]): s["metrics"] for s in per_seed},
+            "cached_steps": {str(s["seed"]): s["cached"] for s in per_seed},
+            "timings": {f"seed {s['seed']}: {k}": v for s in per_seed for k, v in s["timings"].items()},
+            "_grids": first["grids"],  # image cells for the report; not stored in results.json
+        }
+
+    def write_report(self, results: dict, out) -> None:
+        _write_report(results, out)
+
+    def summary(self, results: dict) -> str:
+        from unlearnx.report import format_value, render_markdown
+
+        sc = results["scenario"]
+        cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in results["rows"].values())]
+        body = [[n] + [format_value(r.get(c)) for c in cols] for n, r in results["rows"].items()]
+        return (f"\n{results['name']}: erase {sc['kind']} {sc['target']!r} ({sc['n_forget']} of {sc['n_train']} "
+                f"training images); seeds {results['seeds']}\n" + render_markdown([("table", ["Model"] + cols, body)])
+                + (results["reading"] and results["reading"] + "\n"))
+
+
+def _grid_cells(images, prompts, setup: _Setup, ev) -> list:
+    """The first generation of up to `grid_prompts` prompts: the erased concept's first, then others."""
+    want = [p for p in dict.fromkeys(prompts) if setup.target in p.split()][: max(1, ev["grid_prompts"] // 2)]
+    want += [p for p in dict.fromkeys(prompts) if p not in want][: ev["grid_prompts"] - len(want)]
+    return [(p, images[prompts.index(p)]) for p in want]
+
+
+def _reading(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Which method is closest to Retrain (Avg. Gap over UA / IRA / CRA) at what share of its time."""
+    methods = {n: r for n, r in rows.items() if n not in ("Retrain", "Original") and r.get("Avg.Gap") is not None}
+    if not methods:
+        return ""
+    best = min(methods, key=lambda n: methods[n]["Avg.Gap"])
+    r = methods[best]
+    when = f" in {100 * r['RTE-ratio']:.0f}% of Retrain's time" if r.get("RTE-ratio") is not None else ""
+    orig = rows.get("Original", {})
+    text = f"{best} is closest to Retrain (Avg. Gap {r['Avg.Gap']:.1f} points{when}; UA {r['UA']:.0f}%"
+    text += f" vs Retrain's {rows['Retrain']['UA']:.0f}%)." if "Retrain" in rows else ")."
+    if "UA" in orig:
+        text += f" The original generates the erased concept with UA {orig['UA']:.0f}%."
+    return text
+
+
+def _write_report(results: dict, out) -> None:
+    from pathlib import Path
+
+    from unlearnx.report import (atomic_write_bytes, atomic_write_text, format_value, image_grid, metric_bars,
+                                 render_html, render_markdown)
+
+    out = Path(out)
+    grids = results.get("_grids")
+    rows, std = results["rows"], results.get("std", {})
+    cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in rows.values())]
+    figures = {}
+    if grids:
+        figures["grid.png"] = ("Generations (first sample of each prompt, same noise for every model): rows are "
+                               "prompts, columns Original, each method and Retrain.", image_grid(_grid_columns(grids)))
+    bar_metrics = [m for m in ("UA", "IRA", "CRA", "FID-eval") if any(m in r for r in rows.values())]
+    if len(rows) > 1 and bar_metrics:
+        figures["metrics.png"] = ("Each metric per model; dashed line: Retrain.", metric_bars(rows, bar_metrics,
+                                                                                              errors=std))
+    for name, (_, png) in figures.items():
+        atomic_write_bytes(out / "plots" / name, png)
+    sc, cfg = results["scenario"], results["config"]
+    blocks: list[tuple] = [("h", 1, f"unlearnx report: {results['name']}")]
+    if results.get("reading"):
+        blocks.append(("p", f"**In short:** {results['reading']}"))
+    blocks += [
+        ("p", f"Erasing the {sc['kind']} **{sc['target']}** from a diffusion model trained on the built-in "
+              f"**{sc['data']}** data ({sc['n_forget']} of {sc['n_train']} training images show it). **Retrain** is "
+              f"the same model trained from scratch without those images (the oracle no published diffusion "
+              f"benchmark has); generations are classified by evaluators trained in the same run (held-out "
+              f"accuracy: {_accuracies(results['evaluators'])}). Seeds {results['seeds']}."),
+        ("h", 2, "Results"),
+        ("table", ["Model"] + cols, [[n] + [format_value(r.get(c), std.get(n, {}).get(c)) for c in cols]
+                                     for n, r in rows.items()]),
+        ("table", ["Column", "meaning"], [[c, DIFFUSION_COLUMNS[c]] for c in cols]),
+    ]
+    if results["skipped"]:
+        blocks.append(("p", "Not run: " + "; ".join(f"{s['method']} ({s['reason']})" for s in results["skipped"])
+                       + "."))
+    blocks += [("h", 2, "Methods and hyper-parameters"),
+               ("table", ["Method", "registered name", "hyper-parameters used"],
+                [[k, v["method"], _json(v["resolved"])] for k, v in results["hparams"].items()])]
+    if figures:
+        blocks.append(("h", 2, "Figures"))
+        blocks += [("img", name, png, caption) for name, (caption, png) in figures.items()]
+    blocks += [("h", 2, "Reproducibility"),
+               ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ". Machine: "
+                + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + "."),
+               ("p", "Timings (s): " + ", ".join(f"{k} {format_value(v)}" for k, v in results["timings"].items())
+                + "."),
+               ("p", "Configuration:"), ("pre", _json(cfg, indent=2))]
+    atomic_write_text(out / "report.md", render_markdown(blocks, figure_dir="plots"))
+    atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
+
+
+def _json(value, indent=None) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, indent=indent, default=str)
+
+
+def _accuracies(value) -> str:
+    return _json({k: {n: round(a, 3) for n, a in v.items()} for k, v in value.items()})
+
+
+def _grid_columns(grids: Mapping[str, list]) -> dict:
+    """Columns Original, the methods, then Retrain."""
+    order = [n for n in grids if n != "Retrain"] + (["Retrain"] if "Retrain" in grids else [])
+    return {n: grids[n] for n in order}
+
+
+def diffusion_demo_config(*, methods=None, quick: bool = False, out_dir: str = "runs/demo-diffusion",
+                          device: str = "cpu", seed: int = 0) -> dict:
+    """The demo: a tiny text-to-image model on the built-in canvas (4 styles x 4 objects, 16x16),
+    the first style erased with `methods` (default DIFFUSION_DEMO_METHODS, each skipped with a note
+    when not registered), Retrain in the same run. quick: fewer training steps and generations."""
+    if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
+        raise ValueError(f"methods: expected a list of method names, got {methods!r}")
+    entries = ([{"name": m} for m in methods] if methods is not None
+               else [{"name": m, "optional": True} for m in DIFFUSION_DEMO_METHODS])
+    steps = 500 if quick else 1200
+    return {
+        "task": "diffusion",
+        "name": "diffusion demo: erase one style from a tiny text-to-image model" + (" (quick)" if quick else ""),
+        "out_dir": str(out_dir),
+        "seeds": [seed],
+        "device": device,
+        "threads": 1,
+        "data": {"name": "canvas", "size": 16, "n_per_pair": 16 if quick else 24, "n_styles": 4, "n_objects": 4},
+        "scenario": {"kind": "style"},
+        "train": {"steps": steps, "lr": 2e-3, "batch_size": 64},
+        "evaluator": {"epochs": 8 if quick else 12},
+        "methods": entries,
+        "eval": {"n_per_prompt": 4 if quick else 6, "sample_steps": 20, "guidance_scale": 3.0, "grid_prompts": 4},
+    }
+

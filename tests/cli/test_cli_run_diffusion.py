@@ -1,0 +1,88 @@
+"""`unlearnx run` / `demo` with diffusion configs (task: diffusion): validation before any work, a
+tiny canvas run end to end (metrics, Retrain, image grid, resume), class-wise digits."""
+import json
+
+import pytest
+import yaml
+
+pytest.importorskip("diffusers")
+
+from unlearnx import cli  # noqa: E402
+from unlearnx.experiments import ConfigError, get_task, run_experiment, validate_config  # noqa: E402
+
+
+def tiny(out, **extra):
+    cfg = {"task": "diffusion", "name": "tiny-diffusion", "out_dir": str(out), "seeds": [0],
+           "data": {"name": "canvas", "size": 8, "n_per_pair": 4, "n_styles": 2, "n_objects": 2},
+           "scenario": {"kind": "style"},
+           "model": {"block_out_channels": [16, 32], "text_dim": 16},
+           "train": {"steps": 20, "batch_size": 16},
+           "evaluator": {"epochs": 2},
+           "methods": [{"name": "esd_x", "iterations": 3}, {"name": "uce"}],
+           "eval": {"n_per_prompt": 2, "sample_steps": 3, "grid_prompts": 2}}
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["scenario"].update(target="no-such-style"), "scenario.target"),
+    (lambda c: c["scenario"].update(kind="class"), "scenario.kind"),
+    (lambda c: c["data"].update(size=9), "data.size"),
+    (lambda c: c["data"].update(n_styles=0), "data.n_styles"),
+    (lambda c: c["train"].update(lr=0.0), "train.lr"),
+    (lambda c: c.update(methods=["esd_x", "no_such_method"]), "no_such_method"),
+    (lambda c: c.update(methods=[{"name": "esd_x", "iterashuns": 3}]), "methods[0].iterashuns"),
+    (lambda c: c["model"].update(block_out_channels=[12, 24]), "model.block_out_channels"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+    cfg = tiny(tmp_path / "out")
+    change(cfg)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_config(cfg)
+
+
+def test_demo_config_validates_and_skips_unregistered_methods():
+    cfg = validate_config(get_task("diffusion").demo_config(quick=True))
+    assert cfg["task"] == "diffusion" and cfg["_methods"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diff")
+    path = root / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny(root / "out")))
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    return path, root / "out"
+
+
+def test_canvas_run_end_to_end(finished):
+    _, out = finished
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["rows"])[:2] == ["Retrain", "Original"] and {"esd_x", "uce"} <= set(res["rows"])
+    for label, row in res["rows"].items():
+        for key in ("UA", "IRA", "CRA"):
+            assert 0.0 <= row[key] <= 100.0
+        assert row["Avg.Gap"] >= 0.0
+    assert res["rows"]["Retrain"]["Avg.Gap"] == 0.0
+    # Both edit the UNet: the change is counted (UCE edits only cross-attention key/value projections).
+    assert res["rows"]["uce"]["changed-params"] > 0 and res["rows"]["esd_x"]["changed-params"] > 0
+    assert set(res["evaluators"]["0"]) == {"style", "object"}
+    assert (out / "plots" / "grid.png").read_bytes().startswith(b"\x89PNG")
+    md = (out / "report.md").read_text()
+    assert "grid.png" in md and "| Retrain |" in md and "_grids" not in (out / "results.json").read_text()
+
+
+def test_rerun_reuses_every_step(finished):
+    path, out = finished
+    res = run_experiment(validate_config(yaml.safe_load(path.read_text())), out, quiet=True)
+    assert sorted(res["cached_steps"]["0"]) == sorted(["style evaluator", "object evaluator", "Original", "Retrain",
+                                                      "esd_x", "uce"])
+
+
+@pytest.mark.slow
+def test_digits_classwise_run(tmp_path):
+    cfg = tiny(tmp_path / "out", data={"name": "digits", "size": 8}, scenario={"kind": "class", "target": 3},
+               methods=[{"name": "esd_u", "iterations": 3}])
+    res = run_experiment(cfg, quiet=True)
+    assert set(res["rows"]) == {"Retrain", "Original", "esd_u"}
+    assert "CRA" not in res["rows"]["Original"] and 0 <= res["rows"]["esd_u"]["UA"] <= 100
