@@ -1,6 +1,9 @@
 """Audit of an exact-unlearning directory: proof that deleted data is gone from what is served.
 
 `audit_directory(DIR)` checks, without modifying anything:
+  0. the ledger's own rows: the hash chains over the request and manifest rows are intact (no row
+     edited, removed or inserted since it was written) and the union of the requests' ids is
+     exactly the deleted_ids table (see unlearnx.exact.ledger);
   1. the ledger: every request is applied, the served manifest is the last one recorded (same
      version and sha256), it reflects the last request, and it serves exactly the recorded files;
   2. every served file (checkpoint, adapter, backbone, shard data) exists and its sha256 matches
@@ -16,12 +19,13 @@
 """
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from unlearnx.exact.io import read_checkpoint_info, read_json, sha256_file
+from unlearnx.exact.io import parse_json, read_checkpoint_info, read_json, sha256_bytes, sha256_file
 from unlearnx.exact.ledger import Ledger
 
 
@@ -69,7 +73,8 @@ def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: li
 
 
 def audit_directory(directory: str | Path) -> AuditReport:
-    """Audit DIR; see the module docstring for what is proven. Never modifies DIR."""
+    """Audit DIR; see the module docstring for what is proven. Never modifies DIR (a schema-1
+    ledger is reported, not upgraded). A corrupt file is an error naming it, never an exception."""
     root = Path(directory)
     report = AuditReport(str(root))
     for name in ("config.json", "served.json", "ledger.sqlite"):
@@ -77,24 +82,63 @@ def audit_directory(directory: str | Path) -> AuditReport:
             report.errors.append(f"missing {name}: not an initialised exact-unlearning directory")
     if report.errors:
         return report
-    config = read_json(root / "config.json")
-    manifest = read_json(root / "served.json")
-    served_sha = sha256_file(root / "served.json")
-    ledger = Ledger(root / "ledger.sqlite")
     try:
+        config = read_json(root / "config.json")
+        with open(root / "served.json", "rb") as f:
+            served_bytes = f.read()
+        served_sha = sha256_bytes(served_bytes)
+        ledger = Ledger(root / "ledger.sqlite", upgrade=False)
+    except (ValueError, OSError) as exc:  # corrupt config.json or ledger.sqlite: named in the message
+        report.errors.append(str(exc))
+        return report
+    try:
+        chain_errors = ledger.verify()
+        if ledger.needs_upgrade:
+            report.errors += chain_errors
+            return report
+        upgraded = ledger.meta("upgraded")
         latest = ledger.latest_manifest()
         pending = ledger.pending()
         requests = ledger.requests()
         deleted = ledger.deleted_ids()
-        recorded = ledger.served_files(manifest["version"])
+        recorded_by_version = {v: ledger.served_files(v) for v in {latest[0]} if latest}
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        report.errors.append(f"{root / 'ledger.sqlite'}: unreadable deletion ledger ({exc})")
+        return report
     finally:
         ledger.close()
 
+    # 0. the ledger's own rows: hash chains, and the requests' ids are exactly the deleted ids
+    report.errors += [f"ledger.sqlite: {e}" for e in chain_errors]
+    if upgraded:
+        report.warnings.append(f"ledger.sqlite was upgraded from schema 1 at {upgraded['at']}: its first "
+                               f"{upgraded['requests']} request(s) were chained then, earlier edits are not detectable")
+    report.checked["ledger rows (hash chain)"] = len(requests)
+    if latest is None or latest[1] != served_sha:
+        report.errors.append(f"served.json (sha256 {served_sha[:16]}...) is not the last manifest recorded in the "
+                             f"ledger ({latest}): the file is corrupt or was modified outside unlearnx")
+    try:
+        manifest = parse_json(served_bytes, root / "served.json")
+    except ValueError as exc:
+        report.errors.append(str(exc))
+        return report
+    try:
+        _audit_served(report, root, config, manifest, served_sha, latest, pending, requests, deleted,
+                      recorded_by_version)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        report.errors.append(f"served.json or config.json has unexpected content ({exc!r}); "
+                             "they are corrupt or were modified outside unlearnx")
+    return report
+
+
+def _audit_served(report: AuditReport, root: Path, config: dict, manifest: dict, served_sha: str, latest,
+                  pending, requests, deleted: set[int], recorded_by_version: dict) -> None:
+    recorded = recorded_by_version.get(manifest["version"], {})
     # 1. ledger vs served manifest
     for r in pending:
         report.errors.append(f"request {r.id} ({r.requester}, {len(r.ids)} ids) is received but not applied; "
                              "open the directory (any unlearnx exact command but audit) to recover")
-    if latest != (manifest["version"], served_sha):
+    if latest is not None and latest[1] == served_sha and latest != (manifest["version"], served_sha):
         report.errors.append(f"served.json (version {manifest['version']}, sha256 {served_sha[:16]}...) is not the "
                              f"last manifest recorded in the ledger ({latest})")
     last_req = max((r.id for r in requests), default=0)
@@ -206,4 +250,3 @@ def audit_directory(directory: str | Path) -> AuditReport:
                                      "open the directory to collect it")
             else:
                 report.warnings.append(f"unreferenced file {rel}")
-    return report

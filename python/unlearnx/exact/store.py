@@ -20,7 +20,6 @@ applied exactly once.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 from unlearnx.exact.data import Arrays, assign_slices, load_arrays, save_arrays
 from unlearnx.exact.distributed import DistContext
 from unlearnx.exact.io import (
-    CheckpointStore, DirLock, atomic_write_json, crash_point, fsync_dir, read_json, sha256_bytes, sha256_file,
+    CheckpointStore, DirLock, atomic_write_json, crash_point, fsync_dir, parse_json, read_json, sha256_bytes,
+    sha256_file,
 )
 from unlearnx.exact.ledger import Ledger, Request
 from unlearnx.exact.models import SGDTrainer, TrainFn, mlp_factory, steps_for
@@ -179,7 +179,11 @@ class ExactStore:
         config = read_json(directory / "config.json")
         if config.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{directory}/config.json has format {config.get('format')!r}, expected {CONFIG_FORMAT}")
-        store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
+        try:
+            store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{directory / 'config.json'}: unexpected content ({exc!r}); "
+                             "the file is corrupt or was modified outside unlearnx") from None
         if recover:
             store.recover()
         return store
@@ -192,7 +196,7 @@ class ExactStore:
         """The served manifest and the sha256 of its bytes."""
         with open(self.dir / "served.json", "rb") as f:
             data = f.read()
-        return json.loads(data), sha256_bytes(data)
+        return parse_json(data, self.dir / "served.json"), sha256_bytes(data)
 
     def _commit(self, manifest: dict, *, request: Request | None) -> None:
         """Swap in `manifest` atomically, then record it (and apply `request`) in the ledger."""
@@ -310,17 +314,29 @@ class ExactStore:
                 self.lock.__exit__(None, None, None)
 
     # -- deletion -------------------------------------------------------------------------------
-    def delete(self, ids, *, requester: str) -> int:
+    def delete(self, ids, *, requester: str, request_key: str | None = None) -> int:
         """Record a deletion request in the ledger and apply it (and any earlier pending one).
-        Raises LedgerError for malformed, unknown or already-deleted ids. Returns the request id."""
+        Raises LedgerError for malformed, unknown or already-deleted ids. Returns the request id;
+        a retry (see `request_deletion`) returns the id of the request it repeats."""
+        return self.request_deletion(ids, requester=requester, request_key=request_key)[0]
+
+    def request_deletion(self, ids, *, requester: str, request_key: str | None = None) -> tuple[int, bool]:
+        """Like `delete`, returning (request id, retry). Idempotent: a request with the
+        `request_key` of an earlier one (same ids and requester, else LedgerError), or without a
+        key the same requester and exactly the same ids as an earlier one, is a retry: nothing new
+        is recorded, the earlier request is applied if a crash left it pending, and its id is
+        returned with retry=True."""
         with self.lock:
-            self._recover_locked()
-            rid = self.ledger.record_request(ids, requester, known_ids=self.known_ids)
+            self._recover_locked()  # applies a pending original before its retry is answered
+            prior = self.ledger.find_retry(ids, requester, request_key=request_key)
+            if prior is not None:
+                return prior.id, True
+            rid = self.ledger.record_request(ids, requester, known_ids=self.known_ids, request_key=request_key)
             crash_point("after_request_recorded")
             manifest, _ = self.served()
             for req in self.ledger.pending():
                 manifest = self._apply(manifest, req)
-        return rid
+        return rid, False
 
     def _apply(self, manifest: dict, req: Request) -> dict:
         deleted = set(req.ids)
