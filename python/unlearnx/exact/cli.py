@@ -36,6 +36,7 @@ def int_arg(name: str, low: int, high: int):
             raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
         return value
     parse.__name__ = name
+    parse.bounds = ("int", low, high)  # read by the generated bad-input tests
     return parse
 
 
@@ -53,6 +54,7 @@ def float_arg(name: str, low: float, high: float, *, low_inclusive: bool = False
             raise argparse.ArgumentTypeError(f"expected a finite number in {interval}, got {text!r}")
         return value
     parse.__name__ = name
+    parse.bounds = ("float", low, high, low_inclusive, high_inclusive)
     return parse
 
 
@@ -222,6 +224,8 @@ def cmd_serve_predict(args) -> int:
 def cmd_audit(args) -> int:
     from unlearnx.exact.audit import audit_directory
 
+    if not Path(args.dir).is_dir():
+        raise UsageError(f"{args.dir} is not a directory")
     report = audit_directory(args.dir)
     print(report.format())
     return 0 if report.ok else 1

@@ -190,6 +190,10 @@ def load_data_file(path: str | os.PathLike, what: str = "data file") -> dict[str
         # keep public ids disjoint from training ids when the file gives none
         default = int(out["train"].ids.max()) + 1 + np.arange(len(raw["public_x"]))
         out["public"] = _rows(raw, path, what, "public_x", "public_y", "public_ids", default)
+    features = out["train"].x.shape[1]
+    for name, d in out.items():
+        if d.x.shape[1] != features:
+            raise ValueError(f"{what} {path}: {name}_x has {d.x.shape[1]} features, x has {features}")
     return out
 
 
