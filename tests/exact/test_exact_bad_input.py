@@ -227,3 +227,32 @@ def test_directory_argument_missing_or_a_file(tmp_path, capsys, cmd):
 def test_init_directory_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     _expect_refused(["init", str(tmp_path / "f")], capsys, str(tmp_path / "f"))
+
+
+@pytest.mark.parametrize("recipe, key", [({"lr": float("nan")}, "lr"), ({"lr": float("inf")}, "lr"),
+                                          ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                                          ({"momentum": 1.0}, "momentum"), ({"lr": "0.1"}, "lr")])
+def test_library_create_validates_recipe_before_writing(tmp_path, digits, recipe, key):
+    from unlearnx.exact import ExactStore
+
+    with pytest.raises(ValueError, match=rf"recipe\['{key}'\]"):
+        ExactStore.create(tmp_path / "m", train=digits["train"], recipe=recipe)
+    assert not (tmp_path / "m").exists()
+
+
+def test_failed_init_removes_what_it_created(tmp_path, digits, monkeypatch):
+    from unlearnx.exact import ExactStore
+    from unlearnx.exact import store as store_mod
+
+    def boom(path, obj):
+        raise OSError(f"disk full writing {path}")
+
+    monkeypatch.setattr(store_mod, "atomic_write_json", boom)  # fails at the manifest swap
+    with pytest.raises(OSError, match="disk full"):
+        ExactStore.create(tmp_path / "a" / "b" / "m", train=digits["train"], shards=2, slices=2)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("user file")
+    with pytest.raises(OSError, match="disk full"):
+        ExactStore.create(tmp_path / "mine", train=digits["train"], shards=2, slices=2)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]

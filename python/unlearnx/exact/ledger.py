@@ -216,6 +216,9 @@ class Ledger:
         cur = self.conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
+            if "row_hash" in self._columns("requests"):  # another process upgraded it meanwhile
+                cur.execute("ROLLBACK")
+                return
             for table, cols in _V2_COLUMNS.items():
                 have = self._columns(table)
                 for c in cols:
