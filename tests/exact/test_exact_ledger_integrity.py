@@ -180,3 +180,26 @@ def test_corrupt_config_json_is_named(sisa_dir, capsys):
     (sisa_dir / "config.json").write_text('{"format": "unlearnx.exact.config/1"}')
     assert main(["status", str(sisa_dir)]) == 2
     assert "config.json: unexpected content" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["shard-data", "checkpoint", "s3t-backbone"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped"])
+def test_corrupt_served_file_fails_audit_naming_it(sisa_dir, s3t_dir, which, damage):
+    directory = s3t_dir if which == "s3t-backbone" else sisa_dir
+    store = ExactStore.open(directory)
+    manifest = store.served()[0]
+    store.close()
+    entry = {"shard-data": lambda: manifest["shards"][0]["data"],
+             "checkpoint": lambda: manifest["shards"][0]["checkpoints"][0],
+             "s3t-backbone": lambda: manifest["backbone"]}[which]()
+    path = directory / entry["path"]
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data = bytearray(b"\xff" * 64)
+    elif damage == "truncated":
+        data = data[:20]
+    else:
+        data[9] ^= 0x40  # inside the zip local header / the safetensors JSON header
+    path.write_bytes(bytes(data))
+    errors = _audit_errors(directory)  # a report, never an exception
+    assert entry["path"] in errors

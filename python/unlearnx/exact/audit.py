@@ -48,15 +48,36 @@ class AuditReport:
         return "\n".join(lines)
 
 
+class _Unreadable(ValueError):
+    """A served file that cannot be parsed (its sha256 check reports the corruption too)."""
+
+
 def _ids_in_npz(path: Path) -> set[int]:
-    with np.load(path) as z:
-        return set(z["ids"].tolist())
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return set(z["ids"].tolist())
+    except Exception as exc:  # BadZipFile, missing key, torn file...
+        raise _Unreadable(f"{path.name} is unreadable ({type(exc).__name__})") from None
+
+
+def _checkpoint_info(path: Path) -> dict:
+    try:
+        info = read_checkpoint_info(path)
+        if not isinstance(info, dict):
+            raise TypeError("metadata is not an object")
+        return info
+    except Exception as exc:  # a corrupt header: bad length, not JSON, not UTF-8
+        raise _Unreadable(f"{path.name} is unreadable ({type(exc).__name__})") from None
 
 
 def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: list[int], deleted: set[int],
                       what: str, meta_expect: dict) -> None:
     path = root / entry["path"]
-    meta = read_checkpoint_info(path)
+    try:
+        meta = _checkpoint_info(path)
+    except _Unreadable as exc:
+        report.errors.append(f"{what} ({entry['path']}): {exc}")
+        return
     if not isinstance(meta.get("trained_on"), list):
         report.errors.append(f"{what} ({entry['path']}) has no training manifest (trained_on)")
         return
@@ -183,8 +204,12 @@ def _audit_served(report: AuditReport, root: Path, config: dict, manifest: dict,
                 report.errors.append(f"shard {s} slice {r} holds ids not assigned to it")
         seen |= set(union)
         data_path = root / e["data"]["path"]
-        if data_path.exists():
-            ids = _ids_in_npz(data_path)
+        try:
+            ids = _ids_in_npz(data_path) if data_path.exists() else None
+        except _Unreadable as exc:
+            report.errors.append(f"shard {s} data {e['data']['path']}: {exc}")
+            ids = None
+        if ids is not None:
             if ids & deleted:
                 report.errors.append(f"shard {s} data {e['data']['path']} still holds deleted ids {sorted(ids & deleted)[:20]}")
             if ids != set(union):
@@ -215,7 +240,11 @@ def _audit_served(report: AuditReport, root: Path, config: dict, manifest: dict,
                                            "role": "s3t-adapter"})
                     n_ckpt += 1
     if manifest.get("backbone") and (root / manifest["backbone"]["path"]).exists():
-        meta = read_checkpoint_info(root / manifest["backbone"]["path"])
+        try:
+            meta = _checkpoint_info(root / manifest["backbone"]["path"])
+        except _Unreadable as exc:
+            report.errors.append(f"the S3T backbone ({manifest['backbone']['path']}): {exc}")
+            meta = {"trained_on": []}
         if meta.get("trained_on") != [] or set(meta.get("public_ids", [])) & deleted:
             report.errors.append("the S3T backbone was trained on deletable or deleted ids")
     known = {i for shard in config["assignment"] for sl in shard for i in sl}
@@ -240,7 +269,7 @@ def _audit_served(report: AuditReport, root: Path, config: dict, manifest: dict,
             held: set[int] = set()
             try:
                 if p.suffix == ".safetensors":
-                    held = set(read_checkpoint_info(p).get("trained_on", []))
+                    held = set(_checkpoint_info(p).get("trained_on", []))
                 elif p.suffix == ".npz":
                     held = _ids_in_npz(p)
             except Exception:  # a torn temp file: unreadable, reported as unreferenced below

@@ -84,7 +84,7 @@ def save_arrays(root: Path, rel: str, arrays: Arrays) -> dict:
 
 
 def load_arrays(path: str | os.PathLike) -> Arrays:
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         return Arrays(z["x"], z["y"], z["ids"])
 
 
