@@ -76,6 +76,9 @@ CREATE TABLE IF NOT EXISTS ledger_meta(
   key TEXT PRIMARY KEY,
   value TEXT NOT NULL
 );
+""" + """
+CREATE INDEX IF NOT EXISTS requests_by_requester ON requests(requester);
+CREATE UNIQUE INDEX IF NOT EXISTS requests_by_key ON requests(request_key) WHERE request_key IS NOT NULL;
 """
 # Columns schema 1 lacked (the upgrade adds them, then chains the existing rows).
 _V2_COLUMNS = {"requests": ("request_key", "prev_hash", "row_hash", "applied_hash"), "manifests": ("prev_hash", "row_hash")}
@@ -225,6 +228,9 @@ class Ledger:
                     if c not in have:
                         cur.execute(f"ALTER TABLE {table} ADD COLUMN {c} TEXT")
             cur.execute("CREATE TABLE IF NOT EXISTS ledger_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("CREATE INDEX IF NOT EXISTS requests_by_requester ON requests(requester)")
+            cur.execute("CREATE UNIQUE INDEX IF NOT EXISTS requests_by_key ON requests(request_key) "
+                        "WHERE request_key IS NOT NULL")
             prev = GENESIS
             rows = cur.execute("SELECT id, ids, requester, received_at, state, applied_at, effect, manifest_version "
                                "FROM requests ORDER BY id").fetchall()
