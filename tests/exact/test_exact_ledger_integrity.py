@@ -115,7 +115,8 @@ def test_cli_retry_exits_zero_with_recorded_outcome(sisa_dir, capsys):
 
 
 def _downgrade_to_schema_1(directory):
-    _sql(directory, *[f"ALTER TABLE requests DROP COLUMN {c}" for c in ("request_key", "prev_hash", "row_hash", "applied_hash")],
+    _sql(directory, "DROP INDEX requests_by_key", "DROP INDEX requests_by_requester",
+         *[f"ALTER TABLE requests DROP COLUMN {c}" for c in ("request_key", "prev_hash", "row_hash", "applied_hash")],
          *[f"ALTER TABLE manifests DROP COLUMN {c}" for c in ("prev_hash", "row_hash")],
          "DROP TABLE ledger_meta", "PRAGMA user_version=0")
 
