@@ -204,3 +204,12 @@ def test_corrupt_served_file_fails_audit_naming_it(sisa_dir, s3t_dir, which, dam
     path.write_bytes(bytes(data))
     errors = _audit_errors(directory)  # a report, never an exception
     assert entry["path"] in errors
+
+
+def test_missing_ledger_is_refused_not_recreated(sisa_dir, capsys):
+    _two_requests(sisa_dir)
+    (sisa_dir / "ledger.sqlite").unlink()
+    assert main(["status", str(sisa_dir)]) == 2
+    assert "ledger.sqlite is missing" in capsys.readouterr().err
+    assert not (sisa_dir / "ledger.sqlite").exists()
+    assert "missing ledger.sqlite" in _audit_errors(sisa_dir)

@@ -247,6 +247,10 @@ class ExactStore:
         directory = Path(directory)
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"{directory} is not an exact-unlearning directory (no config.json); run init")
+        if not (directory / "ledger.sqlite").exists():  # init creates it before config.json
+            raise FileNotFoundError(f"{directory / 'ledger.sqlite'} is missing: the deletion ledger of this directory "
+                                    "was removed; restore it from a backup (a new, empty ledger would lose the "
+                                    "record of every deletion)")
         config = read_json(directory / "config.json")
         if config.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{directory}/config.json has format {config.get('format')!r}, expected {CONFIG_FORMAT}")
