@@ -7,12 +7,15 @@ written."""
 import argparse
 import hashlib
 import io
+import math
 import pickle
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unlearnx.exact.cli import add_subcommands, main
 
@@ -256,3 +259,30 @@ def test_failed_init_removes_what_it_created(tmp_path, digits, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ExactStore.create(tmp_path / "mine", train=digits["train"], shards=2, slices=2)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["keep.txt"]
+
+
+def _numeric_parsers():
+    for cmd, parser in SUBCOMMANDS.items():
+        for action in parser._actions:
+            if getattr(action.type, "bounds", None) is not None:
+                yield action.type
+
+
+@settings(max_examples=25, deadline=None)
+@given(text=st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                      st.integers(-10**20, 10**20).map(str)))
+def test_numeric_parsers_return_in_range_or_refuse(text):
+    """Property: any text either parses to a finite value inside the argument's range, or raises
+    ArgumentTypeError (argparse then names the argument and exits 2); nothing else escapes."""
+    for parse in _numeric_parsers():
+        kind, low, high = parse.bounds[:3]
+        try:
+            value = parse(text)
+        except argparse.ArgumentTypeError as exc:
+            assert "expected" in str(exc)
+            continue
+        assert math.isfinite(value) and low <= value <= high
+        assert isinstance(value, int) if kind == "int" else isinstance(value, float)
+        if kind == "float":
+            low_incl, high_incl = parse.bounds[3:]
+            assert (value > low or low_incl) and (value < high or high_incl)
