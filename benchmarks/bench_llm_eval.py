@@ -63,7 +63,7 @@ def train(tokenizer, items, *, epochs: int, seed: int, cache_dir: Path, tag: str
     model_cfg = {"name": "llama", "hidden": 64, "layers": 2, "heads": 4}
     if path.is_file():
         model = build_lm("llama", tokenizer=tokenizer, hidden=64, layers=2, heads=4, seed=seed)
-        model.load_state_dict(torch.load(path))
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model, 0.0
     t0 = time.perf_counter()
     model, _ = train_lm(tokenizer, items, model=model_cfg, train={"epochs": epochs, "lr": 2e-3, "batch_size": 16},

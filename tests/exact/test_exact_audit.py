@@ -81,5 +81,9 @@ def test_audit_fails_on_manifest_listing_deleted_id_and_on_missing_dir(sisa_dir,
     assert any("still list deleted ids" in e for e in report.errors)
     assert any("not the last manifest recorded" in e for e in report.errors)
     assert not audit_directory(tmp_path / "none").ok
-    assert main(["audit", str(tmp_path / "none")]) == 1
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "none")]) == 2  # no such directory: a usage error
+    assert f"{tmp_path / 'none'} is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["audit", str(tmp_path / "empty")]) == 1  # a directory that fails the audit
     assert "missing config.json" in capsys.readouterr().out

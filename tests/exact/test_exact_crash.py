@@ -30,8 +30,11 @@ def _check_recovered(directory, ids, control_sha, control_effect):
     assert store.ledger.latest_manifest()[1] == control_sha
     report = audit_directory(directory)
     assert report.ok, report.format()
-    with pytest.raises(LedgerError, match="already requested"):
-        store.delete(ids, requester="crash-test")
+    # The client never got an answer: its retry is recognised and answered, nothing applied twice.
+    assert store.request_deletion(ids, requester="crash-test") == (reqs[0].id, True)
+    assert store.served()[1] == control_sha and len(store.ledger.requests()) == 1
+    with pytest.raises(LedgerError, match="already requested"):  # someone else asking again is refused
+        store.delete(ids, requester="another-client")
     assert store.recover() == []
     store.close()
 

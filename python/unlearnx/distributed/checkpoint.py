@@ -108,9 +108,7 @@ def export_safetensors(model: nn.Module, path, *, ctx: DistContext | None = None
                        metadata: dict[str, str] | None = None) -> Path:
     """Gather the full state dict (FSDP2 shards included) and write it on rank 0 as one safetensors
     file, atomically. Collective. Returns `path` (written by rank 0 only)."""
-    from safetensors.torch import save
-
-    from unlearnx.report import atomic_write_bytes
+    from unlearnx.report.io import atomic_write_bytes, safetensors_bytes
 
     _check_model(model)
     ctx = ctx or current()
@@ -118,6 +116,6 @@ def export_safetensors(model: nn.Module, path, *, ctx: DistContext | None = None
     if ctx.is_main:
         # clone: tied weights share storage, which safetensors refuses to write twice.
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
     ctx.barrier()
     return Path(path)

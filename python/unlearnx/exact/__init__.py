@@ -13,14 +13,14 @@ deletion ledger, atomic safetensors checkpoints, crash recovery and an audit. Se
 """
 from unlearnx.exact.audit import AuditReport, audit_directory
 from unlearnx.exact.data import Arrays, assign_slices, builtin_digits, load_data_file, synthetic_blobs
-from unlearnx.exact.ledger import Ledger, LedgerError
+from unlearnx.exact.ledger import Ledger, LedgerCorrupt, LedgerError
 from unlearnx.exact.models import MLP, LoRALinear, S3TNet, SGDTrainer, TrainFn, derive_seed
 from unlearnx.exact.s3t import S3T, cyclic_orders, simulate_deletion_rate, truncate_prefixes
 from unlearnx.exact.sisa import SISA
 from unlearnx.exact.store import ExactStore
 
 __all__ = [
-    "Arrays", "AuditReport", "ExactStore", "Ledger", "LedgerError", "LoRALinear", "MLP", "S3T", "S3TNet",
+    "Arrays", "AuditReport", "ExactStore", "Ledger", "LedgerCorrupt", "LedgerError", "LoRALinear", "MLP", "S3T", "S3TNet",
     "SGDTrainer", "SISA", "TrainFn", "assign_slices", "audit_directory", "builtin_digits", "cyclic_orders",
     "derive_seed", "load_data_file", "simulate_deletion_rate", "synthetic_blobs", "truncate_prefixes",
 ]

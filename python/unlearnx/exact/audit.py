@@ -1,6 +1,9 @@
 """Audit of an exact-unlearning directory: proof that deleted data is gone from what is served.
 
 `audit_directory(DIR)` checks, without modifying anything:
+  0. the ledger's own rows: the hash chains over the request and manifest rows are intact (no row
+     edited, removed or inserted since it was written) and the union of the requests' ids is
+     exactly the deleted_ids table (see unlearnx.exact.ledger);
   1. the ledger: every request is applied, the served manifest is the last one recorded (same
      version and sha256), it reflects the last request, and it serves exactly the recorded files;
   2. every served file (checkpoint, adapter, backbone, shard data) exists and its sha256 matches
@@ -16,12 +19,13 @@
 """
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from unlearnx.exact.io import read_checkpoint_info, read_json, sha256_file
+from unlearnx.exact.io import parse_json, read_checkpoint_info, read_json, sha256_bytes, sha256_file
 from unlearnx.exact.ledger import Ledger
 
 
@@ -44,15 +48,36 @@ class AuditReport:
         return "\n".join(lines)
 
 
+class _Unreadable(ValueError):
+    """A served file that cannot be parsed (its sha256 check reports the corruption too)."""
+
+
 def _ids_in_npz(path: Path) -> set[int]:
-    with np.load(path) as z:
-        return set(z["ids"].tolist())
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return set(z["ids"].tolist())
+    except Exception as exc:  # BadZipFile, missing key, torn file...
+        raise _Unreadable(f"{path.name} is unreadable ({type(exc).__name__})") from None
+
+
+def _checkpoint_info(path: Path) -> dict:
+    try:
+        info = read_checkpoint_info(path)
+        if not isinstance(info, dict):
+            raise TypeError("metadata is not an object")
+        return info
+    except Exception as exc:  # a corrupt header: bad length, not JSON, not UTF-8
+        raise _Unreadable(f"{path.name} is unreadable ({type(exc).__name__})") from None
 
 
 def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: list[int], deleted: set[int],
                       what: str, meta_expect: dict) -> None:
     path = root / entry["path"]
-    meta = read_checkpoint_info(path)
+    try:
+        meta = _checkpoint_info(path)
+    except _Unreadable as exc:
+        report.errors.append(f"{what} ({entry['path']}): {exc}")
+        return
     if not isinstance(meta.get("trained_on"), list):
         report.errors.append(f"{what} ({entry['path']}) has no training manifest (trained_on)")
         return
@@ -69,7 +94,8 @@ def _check_checkpoint(report: AuditReport, root: Path, entry: dict, expected: li
 
 
 def audit_directory(directory: str | Path) -> AuditReport:
-    """Audit DIR; see the module docstring for what is proven. Never modifies DIR."""
+    """Audit DIR; see the module docstring for what is proven. Never modifies DIR (a schema-1
+    ledger is reported, not upgraded). A corrupt file is an error naming it, never an exception."""
     root = Path(directory)
     report = AuditReport(str(root))
     for name in ("config.json", "served.json", "ledger.sqlite"):
@@ -77,24 +103,63 @@ def audit_directory(directory: str | Path) -> AuditReport:
             report.errors.append(f"missing {name}: not an initialised exact-unlearning directory")
     if report.errors:
         return report
-    config = read_json(root / "config.json")
-    manifest = read_json(root / "served.json")
-    served_sha = sha256_file(root / "served.json")
-    ledger = Ledger(root / "ledger.sqlite")
     try:
+        config = read_json(root / "config.json")
+        with open(root / "served.json", "rb") as f:
+            served_bytes = f.read()
+        served_sha = sha256_bytes(served_bytes)
+        ledger = Ledger(root / "ledger.sqlite", upgrade=False)
+    except (ValueError, OSError) as exc:  # corrupt config.json or ledger.sqlite: named in the message
+        report.errors.append(str(exc))
+        return report
+    try:
+        chain_errors = ledger.verify()
+        if ledger.needs_upgrade:
+            report.errors += chain_errors
+            return report
+        upgraded = ledger.meta("upgraded")
         latest = ledger.latest_manifest()
         pending = ledger.pending()
         requests = ledger.requests()
         deleted = ledger.deleted_ids()
-        recorded = ledger.served_files(manifest["version"])
+        recorded_by_version = {v: ledger.served_files(v) for v in {latest[0]} if latest}
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        report.errors.append(f"{root / 'ledger.sqlite'}: unreadable deletion ledger ({exc})")
+        return report
     finally:
         ledger.close()
 
+    # 0. the ledger's own rows: hash chains, and the requests' ids are exactly the deleted ids
+    report.errors += [f"ledger.sqlite: {e}" for e in chain_errors]
+    if upgraded:
+        report.warnings.append(f"ledger.sqlite was upgraded from schema 1 at {upgraded['at']}: its first "
+                               f"{upgraded['requests']} request(s) were chained then, earlier edits are not detectable")
+    report.checked["ledger rows (hash chain)"] = len(requests)
+    if latest is None or latest[1] != served_sha:
+        report.errors.append(f"served.json (sha256 {served_sha[:16]}...) is not the last manifest recorded in the "
+                             f"ledger ({latest}): the file is corrupt or was modified outside unlearnx")
+    try:
+        manifest = parse_json(served_bytes, root / "served.json")
+    except ValueError as exc:
+        report.errors.append(str(exc))
+        return report
+    try:
+        _audit_served(report, root, config, manifest, served_sha, latest, pending, requests, deleted,
+                      recorded_by_version)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        report.errors.append(f"served.json or config.json has unexpected content ({exc!r}); "
+                             "they are corrupt or were modified outside unlearnx")
+    return report
+
+
+def _audit_served(report: AuditReport, root: Path, config: dict, manifest: dict, served_sha: str, latest,
+                  pending, requests, deleted: set[int], recorded_by_version: dict) -> None:
+    recorded = recorded_by_version.get(manifest["version"], {})
     # 1. ledger vs served manifest
     for r in pending:
         report.errors.append(f"request {r.id} ({r.requester}, {len(r.ids)} ids) is received but not applied; "
                              "open the directory (any unlearnx exact command but audit) to recover")
-    if latest != (manifest["version"], served_sha):
+    if latest is not None and latest[1] == served_sha and latest != (manifest["version"], served_sha):
         report.errors.append(f"served.json (version {manifest['version']}, sha256 {served_sha[:16]}...) is not the "
                              f"last manifest recorded in the ledger ({latest})")
     last_req = max((r.id for r in requests), default=0)
@@ -139,8 +204,12 @@ def audit_directory(directory: str | Path) -> AuditReport:
                 report.errors.append(f"shard {s} slice {r} holds ids not assigned to it")
         seen |= set(union)
         data_path = root / e["data"]["path"]
-        if data_path.exists():
-            ids = _ids_in_npz(data_path)
+        try:
+            ids = _ids_in_npz(data_path) if data_path.exists() else None
+        except _Unreadable as exc:
+            report.errors.append(f"shard {s} data {e['data']['path']}: {exc}")
+            ids = None
+        if ids is not None:
             if ids & deleted:
                 report.errors.append(f"shard {s} data {e['data']['path']} still holds deleted ids {sorted(ids & deleted)[:20]}")
             if ids != set(union):
@@ -171,7 +240,11 @@ def audit_directory(directory: str | Path) -> AuditReport:
                                            "role": "s3t-adapter"})
                     n_ckpt += 1
     if manifest.get("backbone") and (root / manifest["backbone"]["path"]).exists():
-        meta = read_checkpoint_info(root / manifest["backbone"]["path"])
+        try:
+            meta = _checkpoint_info(root / manifest["backbone"]["path"])
+        except _Unreadable as exc:
+            report.errors.append(f"the S3T backbone ({manifest['backbone']['path']}): {exc}")
+            meta = {"trained_on": []}
         if meta.get("trained_on") != [] or set(meta.get("public_ids", [])) & deleted:
             report.errors.append("the S3T backbone was trained on deletable or deleted ids")
     known = {i for shard in config["assignment"] for sl in shard for i in sl}
@@ -196,7 +269,7 @@ def audit_directory(directory: str | Path) -> AuditReport:
             held: set[int] = set()
             try:
                 if p.suffix == ".safetensors":
-                    held = set(read_checkpoint_info(p).get("trained_on", []))
+                    held = set(_checkpoint_info(p).get("trained_on", []))
                 elif p.suffix == ".npz":
                     held = _ids_in_npz(p)
             except Exception:  # a torn temp file: unreadable, reported as unreferenced below
@@ -206,4 +279,3 @@ def audit_directory(directory: str | Path) -> AuditReport:
                                      "open the directory to collect it")
             else:
                 report.warnings.append(f"unreferenced file {rel}")
-    return report

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +84,7 @@ def save_arrays(root: Path, rel: str, arrays: Arrays) -> dict:
 
 
 def load_arrays(path: str | os.PathLike) -> Arrays:
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         return Arrays(z["x"], z["y"], z["ids"])
 
 
@@ -115,31 +117,83 @@ def synthetic_blobs(n: int, *, features: int = 64, classes: int = 10, separation
     return {k: Arrays.of(x[p], y[p], p) for k, p in parts.items()}
 
 
-def load_data_file(path: str | os.PathLike) -> dict[str, Arrays]:
-    """Read a .npz or .pt file with keys x, y, ids (training rows) and optionally test_x, test_y
-    (evaluation rows) and public_x, public_y, public_ids (S3T backbone pre-training rows)."""
+def read_array_file(path: str | os.PathLike, what: str = "data file") -> dict[str, np.ndarray]:
+    """The named arrays of a .npz file (no pickled objects) or a .pt file holding a dict of tensors
+    (read with weights_only=True: a .pt cannot run code). A missing, corrupt or foreign file raises
+    FileNotFoundError/ValueError whose message starts with `what` and the path."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            raw = {k: z[k] for k in z.files}
-    elif path.suffix == ".pt":
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        raw = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in raw.items()}
-    else:
-        raise ValueError(f"data file must end in .npz or .pt, got {path.name}")
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory, expected a .npz or .pt file")
+    if path.suffix not in (".npz", ".pt"):
+        raise ValueError(f"{what} must end in .npz or .pt, got {path.name}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("a single array (.npy), not an archive of named arrays")
+                raw = {k: z[k] for k in z.files}
+        else:
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict):
+                raise ValueError(f"expected a dict of name -> tensor, got {type(obj).__name__}")
+            raw = {str(k): (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obj.items()}
+    except Exception as exc:  # BadZipFile, UnpicklingError, EOFError, OSError...: all mean a bad file
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        if isinstance(exc, pickle.UnpicklingError):
+            detail = "a pickle that is not plain tensors; unlearnx never unpickles objects"
+        raise ValueError(f"{what} {path}: not a readable {path.suffix} file of named arrays "
+                         f"({type(exc).__name__}: {detail})") from None
+    return raw
+
+
+def _rows(raw: dict, path: Path, what: str, x_key: str, y_key: str, ids_key: str | None, ids=None) -> Arrays:
+    x, y = raw[x_key], raw[y_key]
+    ids = raw[ids_key] if ids_key is not None and ids_key in raw else ids
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ValueError(f"{what} {path}: {x_key} must be a numeric array, got dtype {x.dtype}")
+    for k, a in ((y_key, y), (ids_key, ids)):
+        if a is not None and not np.issubdtype(np.asarray(a).dtype, np.integer):
+            raise ValueError(f"{what} {path}: {k} must be an integer array, got dtype {np.asarray(a).dtype}")
+    if x.ndim != 2 or len(x) == 0 or x.shape[1] == 0:
+        raise ValueError(f"{what} {path}: {x_key} must have shape [N, F] with N, F >= 1, got {x.shape}")
+    if y.shape != (len(x),) or (ids is not None and np.shape(ids) != (len(x),)):
+        raise ValueError(f"{what} {path}: {y_key}{' and ' + ids_key if ids_key else ''} must have shape "
+                         f"[{len(x)}], got {y.shape}{' and ' + str(np.shape(ids)) if ids is not None else ''}")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"{what} {path}: {y_key} must be class labels >= 0, got {int(y.min())}")
+    try:
+        return Arrays.of(x, y, ids)
+    except ValueError as exc:
+        raise ValueError(f"{what} {path}: {exc}") from None
+
+
+def load_data_file(path: str | os.PathLike, what: str = "data file") -> dict[str, Arrays]:
+    """Read a .npz or .pt file with keys x, y, ids (training rows) and optionally test_x, test_y
+    (evaluation rows) and public_x, public_y, public_ids (S3T backbone pre-training rows).
+    Every problem raises FileNotFoundError/ValueError naming `what`, the file and the key."""
+    path = Path(path)
+    raw = read_array_file(path, what)
     missing = {"x", "y", "ids"} - set(raw)
     if missing:
-        raise ValueError(f"data file {path} lacks keys {sorted(missing)} (needs x, y, ids)")
-    out = {"train": Arrays.of(raw["x"], raw["y"], raw["ids"])}
+        raise ValueError(f"{what} {path} lacks keys {sorted(missing)} (needs x, y, ids)")
+    out = {"train": _rows(raw, path, what, "x", "y", "ids")}
+    for prefix in ("test", "public"):
+        if f"{prefix}_x" in raw and f"{prefix}_y" not in raw:
+            raise ValueError(f"{what} {path} has {prefix}_x but no {prefix}_y")
     if "test_x" in raw:
-        out["test"] = Arrays.of(raw["test_x"], raw["test_y"])
+        out["test"] = _rows(raw, path, what, "test_x", "test_y", None)
     if "public_x" in raw:
-        pub_ids = raw.get("public_ids")
-        if pub_ids is None:  # keep public ids disjoint from training ids
-            pub_ids = int(out["train"].ids.max()) + 1 + np.arange(len(raw["public_x"]))
-        out["public"] = Arrays.of(raw["public_x"], raw["public_y"], pub_ids)
+        # keep public ids disjoint from training ids when the file gives none
+        default = int(out["train"].ids.max()) + 1 + np.arange(len(raw["public_x"]))
+        out["public"] = _rows(raw, path, what, "public_x", "public_y", "public_ids", default)
+    features = out["train"].x.shape[1]
+    for name, d in out.items():
+        if d.x.shape[1] != features:
+            raise ValueError(f"{what} {path}: {name}_x has {d.x.shape[1]} features, x has {features}")
     return out
 
 

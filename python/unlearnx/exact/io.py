@@ -69,9 +69,22 @@ def atomic_write_json(path: str | os.PathLike, obj) -> str:
     return sha256_bytes(data)
 
 
+def parse_json(data: bytes, path: str | os.PathLike, *, kind: type = dict):
+    """Decode the JSON bytes read from `path`; ValueError naming the file when they are not valid
+    UTF-8 JSON or not a `kind` (a corrupt or foreign file)."""
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path}: not valid JSON ({exc}); the file is corrupt or was modified outside unlearnx") from None
+    if not isinstance(obj, kind):
+        raise ValueError(f"{path}: expected a JSON {kind.__name__}, got {type(obj).__name__}")
+    return obj
+
+
 def read_json(path: str | os.PathLike):
+    """Read a JSON object from `path` (see `parse_json`)."""
     with open(path, "rb") as f:
-        return json.loads(f.read())
+        return parse_json(f.read(), path)
 
 
 class CheckpointStore:

@@ -20,8 +20,9 @@ applied exactly once.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 from unlearnx.exact.data import Arrays, assign_slices, load_arrays, save_arrays
 from unlearnx.exact.distributed import DistContext
 from unlearnx.exact.io import (
-    CheckpointStore, DirLock, atomic_write_json, crash_point, fsync_dir, read_json, sha256_bytes, sha256_file,
+    CheckpointStore, DirLock, atomic_write_json, crash_point, fsync_dir, parse_json, read_json, sha256_bytes,
+    sha256_file,
 )
 from unlearnx.exact.ledger import Ledger, Request
 from unlearnx.exact.models import SGDTrainer, TrainFn, mlp_factory, steps_for
@@ -46,9 +48,32 @@ AGGREGATIONS = ("vote", "mean")
 DEFAULT_RECIPE = {"epochs": 10.0, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "pretrain_epochs": 30.0}
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+# Inclusive ranges of the numeric settings (the CLI checks its arguments against the same table).
+INT_RANGES = {"shards": (1, 10_000), "slices": (1, 10_000), "sequences": (1, 10_000), "seed": (0, 2**63 - 1),
+              "hidden": (1, 65_536), "batch_size": (1, 1_000_000), "lora_rank": (1, 4096)}
+# (low, high, low_inclusive): lr in (0, 10], epochs in (0, 10000], momentum in [0, 1).
+FLOAT_RANGES = {"epochs": (0.0, 10_000.0, False), "pretrain_epochs": (0.0, 10_000.0, False), "lr": (0.0, 10.0, False),
+                "momentum": (0.0, 1.0, True), "lora_alpha": (0.0, 1e6, False)}
+
+
+def _check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    lo, hi = INT_RANGES.get(name, (low, high))
+    lo, hi = lo if low is None else low, hi if high is None else high
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def check_float(name: str, value) -> float:
+    """`value` as a finite float inside FLOAT_RANGES[name]; ValueError naming `name` otherwise."""
+    lo, hi, lo_incl = FLOAT_RANGES[name]
+    interval = f"{'[' if lo_incl else '('}{lo:g}, {hi:g}{']' if name != 'momentum' else ')'}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        value = float(value)
+        ok = (value >= lo if lo_incl else value > lo) and (value < hi if name == "momentum" else value <= hi)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     return value
 
 
@@ -61,6 +86,19 @@ def manifest_files(manifest: dict, engine) -> list[dict]:
         for e in manifest["shards"]:
             files += engine.files(e)
     return files
+
+
+def _remove_new_entries(directory: Path, before: set[Path] | None) -> None:
+    """Undo a failed `create`: remove `directory` (the topmost folder it created) when `before` is
+    None, else the entries of `directory` that are not in `before`."""
+    if before is None:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for p in set(directory.iterdir()) - before if directory.is_dir() else ():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 class ExactStore:
@@ -115,57 +153,90 @@ class ExactStore:
         in passes over one slice), batch_size, lr, momentum, pretrain_epochs (S3T backbone).
         """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"{directory} exists and is not a directory")
         if (directory / "config.json").exists():
             raise FileExistsError(f"{directory} already holds an exact-unlearning model (config.json)")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-        _check_int("shards", shards, 1)
-        _check_int("slices", slices, 1)
-        _check_int("seed", seed, 0)
-        _check_int("hidden", hidden, 1)
-        sequences = slices if sequences is None else _check_int("sequences", sequences, 1)
+        _check_int("shards", shards)
+        _check_int("slices", slices)
+        _check_int("seed", seed)
+        _check_int("hidden", hidden)
+        _check_int("lora_rank", lora_rank)
+        lora_alpha = check_float("lora_alpha", lora_alpha)
+        sequences = slices if sequences is None else _check_int("sequences", sequences)
         if method == "s3t" and sequences > slices:
             raise ValueError(f"sequences must be <= slices ({slices}) for cyclic rotations, got {sequences}")
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
         if not isinstance(train, Arrays):
             raise TypeError(f"train must be unlearnx.exact.data.Arrays, got {type(train).__name__}")
+        if len(train) == 0:
+            raise ValueError("train has no rows")
         if (model_fn is None) != (train_fn is None):
             raise ValueError("pass both model_fn and train_fn for a custom model, or neither")
         if model_fn is not None and method != "sisa":
             raise ValueError("a custom model_fn is supported for method='sisa' only (S3T uses its LoRA MLP)")
+        if recipe is not None and not isinstance(recipe, dict):
+            raise TypeError(f"recipe must be a dict, got {type(recipe).__name__}")
         unknown = set(recipe or {}) - set(DEFAULT_RECIPE)
         if unknown:
             raise ValueError(f"recipe has unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_RECIPE)}")
         recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+        for k, v in recipe.items():
+            try:
+                recipe[k] = _check_int(k, v) if k == "batch_size" else check_float(k, v)
+            except ValueError as exc:
+                raise ValueError(f"recipe[{k!r}]: {exc}") from None
         if public is not None and not set(public.ids.tolist()).isdisjoint(train.ids.tolist()):
             raise ValueError("public ids must be disjoint from training ids")
+        for name, d in (("train", train), ("test", test), ("public", public)):
+            if d is not None and len(d) and int(d.y.min()) < 0:
+                raise ValueError(f"{name} labels must be >= 0, got {int(d.y.min())}")
+            if d is not None and name != "train" and d.x.shape[1] != train.x.shape[1]:
+                raise ValueError(f"{name} rows have {d.x.shape[1]} features, train rows {train.x.shape[1]}")
         classes = 1 + max(int(d.y.max()) for d in (train, test, public) if d is not None and len(d))
         assignment = assign_slices(train.ids, shards=shards, slices=slices, seed=seed)
-        directory.mkdir(parents=True, exist_ok=True)
-        shard_entries = []
-        for s, shard in enumerate(assignment):
-            ref = save_arrays(directory, f"data/shard{s}", train.select(i for sl in shard for i in sl))
-            shard_entries.append({"shard": s, "data": ref, "slices": shard})
-        config = {
-            "format": CONFIG_FORMAT, "method": method, "shards": shards, "slices": slices,
-            "sequences": sequences if method == "s3t" else 1, "seed": seed, "aggregation": aggregation,
-            "device": device, "source": source, "recipe": recipe,
-            "lora": {"rank": lora_rank, "alpha": lora_alpha},
-            "model": ({"kind": "custom"} if model_fn is not None else
-                      {"kind": "mlp", "in_features": int(train.x.shape[1]), "hidden": hidden, "classes": classes}),
-            "nominal_slice_rows": max(len(sl) for shard in assignment for sl in shard),
-            "test_data": save_arrays(directory, "data/test", test) if test is not None else None,
-            "public_data": save_arrays(directory, "data/public", public) if public is not None else None,
-            "assignment": assignment,
-        }
-        manifest = {"format": MANIFEST_FORMAT, "version": 0, "method": method, "trained": False,
-                    "applied_through": 0, "request": None, "backbone": None, "shards": shard_entries}
-        store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
-        with store.lock:
-            store._commit(manifest, request=None)
-            # The config goes last: a directory without it is an interrupted init and can be re-run.
-            atomic_write_json(directory / "config.json", config)
+        # Everything is validated; from here on a failure removes what this call created.
+        before = set(directory.iterdir()) if directory.is_dir() else None
+        created_top = directory
+        while not created_top.parent.exists():
+            created_top = created_top.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            shard_entries = []
+            for s, shard in enumerate(assignment):
+                ref = save_arrays(directory, f"data/shard{s}", train.select(i for sl in shard for i in sl))
+                shard_entries.append({"shard": s, "data": ref, "slices": shard})
+            config = {
+                "format": CONFIG_FORMAT, "method": method, "shards": shards, "slices": slices,
+                "sequences": sequences if method == "s3t" else 1, "seed": seed, "aggregation": aggregation,
+                "device": device, "source": source, "recipe": recipe,
+                "lora": {"rank": lora_rank, "alpha": lora_alpha},
+                "model": ({"kind": "custom"} if model_fn is not None else
+                          {"kind": "mlp", "in_features": int(train.x.shape[1]), "hidden": hidden, "classes": classes}),
+                "nominal_slice_rows": max(len(sl) for shard in assignment for sl in shard),
+                "test_data": save_arrays(directory, "data/test", test) if test is not None else None,
+                "public_data": save_arrays(directory, "data/public", public) if public is not None else None,
+                "assignment": assignment,
+            }
+            manifest = {"format": MANIFEST_FORMAT, "version": 0, "method": method, "trained": False,
+                        "applied_through": 0, "request": None, "backbone": None, "shards": shard_entries}
+            store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
+            with store.lock:
+                store._commit(manifest, request=None)
+                # The config goes last: a directory without it is an interrupted init and can be re-run.
+                atomic_write_json(directory / "config.json", config)
+        except BaseException:
+            if "store" in locals():
+                store.close()
+            _remove_new_entries(created_top if before is None else directory, before)
+            raise
         return store
 
     @classmethod
@@ -176,10 +247,18 @@ class ExactStore:
         directory = Path(directory)
         if not (directory / "config.json").exists():
             raise FileNotFoundError(f"{directory} is not an exact-unlearning directory (no config.json); run init")
+        if not (directory / "ledger.sqlite").exists():  # init creates it before config.json
+            raise FileNotFoundError(f"{directory / 'ledger.sqlite'} is missing: the deletion ledger of this directory "
+                                    "was removed; restore it from a backup (a new, empty ledger would lose the "
+                                    "record of every deletion)")
         config = read_json(directory / "config.json")
         if config.get("format") != CONFIG_FORMAT:
             raise ValueError(f"{directory}/config.json has format {config.get('format')!r}, expected {CONFIG_FORMAT}")
-        store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
+        try:
+            store = cls(directory, config, model_fn=model_fn, train_fn=train_fn, device=device, progress=progress)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{directory / 'config.json'}: unexpected content ({exc!r}); "
+                             "the file is corrupt or was modified outside unlearnx") from None
         if recover:
             store.recover()
         return store
@@ -192,7 +271,7 @@ class ExactStore:
         """The served manifest and the sha256 of its bytes."""
         with open(self.dir / "served.json", "rb") as f:
             data = f.read()
-        return json.loads(data), sha256_bytes(data)
+        return parse_json(data, self.dir / "served.json"), sha256_bytes(data)
 
     def _commit(self, manifest: dict, *, request: Request | None) -> None:
         """Swap in `manifest` atomically, then record it (and apply `request`) in the ledger."""
@@ -310,17 +389,29 @@ class ExactStore:
                 self.lock.__exit__(None, None, None)
 
     # -- deletion -------------------------------------------------------------------------------
-    def delete(self, ids, *, requester: str) -> int:
+    def delete(self, ids, *, requester: str, request_key: str | None = None) -> int:
         """Record a deletion request in the ledger and apply it (and any earlier pending one).
-        Raises LedgerError for malformed, unknown or already-deleted ids. Returns the request id."""
+        Raises LedgerError for malformed, unknown or already-deleted ids. Returns the request id;
+        a retry (see `request_deletion`) returns the id of the request it repeats."""
+        return self.request_deletion(ids, requester=requester, request_key=request_key)[0]
+
+    def request_deletion(self, ids, *, requester: str, request_key: str | None = None) -> tuple[int, bool]:
+        """Like `delete`, returning (request id, retry). Idempotent: a request with the
+        `request_key` of an earlier one (same ids and requester, else LedgerError), or without a
+        key the same requester and exactly the same ids as an earlier one, is a retry: nothing new
+        is recorded, the earlier request is applied if a crash left it pending, and its id is
+        returned with retry=True."""
         with self.lock:
-            self._recover_locked()
-            rid = self.ledger.record_request(ids, requester, known_ids=self.known_ids)
+            self._recover_locked()  # applies a pending original before its retry is answered
+            prior = self.ledger.find_retry(ids, requester, request_key=request_key)
+            if prior is not None:
+                return prior.id, True
+            rid = self.ledger.record_request(ids, requester, known_ids=self.known_ids, request_key=request_key)
             crash_point("after_request_recorded")
             manifest, _ = self.served()
             for req in self.ledger.pending():
                 manifest = self._apply(manifest, req)
-        return rid
+        return rid, False
 
     def _apply(self, manifest: dict, req: Request) -> dict:
         deleted = set(req.ids)

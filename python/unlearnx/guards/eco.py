@@ -596,13 +596,11 @@ class ECOGuard(nn.Module):
     def save(self, directory) -> Path:
         """Write the guard state (not the model) to `directory`: eco_guard.safetensors (classifier
         tensors) and eco_guard.json (corruption and prompt settings), each atomically."""
-        from safetensors.torch import save
-
-        from unlearnx.report.io import atomic_write_bytes, atomic_write_json
+        from unlearnx.report.io import atomic_write_bytes, atomic_write_json, safetensors_bytes
 
         directory = Path(directory)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.classifier.state_dict().items()}
-        atomic_write_bytes(directory / _STATE_FILE, save(tensors))
+        atomic_write_bytes(directory / _STATE_FILE, safetensors_bytes(tensors))
         atomic_write_json(directory / _CONFIG_FILE, self.config_dict())
         return directory
 

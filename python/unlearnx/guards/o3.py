@@ -573,9 +573,7 @@ class O3Guard(nn.Module):
     def save(self, path) -> None:
         """Write the guard's own state (adapters, detectors, hyper-parameters; not the base model's
         weights) to one safetensors file, atomically (temp file + fsync + rename)."""
-        from safetensors.torch import save
-
-        from unlearnx.report.io import atomic_write_bytes
+        from unlearnx.report.io import atomic_write_bytes, safetensors_bytes
 
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()
                    if not k.startswith("model.")}
@@ -584,7 +582,7 @@ class O3Guard(nn.Module):
         meta = {"format": _FORMAT, "hparams": hp, "rank": self.rank, "lora_alpha": self.lora_alpha,
                 "target_names": self.target_names, "requests": len(self.requests),
                 "keys_rows": [int(r.detector.keys.shape[1]) for r in self.requests]}
-        atomic_write_bytes(path, save(tensors, metadata={"o3": json.dumps(meta)}))
+        atomic_write_bytes(path, safetensors_bytes(tensors, {"o3": json.dumps(meta, sort_keys=True)}))
 
     @classmethod
     def load(cls, model: nn.Module, path, *, map_location=None) -> O3Guard:

@@ -37,6 +37,10 @@ def same_device(t: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) ->
 
 
 def finite_scalar(value, name: str, *, min_value: float | None = None) -> float:
+    """`value` (a real number: int, float, numpy scalar or one-element tensor) as a finite float;
+    strings and bools are refused (TypeError), NaN/inf and values below min_value (ValueError)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -182,7 +182,15 @@ def _check_k(k, total: int, *, allow_zero: bool) -> int:
 def _select(xs, k, absolute, largest, exact):
     backend = _backend(xs[0].device)
     if backend == "native":
-        return torch.ops.unlearnx.global_select(xs, k, absolute, largest, exact)
+        try:
+            return torch.ops.unlearnx.global_select(xs, k, absolute, largest, exact)
+        except RuntimeError as exc:
+            # The native kernels find NaN during their first pass and raise RuntimeError; the
+            # reference and Triton paths raise ValueError: one error type for bad input everywhere.
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            if "contains NaN; NaN has no rank" in msg:
+                raise ValueError(msg.removeprefix("unlearnx: ")) from None
+            raise
     if backend == "triton":
         from unlearnx.kernels.select import global_select_triton
 

@@ -99,7 +99,9 @@ def ssd_dampen_(
     full_importance = [t.contiguous() for t in full_importance]
     # Kernels need dense parameters; strided ones are dampened through a dense copy and copied back.
     dense = [p if p.is_contiguous() else p.contiguous() for p in params]
-    device = params[0].device if params else torch.device("cpu")
+    if not params:  # nothing to dampen (the dispatcher cannot route an op with no tensors)
+        return torch.zeros((), dtype=torch.int64)
+    device = params[0].device
     backend = _native.select_backend(device)
     if backend == "native":
         count = torch.ops.unlearnx.ssd_dampen_(dense, forget_importance, full_importance, alpha, lam)

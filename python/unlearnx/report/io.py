@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["fsync_dir", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "save_state_dict",
-           "load_state_dict", "to_jsonable"]
+           "load_state_dict", "to_jsonable", "safetensors_bytes"]
 
 
 def fsync_dir(path) -> None:
@@ -93,14 +93,36 @@ def read_json(path):
         return None
 
 
-def save_state_dict(model: nn.Module, path, *, metadata: dict[str, str] | None = None) -> Path:
-    """Save `model.state_dict()` (parameters and buffers, on CPU) as safetensors, atomically."""
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """`safetensors.torch.save(tensors, metadata)` with the metadata keys in sorted order, so equal
+    tensors and metadata always give equal bytes.
+
+    safetensors writes `__metadata__` from a hash map whose order changes from process to process
+    (two identical runs gave files with different sha256). The tensor entries and the data section
+    are already in a fixed order; only the header's `__metadata__` object is rewritten, compact, and
+    padded with spaces to a multiple of 8 bytes as safetensors does (tensor offsets are relative to
+    the end of the header, so the data section is unchanged).
+    """
     from safetensors.torch import save
 
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header["__metadata__"].items())),
+                  **{k: v for k, v in header.items() if k != "__metadata__"}}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
+
+
+def save_state_dict(model: nn.Module, path, *, metadata: dict[str, str] | None = None) -> Path:
+    """Save `model.state_dict()` (parameters and buffers, on CPU) as safetensors, atomically; the
+    same weights and metadata always give the same bytes (see `safetensors_bytes`)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def load_state_dict(model: nn.Module, path) -> nn.Module:
