@@ -80,13 +80,12 @@ def _linear(device, dtype, small):
 
 def _linear_sq(device, dtype, many, small):
     B, d_in, d_out, x, g = _linear(device, dtype, small)
-    return [torch.rand(d_out, d_in, device=device), x, g, torch.rand(d_out, device=device),
-            torch.zeros(d_out, d_in, device=device)]
+    return [torch.rand(d_out, d_in).to(device), x, g, torch.rand(d_out).to(device), torch.zeros(d_out, d_in).to(device)]
 
 
 def _linear_norm(device, dtype, many, small):
     B, d_in, d_out, x, g = _linear(device, dtype, small)
-    return [torch.rand(B, device=device), x, g, True]
+    return [torch.rand(B).to(device), x, g, True]
 
 
 def _token_stats(device, dtype, many, small):
@@ -99,8 +98,8 @@ def _token_stats(device, dtype, many, small):
 
 def _router(device, dtype, many, small):
     T, E = (40, 8) if small else (3001, 60)
-    return [torch.zeros(2, E, 4, device=device), torch.randn(T, E).to(dtype).to(device),
-            torch.randint(0, 3, (T,)).to(device), 4, True]
+    return [torch.zeros(2, E, 4).to(device), torch.randn(T, E).to(dtype).to(device), torch.randint(0, 3, (T,)).to(device),
+            4, True]
 
 
 def _logit_pair(device, dtype, small):
@@ -136,6 +135,7 @@ LIST_OPS = ("ssd_dampen_", "global_select", "threshold_masks", "mask_counts", "m
 
 
 def make_op_args(name, *, device="cpu", dtype=torch.float32, many=False, small=False):
+    """Every value is drawn on the CPU (seed 1), so the same call gives the same values on any device."""
     torch.manual_seed(1)
     return BUILDERS[name](torch.device(device), dtype, many, small)
 
@@ -186,4 +186,5 @@ def assert_same(got, want, *, rtol=1e-4, atol=1e-4, what="output"):
 
 @pytest.fixture
 def op_kit():
-    return SimpleNamespace(builders=BUILDERS, list_ops=LIST_OPS, make=make_op_args, run=run_op, assert_same=assert_same)
+    return SimpleNamespace(builders=BUILDERS, list_ops=LIST_OPS, make=make_op_args, run=run_op, assert_same=assert_same,
+                           to=_to)

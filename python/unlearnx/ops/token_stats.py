@@ -96,13 +96,17 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
     backend = _native.select_backend(logits.device, op="token_stats")
     if backend == "native" and logits.dtype in _NATIVE_DTYPES:
         return torch.ops.unlearnx.token_stats(logits.contiguous(), labels.contiguous(), ignore_index)
-    if backend == "triton" and logits.dtype != torch.float64 and not (
-            torch.is_grad_enabled() and logits.requires_grad):
-        from unlearnx.kernels.token_stats import token_stats_triton
+    if backend == "triton" and logits.dtype != torch.float64:
+        if not (torch.is_grad_enabled() and logits.requires_grad):
+            from unlearnx.kernels.token_stats import token_stats_triton
 
-        return token_stats_triton(logits.contiguous(), labels.contiguous(), ignore_index)
-    # The reference is plain autograd-aware PyTorch (also what fp64 and grad-needing
-    # Triton-only calls use).
+            return token_stats_triton(logits.contiguous(), labels.contiguous(), ignore_index)
+        if logits.is_cuda and _native.native_loaded():
+            # Through the op: its autograd formula around its CUDA kernel (registered by
+            # unlearnx.ops.registry, which runs the same Triton kernel).
+            return torch.ops.unlearnx.token_stats(logits.contiguous(), labels.contiguous(), ignore_index)
+    # The reference is plain autograd-aware PyTorch (also what fp64 and grad-needing Triton calls
+    # without the native library use).
     return token_stats_reference(logits, labels, ignore_index)
 
 
