@@ -80,7 +80,7 @@ run_step "install the CUDA wheel" 240 install_wheel || { echo "no usable unlearn
 run_step "op coverage (.ci/cuda_coverage.py)" 60 bash -c "cd /tmp && $PY '$ROOT/.ci/cuda_coverage.py'"
 
 # 3. ops on CUDA tensors (the installed wheel: the repository's python/ is not on sys.path).
-run_step "ops on CUDA vs reference (tests/ops -k cuda)" 150 \
+run_step "ops on CUDA vs reference (tests/ops -k cuda)" 180 \
   $PY -m pytest -q -p no:cacheprovider tests/ops -k cuda --junitxml="$OUT/pytest_ops_cuda.xml"
 
 # 4. every registered method, one short run on CUDA.

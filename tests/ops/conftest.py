@@ -109,7 +109,9 @@ def _logit_pair(device, dtype, small):
 
 def _logit_diff_sample(device, dtype, many, small):
     zt, za = _logit_pair(device, dtype, small)
-    return [zt, za, 1, 0.8, 0.1, 0.7, 20, 0.9, True, 3, 0]  # greedy: the tokens are exact
+    # greedy (exact tokens) with top-k; top_p = 1: a nucleus boundary can move with rounding between
+    # backends and change the chosen token's log-prob (test_logit_diff_op.py covers top-p).
+    return [zt, za, 1, 0.8, 0.1, 0.7, 20, 1.0, True, 3, 0]
 
 
 def _logit_diff_logprobs(device, dtype, many, small):

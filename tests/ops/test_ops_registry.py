@@ -78,6 +78,18 @@ def test_check_coverage_reports_a_missing_kernel(monkeypatch):
 
 
 @needs_native
+def test_check_coverage_reports_a_schema_missing_from_either_side(monkeypatch):
+    real = _native.native_kernels()
+    changed = {k: v for k, v in real.items() if k != "token_stats"}
+    changed["new_op_"] = frozenset({"cpu"})
+    monkeypatch.setattr(_native, "native_kernels", lambda: changed)
+    with pytest.raises(AssertionError) as err:
+        registry.check_coverage()
+    assert "new_op_: in the native library but not OPS" in str(err.value)
+    assert "token_stats: in OPS but not the native library" in str(err.value)
+
+
+@needs_native
 def test_every_op_has_a_sample(op_kit):
     assert set(op_kit.builders) == {s.name for s in registry.OPS}
 

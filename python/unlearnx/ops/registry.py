@@ -20,6 +20,7 @@ and `backend_table()` says what each op uses on each device (`unlearnx info` pri
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,9 +105,8 @@ def _schema_args(spec: OpSpec) -> list[tuple[str, bool]]:
     return [(a.name, "Tensor" in str(a.type)) for a in schema.arguments]
 
 
-def _check_tensor_args(spec: OpSpec, device_type: str, args, kwargs) -> None:
+def _check_tensor_args(spec: OpSpec, names: list[tuple[str, bool]], device_type: str, args, kwargs) -> None:
     """Dense tensors on `device_type`, as the native kernels require; errors name the argument."""
-    names = _schema_args(spec)
     values = list(zip((n for n, _ in names), args)) + list(kwargs.items())
     tensor_arg = dict(names)
     for name, value in values:
@@ -126,8 +126,10 @@ def _check_tensor_args(spec: OpSpec, device_type: str, args, kwargs) -> None:
 def _python_kernel(spec: OpSpec, device_type: str):
     """The kernel registered for `device_type` when the native library has none for the op."""
 
+    names = _schema_args(spec)
+
     def kernel(*args, **kwargs):
-        _check_tensor_args(spec, device_type, args, kwargs)
+        _check_tensor_args(spec, names, device_type, args, kwargs)
         backend = _native.select_backend(device_type, has_triton=spec.triton is not None, op=spec.name)
         impl = resolve(spec.triton if backend == "triton" else spec.reference)
         return impl(*args, **kwargs)
@@ -144,13 +146,16 @@ def register_all() -> None:
     if not _native.native_loaded() or _registered:
         return
     native = _native.native_kernels()
+    # A mismatch (a stale or newer build) is a warning here, so `import unlearnx` still works (the
+    # wrappers of the missing ops fall back to the reference); check_coverage() and CI fail on it.
     unknown = sorted(set(native) - set(_BY_NAME))
-    if unknown:
-        raise RuntimeError(f"the native library defines ops missing from unlearnx.ops.registry.OPS: {unknown}")
+    stale = [spec.name for spec in OPS if spec.name not in native]
+    if unknown or stale:
+        warnings.warn(f"unlearnx: the native library and unlearnx.ops.registry.OPS disagree (only in the library: "
+                      f"{unknown}; only in OPS: {stale}); rebuild unlearnx._C", RuntimeWarning, stacklevel=2)
     for spec in OPS:
         if spec.name not in native:
-            raise RuntimeError(f"unlearnx.ops.registry.OPS lists {spec.name}, which the native library does not "
-                               "define (a stale build? rebuild unlearnx._C)")
+            continue
         torch.library.register_fake(spec.qualname, resolve(spec.fake))
         if spec.autograd is not None:
             backward, setup = (resolve(p) for p in spec.autograd)
