@@ -108,3 +108,14 @@ def test_cuda_token_stats_backward_matches_reference(dtype):
     ref = logits.float().requires_grad_()
     (token_stats_reference(ref, labels)[0] * torch.arange(19)).sum().backward()
     torch.testing.assert_close(z.grad.float().cpu(), ref.grad, **_TOL[dtype])
+
+
+@pytest.mark.parametrize("name", [s.name for s in registry.OPS])
+def test_cuda_opcheck(name, op_kit):
+    """Schema, fake kernel and autograd registration agree with whatever CUDA kernel this build has."""
+    if not _native.native_loaded():
+        pytest.skip("native library not loaded: torch.ops.unlearnx is not defined")
+    args = op_kit.to(op_kit.make(name, small=True), DEV)
+    if name == "token_stats":
+        args[0].requires_grad_()
+    torch.library.opcheck(getattr(torch.ops.unlearnx, name).default, tuple(args))
