@@ -46,7 +46,8 @@ def test_every_op_names_importable_python_pieces():
 
 
 @needs_native
-def test_every_op_has_cpu_cuda_meta_fake_and_autograd_kernels():
+def test_every_op_has_cpu_cuda_meta_fake_and_autograd_kernels(monkeypatch):
+    monkeypatch.setenv("UNLEARNX_BACKEND", "auto")
     table = registry.check_coverage()
     assert [r["op"] for r in table] == [s.name for s in registry.OPS]
     for r in table:
@@ -143,7 +144,8 @@ def test_backend_is_chosen_per_op_and_device(monkeypatch):
                     reason="torch is a CPU build; the CUDA-build check runs where a CUDA torch is importable "
                            "(CI's CUDA compile-and-link step, scripts/gpu_check.sh)")
 @needs_native
-def test_cuda_build_has_a_cuda_kernel_for_every_op():
+def test_cuda_build_has_a_cuda_kernel_for_every_op(monkeypatch):
+    monkeypatch.setenv("UNLEARNX_BACKEND", "auto")
     table = registry.check_coverage()
     if _native.build_info()["cuda"]:
         native_cuda = [r["op"] for r in table if r["cuda_kernel"] == "native"]
