@@ -1,8 +1,12 @@
-"""Loading of the native library `unlearnx._C` and backend selection.
+"""Loading of the native library `unlearnx._C` and backend selection, per op and per device.
 
-The native library registers every `torch.ops.unlearnx.*` schema and its CPU (and, when built with
-CUDA, CUDA) kernels. Without it, unlearnx still works: the typed wrappers in `unlearnx.ops` run every
-op's pure-PyTorch reference (one warning at import), but `torch.ops.unlearnx.*` is not defined.
+The native library registers every `torch.ops.unlearnx.*` schema and its native kernels: CPU kernels
+for every op, CUDA kernels for the ops that have one when built with CUDA. Which ops have which
+native kernel is recorded right after the import (`native_kernels`), before unlearnx.ops.registry
+registers the Triton / reference implementations for the devices the native library leaves
+uncovered. Without the native library unlearnx still works: the typed wrappers in `unlearnx.ops`
+run every op's pure-PyTorch reference (one warning at import), but `torch.ops.unlearnx.*` is not
+defined.
 """
 from __future__ import annotations
 
@@ -27,6 +31,33 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
         RuntimeWarning,
         stacklevel=2,
     )
+
+
+def _snapshot_native_kernels() -> dict[str, frozenset[str]]:
+    """{op name: device types ("cpu", "cuda") with a kernel}, read from the dispatcher now, i.e.
+    before any Python registration: the kernels the native library itself registered."""
+    if _C is None:
+        return {}
+    out = {}
+    for qualname in torch._C._dispatch_get_all_op_names():
+        if qualname.startswith("unlearnx::"):
+            out[qualname.split("::", 1)[1]] = frozenset(
+                dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                if torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key))
+    return out
+
+
+_NATIVE_KERNELS = _snapshot_native_kernels()
+
+
+def native_kernels() -> dict[str, frozenset[str]]:
+    """The schemas the native library defines, each with the device types of its native kernels."""
+    return dict(_NATIVE_KERNELS)
+
+
+def native_has_kernel(op: str, device: torch.device | str) -> bool:
+    """True when the native library itself has a kernel of `op` for `device`'s type."""
+    return torch.device(device).type in _NATIVE_KERNELS.get(op, ())
 
 
 def native_loaded() -> bool:
@@ -85,24 +116,27 @@ def _triton_usable(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def select_backend(device: torch.device | str, *, has_triton: bool = True) -> str:
-    """The backend an op uses for tensors on `device`.
+def select_backend(device: torch.device | str, *, has_triton: bool = True, op: str | None = None) -> str:
+    """The backend op `op` uses for tensors on `device` (per op and per device, never per build).
 
-    auto: the native kernel if compiled for the device; on CUDA without a native kernel, Triton;
-    else the reference. An explicit request that cannot be honoured raises instead of silently
-    falling back, so benchmarks and tests measure what they claim to.
+    auto: the op's native kernel if the native library has one for the device; else, on CUDA,
+    Triton; else the reference. Without `op`, "native" means the library was compiled for the
+    device at all. An explicit request that cannot be honoured raises instead of silently falling
+    back, so benchmarks and tests measure what they claim to.
     """
     device = torch.device(device)
     want = requested_backend()
+    has_native = native_has_kernel(op, device) if op is not None else native_has_device(device)
     if want == "auto":
-        if native_has_device(device):
+        if has_native:
             return "native"
         if device.type == "cuda" and has_triton and _triton_usable(device):
             return "triton"
         return "reference"
-    if want == "native" and not native_has_device(device):
+    if want == "native" and not has_native:
+        what = f"{op} on {device.type}" if op is not None else device.type
         raise RuntimeError(
-            f"UNLEARNX_BACKEND=native but the native library has no kernel for {device.type} "
+            f"UNLEARNX_BACKEND=native but the native library has no kernel for {what} "
             f"({_load_error or 'not compiled for this device'})"
         )
     if want == "triton" and (not has_triton or not _triton_usable(device)):

@@ -37,13 +37,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"triton   {'importable' if _native.triton_available() else 'not importable'}")
     try:
         requested = _native.requested_backend()
-        cpu = _native.select_backend("cpu")
-        gpu = _native.select_backend("cuda") if torch.cuda.is_available() else "n/a (no GPU)"
-    except (ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         print(f"backend  error: {exc}")
         return 2
-    print(f"backend  UNLEARNX_BACKEND={requested}: cpu -> {cpu}, cuda -> {gpu}")
-    return 0
+    from unlearnx.ops import registry
+
+    gpu_note = "" if torch.cuda.is_available() else " (no GPU visible here: what CUDA tensors would use)"
+    print(f"backend  UNLEARNX_BACKEND={requested}, per op{gpu_note}:")
+    table = registry.backend_table()
+    for line in registry.format_backend_table(table).splitlines():
+        print(f"         {line}")
+    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    unusable = [f"{r['op']} on {d}: {r[d]}" for r in table for d in devices if r[d].startswith("unavailable")]
+    for line in unusable:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if unusable else 0
 
 
 def _is_main_process() -> bool:

@@ -93,3 +93,45 @@ def linear_tiles_triton(mode: int, x: torch.Tensor, g: torch.Tensor, f: torch.Te
         B, T, d_in, d_out, MODE=mode, HAS_GRAD=w is not None, IEEE=x.dtype == torch.float32,
         BLOCK_O=bo, BLOCK_I=bi, BLOCK_T=bt,
     )
+
+
+def _triton_inputs(x: torch.Tensor, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # [B, d] -> [B, 1, d]. The interpreter has no bf16; on CUDA bf16 goes to tl.dot directly
+    # (fp32 accumulation).
+    X = (x.unsqueeze(1) if x.dim() == 2 else x).contiguous()
+    G = (grad_out.unsqueeze(1) if grad_out.dim() == 2 else grad_out).contiguous()
+    if not X.is_cuda:
+        X, G = X.float(), G.float()
+    return X, G
+
+
+def linear_sq_grad_accum_triton(fisher: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
+                                fisher_bias: torch.Tensor | None = None,
+                                grad_weight: torch.Tensor | None = None) -> None:
+    """unlearnx::linear_sq_grad_accum_ on Triton (the op's schema; dense fp32 accumulators)."""
+    X, G = _triton_inputs(x, grad_out)
+    if X.shape[1] == 1:
+        # sum_b (g_b x_b^T)^2 = (G^2)^T (X^2): the samples become the reduction axis.
+        Xs, Gs = X.float().transpose(0, 1).contiguous(), G.float().transpose(0, 1).contiguous()
+        linear_tiles_triton(MODE_ADD, Xs * Xs, Gs * Gs, fisher, None, None)
+        if grad_weight is not None:
+            linear_tiles_triton(MODE_ADD, Xs, Gs, grad_weight, None, None)
+    else:
+        linear_tiles_triton(MODE_SQUARE, X, G, fisher, grad_weight, None)
+    if fisher_bias is not None:
+        fisher_bias.add_(G.float().sum(1).square().sum(0))
+
+
+def linear_grad_sq_norm_accum_triton(norms: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
+                                     bias: bool = False) -> None:
+    """unlearnx::linear_grad_sq_norm_accum_ on Triton: the Gram form (two batched GEMMs) when
+    2 T^2 < d_in d_out, else the tile kernel."""
+    X, G = _triton_inputs(x, grad_out)
+    T, d_in, d_out = X.shape[1], X.shape[2], G.shape[2]
+    if 2 * T * T < d_in * d_out:
+        Xf, Gf = X.float(), G.float()
+        norms.add_((torch.bmm(Gf, Gf.transpose(1, 2)) * torch.bmm(Xf, Xf.transpose(1, 2))).sum((1, 2)))
+    else:
+        linear_tiles_triton(MODE_NORM, X, G, None, None, norms)
+    if bias:
+        norms.add_(G.float().sum(1).square().sum(1))

@@ -59,3 +59,9 @@ __all__ += ["moe_router_stats_", "moe_router_stats_reference", "router_stats_buf
 from unlearnx.ops.logit_diff import logit_diff_logprobs, logit_diff_sample  # noqa: E402
 
 __all__ += ["logit_diff_logprobs", "logit_diff_sample"]
+
+# The one list of ops drives registration: fake kernels, autograd, and a CPU and a CUDA kernel for
+# every op (Triton or reference wherever the native library has none for that device).
+from unlearnx.ops import registry  # noqa: E402
+
+registry.register_all()

@@ -97,14 +97,6 @@ def _copy_back(pairs) -> None:
             orig.copy_(dense)
 
 
-def _triton_inputs(x, grad_out):
-    # The interpreter has no bf16; on CUDA bf16 goes to tl.dot directly (fp32 accumulation).
-    X, G = _as3d(x).contiguous(), _as3d(grad_out).contiguous()
-    if not X.is_cuda:
-        X, G = X.float(), G.float()
-    return X, G
-
-
 @torch.no_grad()
 def linear_sq_grad_accum_(
     fisher: torch.Tensor,
@@ -135,23 +127,13 @@ def linear_sq_grad_accum_(
     if grad_weight is not None:
         _check_acc(grad_weight, "grad_weight", (d_out, d_in), x)
     F, FB, GW = _dense(fisher), _dense(fisher_bias), _dense(grad_weight)
-    backend = _native.select_backend(x.device)
+    backend = _native.select_backend(x.device, op="linear_sq_grad_accum_")
     if backend == "native":
         torch.ops.unlearnx.linear_sq_grad_accum_(F, x, grad_out, FB, GW)
     elif backend == "triton":
-        from unlearnx.kernels.grad_stats import MODE_ADD, MODE_SQUARE, linear_tiles_triton
+        from unlearnx.kernels.grad_stats import linear_sq_grad_accum_triton
 
-        X, G = _triton_inputs(x, grad_out)
-        if T == 1:
-            # sum_b (g_b x_b^T)^2 = (G^2)^T (X^2): the samples become the reduction axis.
-            Xs, Gs = X.float().transpose(0, 1).contiguous(), G.float().transpose(0, 1).contiguous()
-            linear_tiles_triton(MODE_ADD, Xs * Xs, Gs * Gs, F, None, None)
-            if GW is not None:
-                linear_tiles_triton(MODE_ADD, Xs, Gs, GW, None, None)
-        else:
-            linear_tiles_triton(MODE_SQUARE, X, G, F, GW, None)
-        if FB is not None:
-            FB.add_(G.float().sum(1).square().sum(0))
+        linear_sq_grad_accum_triton(F, x, grad_out, FB, GW)
     else:
         linear_sq_grad_accum_reference(F, x, grad_out, FB, GW)
     _copy_back([(fisher, F), (fisher_bias, FB), (grad_weight, GW)])
@@ -177,42 +159,22 @@ def linear_grad_sq_norm_accum_(
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     N = _dense(norms)
-    backend = _native.select_backend(x.device)
+    backend = _native.select_backend(x.device, op="linear_grad_sq_norm_accum_")
     if backend == "native":
         torch.ops.unlearnx.linear_grad_sq_norm_accum_(N, x, grad_out, bias)
     elif backend == "triton":
-        X, G = _triton_inputs(x, grad_out)
-        if 2 * T * T < d_in * d_out:
-            Xf, Gf = X.float(), G.float()
-            N.add_((torch.bmm(Gf, Gf.transpose(1, 2)) * torch.bmm(Xf, Xf.transpose(1, 2))).sum((1, 2)))
-        else:
-            from unlearnx.kernels.grad_stats import MODE_NORM, linear_tiles_triton
+        from unlearnx.kernels.grad_stats import linear_grad_sq_norm_accum_triton
 
-            linear_tiles_triton(MODE_NORM, X, G, None, None, N)
-        if bias:
-            N.add_(G.float().sum(1).square().sum(1))
+        linear_grad_sq_norm_accum_triton(N, x, grad_out, bias)
     else:
         linear_grad_sq_norm_accum_reference(N, x, grad_out, bias)
     _copy_back([(norms, N)])
 
 
-if _native.native_loaded():
+# Registered by unlearnx.ops.registry (with the CPU / CUDA kernels the native library lacks).
+def _linear_sq_grad_accum_fake(fisher, x, grad_out, fisher_bias=None, grad_weight=None):
+    return None
 
-    @torch.library.register_fake("unlearnx::linear_sq_grad_accum_")
-    def _linear_sq_grad_accum_fake(fisher, x, grad_out, fisher_bias=None, grad_weight=None):
-        return None
 
-    @torch.library.register_fake("unlearnx::linear_grad_sq_norm_accum_")
-    def _linear_grad_sq_norm_accum_fake(norms, x, grad_out, bias=False):
-        return None
-
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
-        # No compiled CUDA kernel: CUDA tensors reach the Triton path through the ops themselves,
-        # so torch.ops.unlearnx.* works on every device torch.compile may send them to.
-        @torch.library.register_kernel("unlearnx::linear_sq_grad_accum_", "cuda")
-        def _linear_sq_grad_accum_cuda(fisher, x, grad_out, fisher_bias=None, grad_weight=None):
-            linear_sq_grad_accum_(fisher, x, grad_out, fisher_bias=fisher_bias, grad_weight=grad_weight)
-
-        @torch.library.register_kernel("unlearnx::linear_grad_sq_norm_accum_", "cuda")
-        def _linear_grad_sq_norm_accum_cuda(norms, x, grad_out, bias=False):
-            linear_grad_sq_norm_accum_(norms, x, grad_out, bias=bias)
+def _linear_grad_sq_norm_accum_fake(norms, x, grad_out, bias=False):
+    return None

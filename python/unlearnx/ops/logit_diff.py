@@ -207,10 +207,10 @@ def logit_diff_logprobs(target: torch.Tensor, assistant: torch.Tensor | None, *,
         fp32 [..., V] log-probabilities (fp64 for fp64 input). No gradient.
     """
     _validate(target, assistant, mode, weight, relative_top, temperature, rows_only=False)
-    backend = _native.select_backend(target.device)
+    backend = _native.select_backend(target.device, op="logit_diff_logprobs")
     args = (target.contiguous(), None if assistant is None else assistant.contiguous(), MODES.index(mode),
             float(weight), float(relative_top), float(temperature))
-    if backend == "native" and target.dtype in _NATIVE_DTYPES and hasattr(torch.ops.unlearnx, "logit_diff_logprobs"):
+    if backend == "native" and target.dtype in _NATIVE_DTYPES:
         return torch.ops.unlearnx.logit_diff_logprobs(*args)
     if backend == "triton" and target.dtype in _NATIVE_DTYPES:
         from unlearnx.kernels.logit_diff import logit_diff_logprobs_triton
@@ -251,11 +251,11 @@ def logit_diff_sample(target: torch.Tensor, assistant: torch.Tensor | None, *, m
     elif isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {seed!r}")
     seed &= (1 << 63) - 1  # the op's int is signed 64-bit
-    backend = _native.select_backend(target.device)
+    backend = _native.select_backend(target.device, op="logit_diff_sample")
     args = (target.contiguous(), None if assistant is None else assistant.contiguous(), MODES.index(mode),
             float(weight), float(relative_top), float(temperature), int(top_k), float(top_p), bool(greedy),
             seed, int(offset))
-    if backend == "native" and target.dtype in _NATIVE_DTYPES and hasattr(torch.ops.unlearnx, "logit_diff_sample"):
+    if backend == "native" and target.dtype in _NATIVE_DTYPES:
         return torch.ops.unlearnx.logit_diff_sample(*args)
     if backend == "triton" and target.dtype in _NATIVE_DTYPES:
         from unlearnx.kernels.logit_diff import logit_diff_sample_triton
@@ -267,35 +267,31 @@ def logit_diff_sample(target: torch.Tensor, assistant: torch.Tensor | None, *, m
                                            seed=seed, offset=offset)
 
 
-if _native.native_loaded() and hasattr(torch.ops.unlearnx, "logit_diff_sample"):
+# Registered by unlearnx.ops.registry (with the CPU / CUDA kernels the native library lacks).
+def _logit_diff_sample_fake(target, assistant, mode, weight, relative_top, temperature, top_k, top_p, greedy, seed,
+                            offset):
+    torch._check(target.dim() == 2, lambda: "target must be [B, V]")
+    rows = target.shape[0]
+    return (torch.empty((rows,), dtype=torch.int64, device=target.device),
+            torch.empty((rows,), dtype=torch.float32, device=target.device))
 
-    @torch.library.register_fake("unlearnx::logit_diff_sample")
-    def _logit_diff_sample_fake(target, assistant, mode, weight, relative_top, temperature, top_k, top_p, greedy,
-                                seed, offset):
-        torch._check(target.dim() == 2, lambda: "target must be [B, V]")
-        rows = target.shape[0]
-        return (torch.empty((rows,), dtype=torch.int64, device=target.device),
-                torch.empty((rows,), dtype=torch.float32, device=target.device))
 
-    @torch.library.register_fake("unlearnx::logit_diff_logprobs")
-    def _logit_diff_logprobs_fake(target, assistant, mode, weight, relative_top, temperature):
-        return torch.empty(target.shape, dtype=torch.float32, device=target.device)
+def _logit_diff_logprobs_fake(target, assistant, mode, weight, relative_top, temperature):
+    return torch.empty(target.shape, dtype=torch.float32, device=target.device)
 
-    if _native.triton_available() and not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "unlearnx::logit_diff_sample", "CUDA"):
-        # No CUDA C++ kernel for these ops (not even in a CUDA build of the library): CUDA tensors
-        # reach the Triton kernels through the ops themselves, so torch.ops.unlearnx.logit_diff_*
-        # (and the wrappers' native path) work on every device.
-        @torch.library.register_kernel("unlearnx::logit_diff_sample", "cuda")
-        def _logit_diff_sample_cuda_triton(target, assistant, mode, weight, relative_top, temperature, top_k, top_p,
-                                           greedy, seed, offset):
-            from unlearnx.kernels.logit_diff import logit_diff_sample_triton
 
-            return logit_diff_sample_triton(target, assistant, mode, weight, relative_top, temperature, top_k, top_p,
-                                            greedy, seed, offset)
+def _logit_diff_sample_op_reference(target, assistant, mode, weight, relative_top, temperature, top_k, top_p,
+                                    greedy, seed, offset):
+    """unlearnx::logit_diff_sample (the op's schema: integer mode) on the reference path."""
+    with torch.no_grad():
+        tokens, logp = logit_diff_sample_reference(
+            target, assistant, mode=MODES[mode], weight=weight, relative_top=relative_top, temperature=temperature,
+            top_k=top_k, top_p=top_p, greedy=greedy, seed=seed, offset=offset)
+    return tokens, logp.float()
 
-        @torch.library.register_kernel("unlearnx::logit_diff_logprobs", "cuda")
-        def _logit_diff_logprobs_cuda_triton(target, assistant, mode, weight, relative_top, temperature):
-            from unlearnx.kernels.logit_diff import logit_diff_logprobs_triton
 
-            return logit_diff_logprobs_triton(target, assistant, mode, weight, relative_top, temperature)
+def _logit_diff_logprobs_op_reference(target, assistant, mode, weight, relative_top, temperature):
+    """unlearnx::logit_diff_logprobs (the op's schema: integer mode) on the reference path."""
+    with torch.no_grad():
+        return logit_diff_logprobs_reference(target, assistant, mode=MODES[mode], weight=weight,
+                                             relative_top=relative_top, temperature=temperature).float()

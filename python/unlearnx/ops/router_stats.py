@@ -104,7 +104,7 @@ def moe_router_stats_(stats: torch.Tensor, logits: torch.Tensor, flags: torch.Te
     E = logits.shape[-1]
     z = logits.reshape(-1, E)
     f = flags.reshape(-1).to(torch.int64)
-    backend = _native.select_backend(logits.device)
+    backend = _native.select_backend(logits.device, op="moe_router_stats_")
     if stats.dtype == torch.float32 and logits.dtype in _LOGIT_DTYPES and stats.is_contiguous():
         if backend == "native":
             torch.ops.unlearnx.moe_router_stats_(stats, z.contiguous(), f.contiguous(), top_k, normalize_topk)
@@ -124,17 +124,12 @@ def moe_router_stats_(stats: torch.Tensor, logits: torch.Tensor, flags: torch.Te
     return stats
 
 
-if _native.native_loaded() and hasattr(torch.ops.unlearnx, "moe_router_stats_"):
+# Registered by unlearnx.ops.registry (with the CPU / CUDA kernels the native library lacks).
+def _moe_router_stats_fake(stats, logits, flags, top_k, normalize_topk=True):
+    torch._check(logits.dim() == 2, lambda: "logits must be [T, E]")
+    return None
 
-    @torch.library.register_fake("unlearnx::moe_router_stats_")
-    def _moe_router_stats_fake(stats, logits, flags, top_k, normalize_topk=True):
-        torch._check(logits.dim() == 2, lambda: "logits must be [T, E]")
-        return None
 
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
-        # No compiled CUDA kernel: CUDA tensors reach the Triton kernel through the op itself.
-        @torch.library.register_kernel("unlearnx::moe_router_stats_", "cuda")
-        def _moe_router_stats_cuda_triton(stats, logits, flags, top_k, normalize_topk=True):
-            from unlearnx.kernels.router_stats import moe_router_stats_triton
-
-            moe_router_stats_triton(stats, logits, flags, top_k, normalize_topk)
+def _moe_router_stats_op_reference(stats, logits, flags, top_k, normalize_topk=True):
+    """unlearnx::moe_router_stats_ (the op's schema) on the reference path."""
+    stats += moe_router_stats_reference(logits, flags, top_k, normalize_topk).to(stats.dtype)

@@ -154,8 +154,8 @@ def masked_restore_reference_(params, originals, masks, states, state_owner):
 # typed wrappers
 
 
-def _backend(device: torch.device) -> str:
-    return _native.select_backend(device)
+def _backend(device: torch.device, op: str) -> str:
+    return _native.select_backend(device, op=op)
 
 
 def _value_list(xs, name: str = "xs") -> list[torch.Tensor]:
@@ -180,7 +180,7 @@ def _check_k(k, total: int, *, allow_zero: bool) -> int:
 
 
 def _select(xs, k, absolute, largest, exact):
-    backend = _backend(xs[0].device)
+    backend = _backend(xs[0].device, "global_select")
     if backend == "native":
         try:
             return torch.ops.unlearnx.global_select(xs, k, absolute, largest, exact)
@@ -306,7 +306,7 @@ def threshold_masks(
         raise ValueError(f"tie_limits must have shape [{len(xs)}] (one limit per tensor of xs), got {list(tie_limits.shape)}")
     _checks.same_device(tie_limits, "tie_limits", xs[0], "xs[0]")
     args = (xs, threshold, tie_limits.contiguous(), bool(absolute), bool(largest), bool(packed))
-    backend = _backend(device)
+    backend = _backend(device, "threshold_masks")
     if backend == "native":
         return list(torch.ops.unlearnx.threshold_masks(*args))
     if backend == "triton":
@@ -377,7 +377,7 @@ def mask_stats(masks: Sequence[torch.Tensor], *, numel: Sequence[int] | None = N
             raise ValueError(f"masks[{i}] has {m.numel()} bytes but numel[{i}] = {n} needs {(n + 7) // 8}")
     masks = [m.contiguous() for m in masks]
     device = masks[0].device if masks else torch.device("cpu")
-    backend = _backend(device)
+    backend = _backend(device, "mask_counts")
     if backend == "native" and masks:
         kept = torch.ops.unlearnx.mask_counts(masks)
     elif backend == "triton" and masks:
@@ -454,7 +454,7 @@ def masked_restore_(
     dense_states = [t if t.is_contiguous() else t.contiguous() for t in flat_states]
     originals = [o.contiguous() for o in originals]
     masks = [m.contiguous() for m in masks]
-    backend = _backend(params[0].device)
+    backend = _backend(params[0].device, "masked_restore_")
     if backend == "native":
         torch.ops.unlearnx.masked_restore_(dense, originals, masks, dense_states, owner)
     elif backend == "triton":
@@ -515,56 +515,28 @@ def project_capped_simplex(w: torch.Tensor, m: float, *, iters: int = 100) -> to
 
 
 # ---------------------------------------------------------------------------------------------
-# fake kernels (torch.compile / export) and the Triton CUDA path when no native CUDA kernel exists
+# fake kernels (torch.compile / export), registered by unlearnx.ops.registry
 
-if _native.native_loaded():
 
-    @torch.library.register_fake("unlearnx::global_select")
-    def _global_select_fake(xs, k, absolute, largest, exact):
-        d = xs[0].device
-        return (
-            torch.empty((), dtype=torch.float32, device=d),
-            torch.empty(2, dtype=torch.int64, device=d),
-            torch.empty(len(xs), dtype=torch.int64, device=d),
-        )
+def _global_select_fake(xs, k, absolute, largest, exact):
+    d = xs[0].device
+    return (
+        torch.empty((), dtype=torch.float32, device=d),
+        torch.empty(2, dtype=torch.int64, device=d),
+        torch.empty(len(xs), dtype=torch.int64, device=d),
+    )
 
-    @torch.library.register_fake("unlearnx::threshold_masks")
-    def _threshold_masks_fake(xs, threshold, tie_limits, absolute, largest, packed):
-        if packed:
-            return [torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device) for x in xs]
-        return [torch.empty(x.shape, dtype=torch.bool, device=x.device) for x in xs]
 
-    @torch.library.register_fake("unlearnx::mask_counts")
-    def _mask_counts_fake(masks):
-        d = masks[0].device if masks else torch.device("cpu")
-        return torch.empty(len(masks), dtype=torch.int64, device=d)
+def _threshold_masks_fake(xs, threshold, tie_limits, absolute, largest, packed):
+    if packed:
+        return [torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device) for x in xs]
+    return [torch.empty(x.shape, dtype=torch.bool, device=x.device) for x in xs]
 
-    @torch.library.register_fake("unlearnx::masked_restore_")
-    def _masked_restore_fake(params, originals, masks, states, state_owner):
-        return None
 
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
+def _mask_counts_fake(masks):
+    d = masks[0].device if masks else torch.device("cpu")
+    return torch.empty(len(masks), dtype=torch.int64, device=d)
 
-        @torch.library.register_kernel("unlearnx::global_select", "cuda")
-        def _global_select_cuda_triton(xs, k, absolute, largest, exact):
-            from unlearnx.kernels.select import global_select_triton
 
-            return global_select_triton(xs, k, absolute, largest, exact)
-
-        @torch.library.register_kernel("unlearnx::threshold_masks", "cuda")
-        def _threshold_masks_cuda_triton(xs, threshold, tie_limits, absolute, largest, packed):
-            from unlearnx.kernels.select import threshold_masks_triton
-
-            return threshold_masks_triton(xs, threshold, tie_limits, absolute, largest, packed)
-
-        @torch.library.register_kernel("unlearnx::mask_counts", "cuda")
-        def _mask_counts_cuda_triton(masks):
-            from unlearnx.kernels.select import mask_counts_triton
-
-            return mask_counts_triton(masks)
-
-        @torch.library.register_kernel("unlearnx::masked_restore_", "cuda")
-        def _masked_restore_cuda_triton(params, originals, masks, states, state_owner):
-            from unlearnx.kernels.select import masked_restore_triton_
-
-            masked_restore_triton_(params, originals, masks, states, state_owner)
+def _masked_restore_fake(params, originals, masks, states, state_owner):
+    return None

@@ -102,7 +102,7 @@ def ssd_dampen_(
     if not params:  # nothing to dampen (the dispatcher cannot route an op with no tensors)
         return torch.zeros((), dtype=torch.int64)
     device = params[0].device
-    backend = _native.select_backend(device)
+    backend = _native.select_backend(device, op="ssd_dampen_")
     if backend == "native":
         count = torch.ops.unlearnx.ssd_dampen_(dense, forget_importance, full_importance, alpha, lam)
     elif backend == "triton":
@@ -117,18 +117,7 @@ def ssd_dampen_(
     return count
 
 
-if _native.native_loaded():
-
-    @torch.library.register_fake("unlearnx::ssd_dampen_")
-    def _ssd_dampen_fake(params, forget_importance, full_importance, alpha, lam):
-        device = params[0].device if params else torch.device("cpu")
-        return torch.empty((), dtype=torch.int64, device=device)
-
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
-        # No compiled CUDA kernel: CUDA tensors reach the Triton kernel through the op itself, so
-        # torch.ops.unlearnx.ssd_dampen_ works on every device torch.compile may send it to.
-        @torch.library.register_kernel("unlearnx::ssd_dampen_", "cuda")
-        def _ssd_dampen_cuda_triton(params, forget_importance, full_importance, alpha, lam):
-            from unlearnx.kernels.ssd import ssd_dampen_triton
-
-            return ssd_dampen_triton(params, forget_importance, full_importance, alpha, lam)
+# Registered by unlearnx.ops.registry (with the CPU / CUDA kernels the native library lacks).
+def _ssd_dampen_fake(params, forget_importance, full_importance, alpha, lam):
+    device = params[0].device if params else torch.device("cpu")
+    return torch.empty((), dtype=torch.int64, device=device)

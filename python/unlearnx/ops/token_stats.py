@@ -93,16 +93,20 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int
         logp, mu, var = token_stats(logits, shifted)      # logits [B, T, V]
     """
     _validate(logits, labels, ignore_index)
-    backend = _native.select_backend(logits.device)
+    backend = _native.select_backend(logits.device, op="token_stats")
     if backend == "native" and logits.dtype in _NATIVE_DTYPES:
         return torch.ops.unlearnx.token_stats(logits.contiguous(), labels.contiguous(), ignore_index)
-    if backend == "triton" and logits.dtype != torch.float64 and not (
-            torch.is_grad_enabled() and logits.requires_grad):
-        from unlearnx.kernels.token_stats import token_stats_triton
+    if backend == "triton" and logits.dtype != torch.float64:
+        if not (torch.is_grad_enabled() and logits.requires_grad):
+            from unlearnx.kernels.token_stats import token_stats_triton
 
-        return token_stats_triton(logits.contiguous(), labels.contiguous(), ignore_index)
-    # The reference is plain autograd-aware PyTorch (also what fp64 and grad-needing
-    # Triton-only calls use).
+            return token_stats_triton(logits.contiguous(), labels.contiguous(), ignore_index)
+        if logits.is_cuda and _native.native_loaded():
+            # Through the op: its autograd formula around its CUDA kernel (registered by
+            # unlearnx.ops.registry, which runs the same Triton kernel).
+            return torch.ops.unlearnx.token_stats(logits.contiguous(), labels.contiguous(), ignore_index)
+    # The reference is plain autograd-aware PyTorch (also what fp64 and grad-needing Triton calls
+    # without the native library use).
     return token_stats_reference(logits, labels, ignore_index)
 
 
@@ -123,21 +127,7 @@ def _token_stats_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1], output[2])
 
 
-if _native.native_loaded():
-
-    @torch.library.register_fake("unlearnx::token_stats")
-    def _token_stats_fake(logits, labels, ignore_index=-100):
-        torch._check(logits.dim() == labels.dim() + 1, lambda: "logits must be [..., V] with labels [...]")
-        return tuple(torch.empty(labels.shape, dtype=torch.float32, device=logits.device) for _ in range(3))
-
-    torch.library.register_autograd("unlearnx::token_stats", _token_stats_backward,
-                                    setup_context=_token_stats_setup_context)
-
-    if not _native.native_has_device(torch.device("cuda")) and _native.triton_available():
-        # No compiled CUDA kernel: CUDA tensors reach the Triton kernel through the op itself, so
-        # torch.ops.unlearnx.token_stats (and its autograd) works on every device.
-        @torch.library.register_kernel("unlearnx::token_stats", "cuda")
-        def _token_stats_cuda_triton(logits, labels, ignore_index=-100):
-            from unlearnx.kernels.token_stats import token_stats_triton
-
-            return token_stats_triton(logits, labels, ignore_index)
+# Registered by unlearnx.ops.registry (with the CPU / CUDA kernels the native library lacks).
+def _token_stats_fake(logits, labels, ignore_index=-100):
+    torch._check(logits.dim() == labels.dim() + 1, lambda: "logits must be [..., V] with labels [...]")
+    return tuple(torch.empty(labels.shape, dtype=torch.float32, device=logits.device) for _ in range(3))
