@@ -96,10 +96,13 @@ run_step "every method on CUDA (tests/methods_llm/test_methods_cuda.py)" 150 \
 # 5. one CLI run of each task on CUDA.
 run_step "CLI: classification run, device=cuda" 90 \
   $PY -m unlearnx.cli run configs/methods/ssd.yaml device=cuda --out "$OUT/cli_ssd_cuda" --quiet
-# PLACEHOLDER (issue #18 item 3, the lead's): `--device` of `unlearnx demo --task llm` is being added
-# to the CLI; until it lands this step fails with "unrecognized arguments: --device".
 run_step "CLI: llm demo, --device cuda" 120 \
   $PY -m unlearnx.cli demo --task llm --quick --device cuda --out "$OUT/cli_llm_demo_cuda" --quiet
+run_step "CLI: llm run in bf16 (autocast, fp32 master weights), device=cuda" 120 \
+  $PY -m unlearnx.cli run configs/llm/tofu_forget10.yaml device=cuda dtype=bfloat16 data.authors=6 train.epochs=5 \
+  --out "$OUT/cli_llm_bf16_cuda" --quiet
+run_step "CLI: diffusion demo, --device cuda" 150 \
+  $PY -m unlearnx.cli demo --task diffusion --quick --device cuda --out "$OUT/cli_diffusion_demo_cuda" --quiet
 
 # 6. every op benchmark on the GPU. `--device cuda` reaches each bench_<family>.py through
 # `unlearnx bench` (the benchmarks' --device flag is another helper's work item).
