@@ -2,7 +2,8 @@
 
 Foster, Schoepf, Brintrup, "Fast Machine Unlearning Without Retraining Through Selective Synaptic
 Dampening", AAAI 2024 (SSD); Foster, Schoepf, Brintrup, "Loss-Free Machine Unlearning", ICLR 2024
-Tiny Papers (LFSSD).
+Tiny Papers (LFSSD); Schoepf, Foster, Brintrup, "Parameter-tuning-free data entry error unlearning with
+adaptive selective synaptic dampening", arXiv:2402.10098, 2024 (ASSD).
 
 The importance over the full training set D = D_f ∪ D_r depends only on θ_o and D, not on the
 request, so it is computed once and cached: `full_importance` keeps the last `_CACHE_SIZE` results
@@ -14,8 +15,10 @@ it. Each entry holds one fp32 tensor per parameter (the size of the model in fp3
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -27,7 +30,8 @@ from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
 
-__all__ = ["SSD", "LFSSD", "full_importance", "forget_importance", "clear_importance_cache"]
+__all__ = ["SSD", "LFSSD", "ASSD", "full_importance", "forget_importance", "clear_importance_cache",
+           "adaptive_alpha"]
 
 _CACHE_SIZE = 2
 _CACHE: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
@@ -138,19 +142,24 @@ class SSD(UnlearningMethod):
     defaults = {"alpha": 10.0, "lam": 1.0, "batch_size": 128, "cache": True}
     loss = "cross_entropy"
 
+    def selection_alpha(self, fgt, full, forget, retain) -> float:
+        """α of the selection rule I_f > α·I_D (SSD: the `alpha` hyper-parameter)."""
+        return float(self.hparams["alpha"])
+
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
         full, cached = full_importance(model, forget, retain, batch_size=hp["batch_size"], seed=seed,
                                        loss=self.loss, cache=hp["cache"], progress=progress)
         fgt = forget_importance(model, forget, loss=self.loss, progress=progress)
         names = list(fgt)
+        alpha = self.selection_alpha([fgt[n] for n in names], [full[n] for n in names], forget, retain)
         params = dict(model.named_parameters())
         with torch.no_grad():
             count = ssd_dampen_([params[n] for n in names], [fgt[n] for n in names], [full[n] for n in names],
-                                alpha=hp["alpha"], lam=hp["lam"])
+                                alpha=alpha, lam=hp["lam"])
         total = sum(fgt[n].numel() for n in names)
         return {"dampened": int(count), "dampened_fraction": int(count) / max(total, 1),
-                "full_importance_cached": cached}
+                "full_importance_cached": cached, "alpha": alpha}
 
 
 @register_method("lfssd")
@@ -165,3 +174,57 @@ class LFSSD(SSD):
 
     paper = "Foster, Schoepf, Brintrup, 'Loss-Free Machine Unlearning', ICLR 2024 Tiny Papers"
     loss = "output_norm"
+
+
+def adaptive_alpha(forget_importance, full_importance, *, n_forget: int, n_total: int) -> tuple[float, float]:
+    """ASSD's selection weighting: α = the p-th percentile (linear interpolation, as numpy) of the
+    relative importances r = I_f / I_D over every parameter entry where r is finite, with
+
+        p = 100 − ln(1 + 100 · |D_f| / |D|)
+
+    (a 1 % forget share selects above the 99.31st percentile, 10 % above the 97.60th).
+    forget_importance, full_importance: lists of fp32 tensors of equal shapes. Returns (α, p).
+    """
+    if isinstance(n_forget, bool) or not isinstance(n_forget, int) or n_forget < 1:
+        raise ValueError(f"n_forget must be an integer >= 1, got {n_forget!r}")
+    if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < n_forget:
+        raise ValueError(f"n_total must be an integer >= n_forget={n_forget}, got {n_total!r}")
+    if len(forget_importance) != len(full_importance) or not forget_importance:
+        raise ValueError("forget_importance and full_importance must be non-empty lists of equal length")
+    ratios = []
+    for f, d in zip(forget_importance, full_importance):
+        if f.shape != d.shape:
+            raise ValueError(f"importance shapes differ: {tuple(f.shape)} vs {tuple(d.shape)}")
+        r = (f.double() / d.double()).reshape(-1)
+        ratios.append(r[torch.isfinite(r)].cpu())
+    r = torch.cat(ratios)
+    if r.numel() == 0:
+        raise ValueError("no parameter has a finite I_f / I_D (is the full importance all zero?)")
+    p = 100.0 - math.log1p(100.0 * n_forget / n_total)
+    return float(np.percentile(r.numpy(), p)), p
+
+
+@register_method("assd")
+class ASSD(SSD):
+    """ASSD (adaptive SSD): SSD with the selection weighting α derived from the request instead of
+    tuned: α = the p-th percentile of I_f/I_D over all parameters, p = 100 − ln(1 + 100·|D_f|/|D|)
+    (`adaptive_alpha`); the importances, the selection I_f > α·I_D and the dampening
+    θ ← θ·min(λ·I_D/I_f, 1) are SSD's (unlearnx.ops.ssd_dampen_), λ 1. The percentile rule is the one
+    of the authors' notebook (the paper states it as "a percentile of the relative importances");
+    it dampens roughly the top ln(1 + 100·share) % of the weights by relative importance.
+    log["alpha"], log["percentile"]: the values used.
+    """
+
+    paper = ("Schoepf, Foster, Brintrup, 'Parameter-tuning-free data entry error unlearning with adaptive "
+             "selective synaptic dampening', arXiv:2402.10098, 2024")
+    defaults = {"lam": 1.0, "batch_size": 128, "cache": True}
+
+    def selection_alpha(self, fgt, full, forget, retain) -> float:
+        n_f = len(dataset_of(forget, "forget"))
+        n = n_f + len(dataset_of(retain, "retain"))
+        alpha, self._percentile = adaptive_alpha(fgt, full, n_forget=n_f, n_total=n)
+        return alpha
+
+    def run(self, model, *, forget, retain, seed, progress):
+        log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
+        return {**log, "percentile": self._percentile}
