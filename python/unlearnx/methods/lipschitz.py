@@ -23,7 +23,7 @@ def lipschitz_loss(model: nn.Module, x: torch.Tensor, *, n_samples: int, noise_s
 
         L(x) = (1/N) Σ_{n=1..N} ‖f(x) − f(x + ξ_n)‖₂ / ‖ξ_n‖₂,   ξ_n ~ N(0, σ² I)
 
-    (paper Eq. 4-5; f = the model's output logits). Differentiable in the model's parameters.
+    (the paper's objective; f = the model's output logits). Differentiable in the model's parameters.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")

@@ -30,7 +30,7 @@ from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
 
-__all__ = ["SSD", "LFSSD", "ASSD", "full_importance", "forget_importance", "clear_importance_cache",
+__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_ALPHAS", "full_importance", "forget_importance", "clear_importance_cache",
            "adaptive_alpha"]
 
 _CACHE_SIZE = 2
@@ -142,8 +142,9 @@ class SSD(UnlearningMethod):
     defaults = {"alpha": 10.0, "lam": 1.0, "batch_size": 128, "cache": True}
     loss = "cross_entropy"
 
-    def selection_alpha(self, fgt, full, forget, retain) -> float:
-        """α of the selection rule I_f > α·I_D (SSD: the `alpha` hyper-parameter)."""
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
+        """α of the selection rule I_f > α·I_D (SSD: the `alpha` hyper-parameter). names: the parameter
+        names; fgt, full: I_f and I_D in that order."""
         return float(self.hparams["alpha"])
 
     def run(self, model, *, forget, retain, seed, progress):
@@ -152,7 +153,7 @@ class SSD(UnlearningMethod):
                                        loss=self.loss, cache=hp["cache"], progress=progress)
         fgt = forget_importance(model, forget, loss=self.loss, progress=progress)
         names = list(fgt)
-        alpha = self.selection_alpha([fgt[n] for n in names], [full[n] for n in names], forget, retain)
+        alpha = self.selection_alpha(names, [fgt[n] for n in names], [full[n] for n in names], forget, retain)
         params = dict(model.named_parameters())
         with torch.no_grad():
             count = ssd_dampen_([params[n] for n in names], [fgt[n] for n in names], [full[n] for n in names],
@@ -219,7 +220,7 @@ class ASSD(SSD):
              "selective synaptic dampening', arXiv:2402.10098, 2024")
     defaults = {"lam": 1.0, "batch_size": 128, "cache": True}
 
-    def selection_alpha(self, fgt, full, forget, retain) -> float:
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
         n_f = len(dataset_of(forget, "forget"))
         n = n_f + len(dataset_of(retain, "retain"))
         alpha, self._percentile = adaptive_alpha(fgt, full, n_forget=n_f, n_total=n)
@@ -228,3 +229,60 @@ class ASSD(SSD):
     def run(self, model, *, forget, retain, seed, progress):
         log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
         return {**log, "percentile": self._percentile}
+
+
+# The α grid of SSDBudget, tried from the mildest (fewest weights dampened) to the most aggressive.
+BUDGET_ALPHAS = (100.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0)
+
+
+@register_method("ssd_budget")
+class SSDBudget(SSD):
+    """SSD with α chosen by a retain-accuracy budget (unlearnx's rule for SSD's seed sensitivity):
+    α = the smallest value of BUDGET_ALPHAS = (100, 50, 30, 20, 10, 5, 3, 2, 1) whose dampened model
+    keeps the accuracy on a check set within `max_ra_drop` points of the undampened model's; the
+    check set is a seeded `check_fraction` of D_r (the only data an unlearner holds besides D_f; the
+    test set is never read). The smallest admissible α dampens the most weights the budget allows, so
+    a request whose forget importance is weak still gets dampened. Importances and dampening are
+    SSD's (λ 1); each trial is one elementwise pass plus one forward pass over the check set.
+    When no α meets the budget, the largest (100) is used and log["budget_met"] is False.
+    log["alpha"]; log["alpha_trials"]: {α: check accuracy}; log["check_accuracy"]: before dampening.
+    """
+
+    paper = ("Foster, Schoepf, Brintrup, 'Fast Machine Unlearning Without Retraining Through Selective "
+             "Synaptic Dampening', AAAI 2024; α by a retain-accuracy budget (unlearnx)")
+    defaults = {"lam": 1.0, "batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2}
+
+    def validate(self):
+        if not 0.0 < self.hparams["check_fraction"] <= 1.0:
+            raise ValueError(f"check_fraction must be in (0, 1], got {self.hparams['check_fraction']!r}")
+
+    def run(self, model, *, forget, retain, seed, progress):
+        from torch.utils.data import Subset
+
+        from unlearnx.eval.classification import accuracy
+
+        retain_ds = dataset_of(retain, "retain")
+        g = torch.Generator().manual_seed(seed)
+        n = max(1, round(self.hparams["check_fraction"] * len(retain_ds)))
+        check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
+        self._trial = (model, check, accuracy)
+        log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
+        return {**log, "alpha_trials": self._trials, "budget_met": self._met, "check_accuracy": self._base}
+
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
+        model, check, accuracy = self._trial
+        params = dict(model.named_parameters())
+        saved = [params[n].detach().clone() for n in names]
+        self._base = base = accuracy(model, check)
+        self._trials, chosen = {}, None
+        with torch.no_grad():
+            for alpha in BUDGET_ALPHAS:
+                ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=self.hparams["lam"])
+                self._trials[alpha] = acc = accuracy(model, check)
+                for n, t in zip(names, saved):
+                    params[n].copy_(t)
+                if base - acc > self.hparams["max_ra_drop"]:
+                    break
+                chosen = alpha
+        self._met = chosen is not None
+        return chosen if chosen is not None else BUDGET_ALPHAS[0]

@@ -25,7 +25,7 @@ def error_maximizing_noise(model: nn.Module, target: int, shape: tuple[int, ...]
         L(N) = −CE(f(N), target) + weight · mean_i ‖N_i‖₂²
 
     with Adam(lr) for `steps` steps (the model frozen, in eval mode): inputs the model maps as far
-    as possible from `target` while the norm term keeps them bounded (paper Eq. 1, λ = `weight`).
+    as possible from `target` while the norm term keeps them bounded (the paper's noise objective, λ = `weight`).
     """
     device = model_device(model)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_(True)
