@@ -30,7 +30,7 @@ from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
 
-__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_ALPHAS", "full_importance", "forget_importance", "clear_importance_cache",
+__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_GRID", "full_importance", "forget_importance", "clear_importance_cache",
            "adaptive_alpha"]
 
 _CACHE_SIZE = 2
@@ -147,6 +147,11 @@ class SSD(UnlearningMethod):
         names; fgt, full: I_f and I_D in that order."""
         return float(self.hparams["alpha"])
 
+    def dampening_lam(self) -> float:
+        """λ of the dampening θ ← θ·min(λ·I_D/I_f, 1) (SSD: the `lam` hyper-parameter); read after
+        `selection_alpha`."""
+        return float(self.hparams["lam"])
+
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
         full, cached = full_importance(model, forget, retain, batch_size=hp["batch_size"], seed=seed,
@@ -157,7 +162,7 @@ class SSD(UnlearningMethod):
         params = dict(model.named_parameters())
         with torch.no_grad():
             count = ssd_dampen_([params[n] for n in names], [fgt[n] for n in names], [full[n] for n in names],
-                                alpha=alpha, lam=hp["lam"])
+                                alpha=alpha, lam=self.dampening_lam())
         total = sum(fgt[n].numel() for n in names)
         return {"dampened": int(count), "dampened_fraction": int(count) / max(total, 1),
                 "full_importance_cached": cached, "alpha": alpha}
@@ -231,26 +236,30 @@ class ASSD(SSD):
         return {**log, "percentile": self._percentile}
 
 
-# The α grid of SSDBudget, tried from the mildest (fewest weights dampened) to the most aggressive.
-BUDGET_ALPHAS = (100.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0)
+# SSDBudget's (α, λ) grid, ordered from the mildest edit (fewest weights dampened, least) to the most
+# aggressive: α from 100 down to 1 at SSD's λ 1, then, at α 1, stronger dampening λ 0.5 .. 0.1 (the
+# SSD paper's own range: λ 1 for ResNet-18, 0.1 for its face data set).
+BUDGET_GRID = tuple((a, 1.0) for a in (100.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0)) + \
+    ((1.0, 0.5), (1.0, 0.2), (1.0, 0.1))
 
 
 @register_method("ssd_budget")
 class SSDBudget(SSD):
-    """SSD with α chosen by a retain-accuracy budget (unlearnx's rule for SSD's seed sensitivity):
-    α = the smallest value of BUDGET_ALPHAS = (100, 50, 30, 20, 10, 5, 3, 2, 1) whose dampened model
-    keeps the accuracy on a check set within `max_ra_drop` points of the undampened model's; the
-    check set is a seeded `check_fraction` of D_r (the only data an unlearner holds besides D_f; the
-    test set is never read). The smallest admissible α dampens the most weights the budget allows, so
-    a request whose forget importance is weak still gets dampened. Importances and dampening are
-    SSD's (λ 1); each trial is one elementwise pass plus one forward pass over the check set.
-    When no α meets the budget, the largest (100) is used and log["budget_met"] is False.
-    log["alpha"]; log["alpha_trials"]: {α: check accuracy}; log["check_accuracy"]: before dampening.
+    """SSD with (α, λ) chosen by a retain-accuracy budget (unlearnx's rule for SSD's seed sensitivity):
+    the most aggressive entry of BUDGET_GRID (α 100 → 1 at λ 1, then λ 0.5, 0.2, 0.1 at α 1) whose
+    dampened model keeps the accuracy on a check set within `max_ra_drop` points of the undampened
+    model's, walking the grid until the first entry over the budget. The check set is a seeded
+    `check_fraction` of D_r (the only data an unlearner holds besides D_f; the test set is never
+    read). A request whose forget importance is weak thus still gets dampened as far as the budget
+    allows. Importances and dampening are SSD's; each trial is one elementwise pass plus one forward
+    pass over the check set. When even the mildest entry breaks the budget, it is used anyway and
+    log["budget_met"] is False. log["alpha"], log["lam"]; log["trials"]: [(α, λ, check accuracy)];
+    log["check_accuracy"]: before dampening.
     """
 
     paper = ("Foster, Schoepf, Brintrup, 'Fast Machine Unlearning Without Retraining Through Selective "
-             "Synaptic Dampening', AAAI 2024; α by a retain-accuracy budget (unlearnx)")
-    defaults = {"lam": 1.0, "batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2}
+             "Synaptic Dampening', AAAI 2024; (α, λ) by a retain-accuracy budget (unlearnx)")
+    defaults = {"batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2}
 
     def validate(self):
         if not 0.0 < self.hparams["check_fraction"] <= 1.0:
@@ -267,22 +276,28 @@ class SSDBudget(SSD):
         check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
         self._trial = (model, check, accuracy)
         log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
-        return {**log, "alpha_trials": self._trials, "budget_met": self._met, "check_accuracy": self._base}
+        return {**log, "lam": self._lam, "trials": self._trials, "budget_met": self._met,
+                "check_accuracy": self._base}
+
+    def dampening_lam(self) -> float:
+        return self._lam
 
     def selection_alpha(self, names, fgt, full, forget, retain) -> float:
         model, check, accuracy = self._trial
         params = dict(model.named_parameters())
         saved = [params[n].detach().clone() for n in names]
         self._base = base = accuracy(model, check)
-        self._trials, chosen = {}, None
+        self._trials, chosen = [], None
         with torch.no_grad():
-            for alpha in BUDGET_ALPHAS:
-                ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=self.hparams["lam"])
-                self._trials[alpha] = acc = accuracy(model, check)
+            for alpha, lam in BUDGET_GRID:
+                ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=lam)
+                acc = accuracy(model, check)
+                self._trials.append((alpha, lam, acc))
                 for n, t in zip(names, saved):
                     params[n].copy_(t)
                 if base - acc > self.hparams["max_ra_drop"]:
                     break
-                chosen = alpha
+                chosen = (alpha, lam)
         self._met = chosen is not None
-        return chosen if chosen is not None else BUDGET_ALPHAS[0]
+        alpha, self._lam = chosen if chosen is not None else BUDGET_GRID[0]
+        return alpha
