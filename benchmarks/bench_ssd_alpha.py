@@ -53,7 +53,8 @@ def run_seed(scenario, seed: int) -> dict[str, dict]:
     ref = ux.evaluate(retrain.model, scenario=scenario)
     rows = {"Original": ux.evaluate(original, scenario=scenario, reference=ref), "Retrain": {**ref, "Avg.Gap": 0.0}}
     for label, name, hp in RUNS:
-        res = ux.unlearn(original, name, forget=scenario.forget, retain=scenario.retain, seed=seed, progress=False, **hp)
+        res = ux.unlearn(original, name, forget=scenario.forget, retain=scenario.retain, seed=seed, progress=False,
+                         **hp)
         rows[label] = {**ux.evaluate(res.model, scenario=scenario, reference=ref), "alpha": res.log.get("alpha")}
     return rows
 

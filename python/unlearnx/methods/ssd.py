@@ -30,8 +30,8 @@ from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
 
-__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_GRID", "full_importance", "forget_importance", "clear_importance_cache",
-           "adaptive_alpha"]
+__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_GRID", "full_importance", "forget_importance",
+           "clear_importance_cache", "adaptive_alpha"]
 
 _CACHE_SIZE = 2
 _CACHE: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()

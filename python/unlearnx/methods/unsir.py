@@ -98,7 +98,8 @@ class UNSIR(UnlearningMethod):
         impair = ConcatDataset([TensorDataset(torch.cat(noises), torch.cat(noise_labels)), sub])
 
         def loader(ds):
-            return DataLoader(ds, batch_size=hp["batch_size"], shuffle=True, generator=torch.Generator().manual_seed(seed))
+            return DataLoader(ds, batch_size=hp["batch_size"], shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))
 
         def ce(model, x, y, epoch):
             return F.cross_entropy(model(x), y)
