@@ -23,17 +23,20 @@ from torch import nn
 
 from unlearnx.methods import (  # noqa: F401  (registers the methods)
     boundary,
+    concept_poison,
     distillation,
     finetune,
     fisher_forgetting,
     gradient_ascent,
     influence,
     laf,
+    lipschitz,
     prune_first,
     random_labels,
     regression,
     salun,
     ssd,
+    unsir,
 )
 from unlearnx.methods import llm  # noqa: F401  (registers the causal-LM methods)
 from unlearnx import guards  # noqa: F401,E402  (registers the inference-time guards "eco" and "o3")

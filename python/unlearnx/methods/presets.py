@@ -24,6 +24,16 @@ DIGITS_HPARAMS: dict[str, dict] = {
     # 4 of 5 seeds (seed 1 dampens only 101 weights).
     "ssd": {"alpha": 30.0},
     "lfssd": {"alpha": 3.0},
+    # UNSIR: the reference sizes (20 copies of a 256-image noise batch, batch 256, one repair epoch)
+    # are for 5,000 images per class; on digits the noise outnumbers D_r^sub 20:1 and one epoch is 1-2
+    # steps, so the model collapses (RA 12 %). 128 noise images per class, batch 32, half of D_r and five
+    # repair epochs at 1e-3 keep the paper's impair lr 0.02: class 0 forgotten (UA 100) at RA 98.
+    "unsir": {"noise_batch": 64, "noise_copies": 2, "batch_size": 32, "retain_fraction": 0.5,
+              "lr_repair": 1e-3, "repair_epochs": 5},
+    # JiT: no setting forgets a digits class: lr 1e-4 leaves the CNN unchanged, from lr 2e-3 (batch 1)
+    # the retain loss rises with the forget loss and from 3e-3 RA collapses before UA moves (class 0:
+    # UA 18 / RA 51). lr 1e-3 with σ 0.1 smooths the forget samples at RA 99.3 (UA stays 0).
+    "jit": {"lr": 1e-3, "noise_std": 0.1},
 }
 
 # Class-wise forgetting only: FF (defaults α 1e-6, σ_max 1e-3) needs σ_max ~0.1 and IU (α 100) α ~300

@@ -2,7 +2,8 @@
 
 Foster, Schoepf, Brintrup, "Fast Machine Unlearning Without Retraining Through Selective Synaptic
 Dampening", AAAI 2024 (SSD); Foster, Schoepf, Brintrup, "Loss-Free Machine Unlearning", ICLR 2024
-Tiny Papers (LFSSD).
+Tiny Papers (LFSSD); Schoepf, Foster, Brintrup, "Parameter-tuning-free data entry error unlearning with
+adaptive selective synaptic dampening", arXiv:2402.10098, 2024 (ASSD).
 
 The importance over the full training set D = D_f ∪ D_r depends only on θ_o and D, not on the
 request, so it is computed once and cached: `full_importance` keeps the last `_CACHE_SIZE` results
@@ -14,8 +15,10 @@ it. Each entry holds one fp32 tensor per parameter (the size of the model in fp3
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -27,7 +30,8 @@ from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
 
-__all__ = ["SSD", "LFSSD", "full_importance", "forget_importance", "clear_importance_cache"]
+__all__ = ["SSD", "LFSSD", "ASSD", "SSDBudget", "BUDGET_GRID", "full_importance", "forget_importance",
+           "clear_importance_cache", "adaptive_alpha"]
 
 _CACHE_SIZE = 2
 _CACHE: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
@@ -138,19 +142,30 @@ class SSD(UnlearningMethod):
     defaults = {"alpha": 10.0, "lam": 1.0, "batch_size": 128, "cache": True}
     loss = "cross_entropy"
 
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
+        """α of the selection rule I_f > α·I_D (SSD: the `alpha` hyper-parameter). names: the parameter
+        names; fgt, full: I_f and I_D in that order."""
+        return float(self.hparams["alpha"])
+
+    def dampening_lam(self) -> float:
+        """λ of the dampening θ ← θ·min(λ·I_D/I_f, 1) (SSD: the `lam` hyper-parameter); read after
+        `selection_alpha`."""
+        return float(self.hparams["lam"])
+
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
         full, cached = full_importance(model, forget, retain, batch_size=hp["batch_size"], seed=seed,
                                        loss=self.loss, cache=hp["cache"], progress=progress)
         fgt = forget_importance(model, forget, loss=self.loss, progress=progress)
         names = list(fgt)
+        alpha = self.selection_alpha(names, [fgt[n] for n in names], [full[n] for n in names], forget, retain)
         params = dict(model.named_parameters())
         with torch.no_grad():
             count = ssd_dampen_([params[n] for n in names], [fgt[n] for n in names], [full[n] for n in names],
-                                alpha=hp["alpha"], lam=hp["lam"])
+                                alpha=alpha, lam=self.dampening_lam())
         total = sum(fgt[n].numel() for n in names)
         return {"dampened": int(count), "dampened_fraction": int(count) / max(total, 1),
-                "full_importance_cached": cached}
+                "full_importance_cached": cached, "alpha": alpha}
 
 
 @register_method("lfssd")
@@ -165,3 +180,124 @@ class LFSSD(SSD):
 
     paper = "Foster, Schoepf, Brintrup, 'Loss-Free Machine Unlearning', ICLR 2024 Tiny Papers"
     loss = "output_norm"
+
+
+def adaptive_alpha(forget_importance, full_importance, *, n_forget: int, n_total: int) -> tuple[float, float]:
+    """ASSD's selection weighting: α = the p-th percentile (linear interpolation, as numpy) of the
+    relative importances r = I_f / I_D over every parameter entry where r is finite, with
+
+        p = 100 − ln(1 + 100 · |D_f| / |D|)
+
+    (a 1 % forget share selects above the 99.31st percentile, 10 % above the 97.60th).
+    forget_importance, full_importance: lists of fp32 tensors of equal shapes. Returns (α, p).
+    """
+    if isinstance(n_forget, bool) or not isinstance(n_forget, int) or n_forget < 1:
+        raise ValueError(f"n_forget must be an integer >= 1, got {n_forget!r}")
+    if isinstance(n_total, bool) or not isinstance(n_total, int) or n_total < n_forget:
+        raise ValueError(f"n_total must be an integer >= n_forget={n_forget}, got {n_total!r}")
+    if len(forget_importance) != len(full_importance) or not forget_importance:
+        raise ValueError("forget_importance and full_importance must be non-empty lists of equal length")
+    ratios = []
+    for f, d in zip(forget_importance, full_importance):
+        if f.shape != d.shape:
+            raise ValueError(f"importance shapes differ: {tuple(f.shape)} vs {tuple(d.shape)}")
+        r = (f.double() / d.double()).reshape(-1)
+        ratios.append(r[torch.isfinite(r)].cpu())
+    r = torch.cat(ratios)
+    if r.numel() == 0:
+        raise ValueError("no parameter has a finite I_f / I_D (is the full importance all zero?)")
+    p = 100.0 - math.log1p(100.0 * n_forget / n_total)
+    return float(np.percentile(r.numpy(), p)), p
+
+
+@register_method("assd")
+class ASSD(SSD):
+    """ASSD (adaptive SSD): SSD with the selection weighting α derived from the request instead of
+    tuned: α = the p-th percentile of I_f/I_D over all parameters, p = 100 − ln(1 + 100·|D_f|/|D|)
+    (`adaptive_alpha`); the importances, the selection I_f > α·I_D and the dampening
+    θ ← θ·min(λ·I_D/I_f, 1) are SSD's (unlearnx.ops.ssd_dampen_), λ 1. The percentile rule is the one
+    of the authors' notebook (the paper states it as "a percentile of the relative importances");
+    it dampens roughly the top ln(1 + 100·share) % of the weights by relative importance.
+    log["alpha"], log["percentile"]: the values used.
+    """
+
+    paper = ("Schoepf, Foster, Brintrup, 'Parameter-tuning-free data entry error unlearning with adaptive "
+             "selective synaptic dampening', arXiv:2402.10098, 2024")
+    defaults = {"lam": 1.0, "batch_size": 128, "cache": True}
+
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
+        n_f = len(dataset_of(forget, "forget"))
+        n = n_f + len(dataset_of(retain, "retain"))
+        alpha, self._percentile = adaptive_alpha(fgt, full, n_forget=n_f, n_total=n)
+        return alpha
+
+    def run(self, model, *, forget, retain, seed, progress):
+        log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
+        return {**log, "percentile": self._percentile}
+
+
+# SSDBudget's (α, λ) grid, ordered from the mildest edit (fewest weights dampened, least) to the most
+# aggressive: α from 100 down to 1 at SSD's λ 1, then, at α 1, stronger dampening λ 0.5 .. 0.1 (the
+# SSD paper's own range: λ 1 for ResNet-18, 0.1 for its face data set).
+BUDGET_GRID = tuple((a, 1.0) for a in (100.0, 50.0, 30.0, 20.0, 10.0, 5.0, 3.0, 2.0, 1.0)) + \
+    ((1.0, 0.5), (1.0, 0.2), (1.0, 0.1))
+
+
+@register_method("ssd_budget")
+class SSDBudget(SSD):
+    """SSD with (α, λ) chosen by a retain-accuracy budget (unlearnx's rule for SSD's seed sensitivity):
+    the most aggressive entry of BUDGET_GRID (α 100 → 1 at λ 1, then λ 0.5, 0.2, 0.1 at α 1) whose
+    dampened model keeps the accuracy on a check set within `max_ra_drop` points of the undampened
+    model's, walking the grid until the first entry over the budget. The check set is a seeded
+    `check_fraction` of D_r (the only data an unlearner holds besides D_f; the test set is never
+    read). A request whose forget importance is weak thus still gets dampened as far as the budget
+    allows. Importances and dampening are SSD's; each trial is one elementwise pass plus one forward
+    pass over the check set. When even the mildest entry breaks the budget, it is used anyway and
+    log["budget_met"] is False. log["alpha"], log["lam"]; log["trials"]: [(α, λ, check accuracy)];
+    log["check_accuracy"]: before dampening.
+    """
+
+    paper = ("Foster, Schoepf, Brintrup, 'Fast Machine Unlearning Without Retraining Through Selective "
+             "Synaptic Dampening', AAAI 2024; (α, λ) by a retain-accuracy budget (unlearnx)")
+    defaults = {"batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2}
+
+    def validate(self):
+        if not 0.0 < self.hparams["check_fraction"] <= 1.0:
+            raise ValueError(f"check_fraction must be in (0, 1], got {self.hparams['check_fraction']!r}")
+
+    def run(self, model, *, forget, retain, seed, progress):
+        from torch.utils.data import Subset
+
+        from unlearnx.eval.classification import accuracy
+
+        retain_ds = dataset_of(retain, "retain")
+        g = torch.Generator().manual_seed(seed)
+        n = max(1, round(self.hparams["check_fraction"] * len(retain_ds)))
+        check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
+        self._trial = (model, check, accuracy)
+        log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
+        return {**log, "lam": self._lam, "trials": self._trials, "budget_met": self._met,
+                "check_accuracy": self._base}
+
+    def dampening_lam(self) -> float:
+        return self._lam
+
+    def selection_alpha(self, names, fgt, full, forget, retain) -> float:
+        model, check, accuracy = self._trial
+        params = dict(model.named_parameters())
+        saved = [params[n].detach().clone() for n in names]
+        self._base = base = accuracy(model, check)
+        self._trials, chosen = [], None
+        with torch.no_grad():
+            for alpha, lam in BUDGET_GRID:
+                ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=lam)
+                acc = accuracy(model, check)
+                self._trials.append((alpha, lam, acc))
+                for n, t in zip(names, saved):
+                    params[n].copy_(t)
+                if base - acc > self.hparams["max_ra_drop"]:
+                    break
+                chosen = (alpha, lam)
+        self._met = chosen is not None
+        alpha, self._lam = chosen if chosen is not None else BUDGET_GRID[0]
+        return alpha
