@@ -45,7 +45,8 @@ DISPLAY_NAMES = {
     "retrain": "Retrain", "ft": "FT", "ga": "GA", "rl": "RL", "l1_sparse": "ℓ1-sparse", "l1sparse": "ℓ1-sparse",
     "salun": "SalUn", "ssd": "SSD", "lfssd": "LFSSD", "boundary_shrink": "BS", "boundary_expand": "BE",
     "scrub": "SCRUB", "bad_teacher": "Bad-T", "laf": "LAF", "fisher": "FF", "influence": "IU",
-    "salun_soft": "SalUn-soft", "prune_first": "OMP",
+    "salun_soft": "SalUn-soft", "prune_first": "OMP", "assd": "ASSD", "ssd_budget": "SSD-budget", "jit": "JiT",
+    "unsir": "UNSIR", "concept_poison": "ConceptPoison",
 }
 
 # The demo's panel (SalUn's comparison set); methods not registered in this installation are
