@@ -165,3 +165,16 @@ def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     assert m["n_complete"] == 2 and m["chosen"] is not None
     assert all("MU/target" in t["constraints"] for t in m["trials"])
     assert (tmp_path / "t" / "report.html").is_file()
+
+
+def test_demo_uses_the_tuned_presets_class_wise_only():
+    from unlearnx.experiments import get_task
+    from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED
+
+    task = get_task("classification")
+    cfg = validate_config(task.demo_config())
+    for e in cfg["_methods"]:
+        assert e["hparams"] == DIGITS_CLASSWISE_TUNED[e["method"]]
+    assert all(not e["hparams"] for e in validate_config(task.demo_config(options={"random": True}))["_methods"])
+    explicit = validate_config(task.demo_config(methods=["ssd"]))["_methods"]
+    assert explicit[0]["hparams"] == DIGITS_CLASSWISE_TUNED["ssd"]
