@@ -80,14 +80,18 @@ def test_budget_makes_trials_that_drop_ra_infeasible():
     adapter = ClassificationTuning()
     tcfg = {"ra_drop": 2.0, "ta_drop": 2.0}
     ref = {"Original": {"RA": 99.0, "TA": 97.0}, "Retrain": {"RA": 99.0, "TA": 97.0}}
-    ok = adapter.score({"RA": 98.0, "TA": 96.0, "Avg.Gap": 5.0}, ref, tcfg)
-    bad = adapter.score({"RA": 90.0, "TA": 96.0, "Avg.Gap": 1.0}, ref, tcfg)
+    ok = adapter.score([{"RA": 98.0, "TA": 96.0, "Avg.Gap": 5.0}], [ref], tcfg)
+    bad = adapter.score([{"RA": 90.0, "TA": 96.0, "Avg.Gap": 1.0}], [ref], tcfg)
+    # Two tuning scenarios: the mean gap, the worst drop.
+    two = adapter.score([{"RA": 98.0, "TA": 96.0, "Avg.Gap": 5.0}, {"RA": 96.0, "TA": 96.0, "Avg.Gap": 1.0}],
+                        [ref, ref], tcfg)
+    assert two["value"] == 3.0 and two["constraints"]["RA_drop"] == 3.0 and not two["feasible"]
     assert ok["feasible"] and ok["objective"] == 5.0
     assert not bad["feasible"] and bad["constraints"]["RA_drop"] == pytest.approx(9.0)
     assert bad["objective"] == pytest.approx(PENALTY + 7.0) and bad["objective"] > ok["objective"]
     llm = LLMTuning()
-    lo = llm.score({"forget_quality": 0.5, "MU/target": 0.8, "model_utility": 0.4}, {}, {"utility_ratio": 0.9})
-    hi = llm.score({"forget_quality": 1e-4, "MU/target": 0.95, "model_utility": 0.5}, {}, {"utility_ratio": 0.9})
+    lo = llm.score([{"forget_quality": 0.5, "MU/target": 0.8, "model_utility": 0.4}], [{}], {"utility_ratio": 0.9})
+    hi = llm.score([{"forget_quality": 1e-4, "MU/target": 0.95, "model_utility": 0.5}], [{}], {"utility_ratio": 0.9})
     assert not lo["feasible"] and hi["feasible"] and hi["objective"] > lo["objective"]
 
 
@@ -98,6 +102,22 @@ def test_infeasible_trials_are_marked_in_a_real_search(tmp_path):
     trials = summary["methods"]["GA"]["trials"]
     assert all(t["constraints"]["RA_drop"] > 2.0 and not t["feasible"] and t["objective"] >= PENALTY for t in trials)
     assert summary["methods"]["GA"]["n_feasible"] == 0 and not summary["methods"]["GA"]["chosen"]["feasible"]
+
+
+def test_two_tuning_scenarios_forget_two_other_classes(tmp_path):
+    summary = tune(tiny_cls(tmp_path / "run", tune={"trials": 1, "scenarios": 2}), tmp_path / "t", quiet=True)
+    split = summary["split"]
+    assert [sc["classes"] for sc in split["tuning_scenarios"]] == [[1], [2]]
+    assert not set(split["tuning_forget_indices"]) & set(split["reported_forget_indices"])
+    assert len(summary["references"]) == 2 and (tmp_path / "t" / "work-1").is_dir()
+    assert summary["methods"]["GA"]["n_complete"] == 1
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    tune(tiny_cls(tmp_path / "run", tune={"trials": 1}), tmp_path / "t", quiet=True)
+    with pytest.raises(ConfigError, match="--out"):
+        tune(tiny_cls(tmp_path / "run", tune={"trials": 1, "space": {"ga": {"lr": [1e-3, 1e-2, "log"]}}}),
+             tmp_path / "t", quiet=True)
 
 
 def test_resumed_study_continues(tmp_path, capsys):

@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from unlearnx.experiments.config import ConfigError, Field, check_range, normalise_name, suggest, validate_section
+from unlearnx.experiments.run import step_key
 
 __all__ = ["TUNE_SCHEMA", "SEARCH_SPACES", "PENALTY", "TuningAdapter", "ClassificationTuning", "LLMTuning",
            "register_tuning", "get_tuning", "validate_tune", "search_space", "tune", "methods_yaml"]
@@ -63,6 +64,8 @@ TUNE_SCHEMA: dict = {
     "startup_trials": Field("int", None, help="random trials before TPE models the results (default trials // 3, "
                                               "at least 1)"),
     "methods": Field("any", None, help="labels or names of the config's methods to tune (default: all)"),
+    "scenarios": Field("int", 1, help="classification: tuning forget sets averaged per trial (other classes, or "
+                                      "random draws with seeds seed, seed+1, ...); llm: 1"),
     "val_fraction": Field("number", 0.2, help="classification: share of D_r held out as the tuning test set"),
     "ra_drop": Field("number", 2.0, help="classification: largest allowed RA drop (points) vs the tuning original"),
     "ta_drop": Field("number", 2.0, help="classification: largest allowed TA drop (points) vs the tuning original"),
@@ -174,6 +177,9 @@ def validate_tune(section, cfg: dict) -> dict:
     check_range("tune.seed", t["seed"], low=0)
     if t["startup_trials"] is not None:
         check_range("tune.startup_trials", t["startup_trials"], low=1)
+    check_range("tune.scenarios", t["scenarios"], low=1)
+    if cfg["task"] != "classification" and t["scenarios"] != 1:
+        raise ConfigError(f"config key 'tune.scenarios': task {cfg['task']!r} tunes on one scenario, got {t['scenarios']}")
     check_range("tune.val_fraction", t["val_fraction"], low=0, high=0.9, low_open=True)
     check_range("tune.ra_drop", t["ra_drop"], low=0)
     check_range("tune.ta_drop", t["ta_drop"], low=0)
@@ -278,9 +284,9 @@ class TuningAdapter:
     plot_x: str = ""
     plot_y: str = ""
 
-    def tuning_config(self, cfg: dict, tcfg: dict, out: Path) -> tuple[dict, dict]:
-        """(raw config of the tuning run, description of the split for tune.json). May write files
-        (e.g. the tuning data) under `out`."""
+    def tuning_configs(self, cfg: dict, tcfg: dict, out: Path) -> tuple[list[dict], dict]:
+        """([raw config of each tuning scenario's run], description of the split for tune.json).
+        May write files (e.g. the tuning data) under `out`."""
         raise NotImplementedError
 
     def prepare(self, setup, tuning_cfg: dict) -> None:
@@ -290,11 +296,11 @@ class TuningAdapter:
         """{label: metrics} of one `task.evaluate` result."""
         raise NotImplementedError
 
-    def score(self, row: Mapping, reference: Mapping[str, Mapping], tcfg: Mapping) -> dict:
+    def score(self, rows: Sequence[Mapping], references: Sequence[Mapping[str, Mapping]], tcfg: Mapping) -> dict:
         """{"value": the metric optimised, "objective": the penalised value the study sees,
         "constraints": {name: value}, "violation": >= 0, "feasible": bool, "utility": tie-break
-        (higher is better)} of a trial's metrics `row`; reference: the rows of the tuning
-        original and Retrain."""
+        (higher is better)} of a trial's metrics, one row per tuning scenario; references: the
+        rows of each scenario's tuning original and Retrain."""
         raise NotImplementedError
 
     def point(self, row: Mapping) -> dict:
@@ -332,7 +338,7 @@ class ClassificationTuning(TuningAdapter):
     objective_name = "Avg.Gap"
     plot_x, plot_y = "gap/UA", "TA"
 
-    def tuning_config(self, cfg, tcfg, out):
+    def tuning_configs(self, cfg, tcfg, out):
         from unlearnx.data import inputs_of, labels_of
         from unlearnx.experiments.classification import build_data, build_scenario
         from unlearnx.report import atomic_write_bytes
@@ -355,19 +361,26 @@ class ClassificationTuning(TuningAdapter):
                     "y_test": y[val].clone()}, buf)
         data_file = out / "tuning_data.pt"
         atomic_write_bytes(data_file, buf.getvalue())
-        scenario = dict(cfg["scenario"])
         present = sorted(int(c) for c in y[fit].unique())
+        n_sc = tcfg["scenarios"]
+        scenarios, seeds = [], [tseed + i for i in range(n_sc)]
         if kind == "class":
             gone = [cfg["scenario"]["classes"]] if isinstance(cfg["scenario"]["classes"], int) else list(
                 cfg["scenario"]["classes"])
             others = [c for c in present if c not in gone]
-            if len(others) <= len(gone):
-                raise ConfigError("config key 'scenario.classes': tuning needs as many other classes to forget "
-                                  f"as the reported ones, and some left to retain (present: {present})")
-            scenario["classes"] = others[:len(gone)]
+            if len(others) <= len(gone) * n_sc:
+                raise ConfigError("config key 'tune.scenarios': tuning forgets other classes than the reported ones "
+                                  f"(need {len(gone)} x {n_sc} of them and one left to retain; present: {present})")
+            scenarios = [{**cfg["scenario"], "classes": others[i * len(gone):(i + 1) * len(gone)]} for i in range(n_sc)]
+            seeds = [tseed] * n_sc
         elif kind == "subclass":
             others = [c for c in present if c != cfg["scenario"]["class_"]]
-            scenario["class_"] = others[0]
+            if len(others) < n_sc:
+                raise ConfigError(f"config key 'tune.scenarios': only {len(others)} other classes for sub-class tuning")
+            scenarios = [{**cfg["scenario"], "class_": others[i]} for i in range(n_sc)]
+            seeds = [tseed] * n_sc
+        else:
+            scenarios = [dict(cfg["scenario"]) for _ in range(n_sc)]
         model = copy.deepcopy(cfg["model"])
         model["path"] = None
         from unlearnx import models as models_mod
@@ -376,42 +389,53 @@ class ClassificationTuning(TuningAdapter):
         # The same output layer as the reported model even when the forgotten class is the largest id.
         if "num_classes" in inspect.signature(getattr(models_mod, model["name"])).parameters:
             model["kwargs"].setdefault("num_classes", int(y.max()) + 1)
-        tuning = {**_public(cfg), "name": f"{cfg['name']} (tuning)", "out_dir": str(out / "work"), "seeds": [tseed],
-                  "data": {"name": cfg["data"]["name"], "path": str(data_file), "kwargs": {}}, "model": model,
-                  "scenario": scenario,
-                  "eval": {**cfg["eval"], "suite": "classification", "zrf": False, "per_item": False},
-                  "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]}
-        t_train, t_test = build_data(tuning["data"], tseed)[0]
-        t_sc = build_scenario(scenario, t_train, t_test, tseed)
+        configs, forget_sets = [], []
+        for i, (scenario, seed) in enumerate(zip(scenarios, seeds)):
+            configs.append({**_public(cfg), "name": f"{cfg['name']} (tuning {i})",
+                            "out_dir": str(out / ("work" if i == 0 else f"work-{i}")), "seeds": [seed],
+                            "data": {"name": cfg["data"]["name"], "path": str(data_file), "kwargs": {}},
+                            "model": model, "scenario": scenario,
+                            "eval": {**cfg["eval"], "suite": "classification", "zrf": False, "per_item": False},
+                            "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]}
+                                        for e in cfg["_methods"]]})
+            t_train, t_test = build_data(configs[-1]["data"], seed)[0]
+            forget_sets.append(fit[build_scenario(scenario, t_train, t_test, seed).forget_indices])
+        t_sc = build_scenario(scenarios[0], t_train, t_test, seeds[0])
+        scenario = scenarios[0]
         split = {
             "pool": "the reported run's retain set D_r (seed %d); indices are into its training set" % rseed,
             "reported_forget_indices": reported.forget_indices.tolist(),
             "validation_indices": val.tolist(), "tuning_train_indices": fit.tolist(),
-            "tuning_forget_indices": fit[t_sc.forget_indices].tolist(),
-            "reported_scenario": cfg["scenario"], "tuning_scenario": scenario,
+            "tuning_forget_indices": sorted(set(torch.cat(forget_sets).tolist())),
+            "tuning_forget_indices_per_scenario": [f.tolist() for f in forget_sets],
+            "reported_scenario": cfg["scenario"], "tuning_scenario": scenario, "tuning_scenarios": scenarios,
+            "tuning_seeds": seeds,
             "sizes": {"reported_train": len(train), "reported_forget": len(reported.forget),
                       "reported_test": len(reported.test), "validation": len(val), "tuning_train": len(fit),
                       "tuning_forget": len(t_sc.forget), "tuning_test": len(t_sc.test)},
             "disjoint": ("tuning data = part of D_r only: the reported forget set and test set are never trained on, "
                          "unlearned or evaluated in tuning; the tuning test set is a held-out part of D_r; the "
                          "tuning forget set is drawn from the rest of D_r"
-                         + (f" (classes {scenario['classes']} instead of {cfg['scenario']['classes']})"
-                            if kind == "class" else "")),
+                         + (f" (classes {[sc['classes'] for sc in scenarios]} instead of {cfg['scenario']['classes']})"
+                            if kind == "class" else "")
+                         + (f"; each trial's objective is the mean over {n_sc} tuning scenarios and its RA/TA drops "
+                            "the largest" if n_sc > 1 else "")),
         }
-        return tuning, split
+        return configs, split
 
     def rows(self, seed_result):
         return seed_result["metrics"]
 
-    def score(self, row, reference, tcfg):
-        orig = reference["Original"]
-        ra_drop, ta_drop = orig["RA"] - row["RA"], orig["TA"] - row["TA"]
+    def score(self, rows, references, tcfg):
+        # Several tuning scenarios: the mean Avg. Gap under the worst RA and TA drops.
+        ra_drop = max(ref["Original"]["RA"] - row["RA"] for row, ref in zip(rows, references))
+        ta_drop = max(ref["Original"]["TA"] - row["TA"] for row, ref in zip(rows, references))
         violation = max(0.0, ra_drop - tcfg["ra_drop"]) + max(0.0, ta_drop - tcfg["ta_drop"])
-        value = float(row["Avg.Gap"])
+        value = sum(float(row["Avg.Gap"]) for row in rows) / len(rows)
         feasible = violation == 0.0 and math.isfinite(value)
         return {"value": value, "objective": value if feasible else PENALTY + violation,
                 "constraints": {"RA_drop": ra_drop, "TA_drop": ta_drop}, "violation": violation,
-                "feasible": feasible, "utility": float(row["TA"])}
+                "feasible": feasible, "utility": sum(float(row["TA"]) for row in rows) / len(rows)}
 
 
 @register_tuning("llm")
@@ -422,7 +446,7 @@ class LLMTuning(TuningAdapter):
     objective_name = "forget_quality"
     plot_x, plot_y = "log10(forget_quality)", "MU/target"
 
-    def tuning_config(self, cfg, tcfg, out):
+    def tuning_configs(self, cfg, tcfg, out):
         from unlearnx.experiments.llm import build_authors_data
 
         dc = cfg["data"]
@@ -472,7 +496,7 @@ class LLMTuning(TuningAdapter):
                          "end, disjoint from the reported utility's first eval.retain_subset retain QA; the held sets "
                          "are regenerated for the tuning size (overlap in held_overlap)"),
         }
-        return tuning, split
+        return [tuning], split
 
     def prepare(self, setup, tuning_cfg):
         # The llm task scores utility on data["retain"][:eval.retain_subset]: reversed, those are the
@@ -487,7 +511,8 @@ class LLMTuning(TuningAdapter):
             rows[label]["log10(forget_quality)"] = math.log10(max(fq, 1e-300)) if fq is not None else None
         return rows
 
-    def score(self, row, reference, tcfg):
+    def score(self, rows, references, tcfg):
+        row = rows[0]  # one tuning scenario
         fq = row.get("forget_quality")
         ratio = row.get("MU/target")
         value = float(fq) if fq is not None else float("nan")
@@ -563,27 +588,34 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
     out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg["task"])
     started = time.perf_counter()
-    tuning_raw, split = adapter.tuning_config(cfg, tcfg, out)
-    tcfg_run = validate_config(tuning_raw)
+    tuning_raws, split = adapter.tuning_configs(cfg, tcfg, out)
+    tuning_cfgs = [validate_config(raw) for raw in tuning_raws]
     state = {"trial": False}
-    run = Run(tcfg_run, out / "work", quiet=quiet, eval_only=False, progress=False,
-              echo=lambda msg: None if state["trial"] else say(f"tuning {msg}"))
     threads = torch.get_num_threads()
-    if tcfg_run.get("threads"):
-        torch.set_num_threads(tcfg_run["threads"])
-    (out / "work").mkdir(parents=True, exist_ok=True)
+    if tuning_cfgs[0].get("threads"):
+        torch.set_num_threads(tuning_cfgs[0]["threads"])
     summary_methods = {}
+    ol, rl = task.original_label, task.oracle_label
     try:
-        seed = task.seeds(tcfg_run)[0]
-        setup = task.setup(run, seed)
-        adapter.prepare(setup, tcfg_run)
-        original, original_rec = task.original(run, setup)
-        oracle, oracle_rec = task.oracle(run, setup)
-        ol, rl = task.original_label, task.oracle_label
-        records = {rl: oracle_rec, ol: original_rec}
-        run.cfg["_methods"] = []
-        reference = adapter.rows(task.evaluate(run, setup, {rl: oracle, ol: original}, records, []))
-        reference = {"Original": reference[ol], "Retrain": reference[rl]}
+        # One context per tuning scenario: its run folder, setup, tuning original and Retrain.
+        contexts = []
+        for i, tc in enumerate(tuning_cfgs):
+            tag = "" if len(tuning_cfgs) == 1 else f"[{i}] "
+            run = Run(tc, Path(tc["out_dir"]), quiet=quiet, eval_only=False, progress=False,
+                      echo=lambda msg, tag=tag: None if state["trial"] else say(f"tuning {tag}{msg}"))
+            Path(tc["out_dir"]).mkdir(parents=True, exist_ok=True)
+            setup = task.setup(run, task.seeds(tc)[0])
+            adapter.prepare(setup, tc)
+            original, original_rec = task.original(run, setup)
+            oracle, oracle_rec = task.oracle(run, setup)
+            records = {rl: oracle_rec, ol: original_rec}
+            run.cfg["_methods"] = []
+            ref = adapter.rows(task.evaluate(run, setup, {rl: oracle, ol: original}, records, []))
+            contexts.append({"run": run, "setup": setup, "original": original, "oracle": oracle, "records": records,
+                             "reference": {"Original": ref[ol], "Retrain": ref[rl]}})
+        references = [c["reference"] for c in contexts]
+        settings = step_key(tcfg["seed"], tcfg["scenarios"], tcfg["val_fraction"], tcfg["ra_drop"], tcfg["ta_drop"],
+                            tcfg["utility_ratio"], [_public(tc) for tc in tuning_cfgs])
         storage = _storage(optuna, out / "study.journal")
         startup = tcfg["startup_trials"] or max(1, tcfg["trials"] // 3)
         names = set(optuna.get_all_study_names(storage))
@@ -593,6 +625,13 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
             sampler = optuna.samplers.TPESampler(seed=tcfg["seed"], n_startup_trials=startup)
             study = optuna.create_study(storage=storage, sampler=sampler, study_name=entry["label"],
                                         direction=adapter.direction, load_if_exists=True)
+            made_with = study.user_attrs.get("settings")
+            if made_with is None:
+                study.set_user_attr("settings", settings)
+                study.set_user_attr("space", space)
+            elif made_with != settings or study.user_attrs.get("space") != space:
+                raise ConfigError(f"--out: the study of {entry['label']!r} in {out} was made with other tune settings "
+                                  "or another search space (a study resumes only with the same ones); use another --out")
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # left by an interrupted search
             finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
@@ -607,15 +646,18 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
                 params = _suggest(trial, space)
                 label = f"{entry['label']}-trial{trial.number}"
                 t_entry = {"label": label, "method": entry["method"], "hparams": {**entry["hparams"], **params}}
-                run.cfg["_methods"] = [t_entry]
                 t0 = time.perf_counter()
                 state["trial"] = True
                 try:
-                    model, rec = task.unlearn(run, setup, t_entry, original, original_rec)
-                    res = task.evaluate(run, setup, {rl: oracle, ol: original, label: model},
-                                        {**records, label: rec}, [])
-                    row = adapter.rows(res)[label]
-                    sc = adapter.score(row, reference, tcfg)
+                    trial_rows = []
+                    for c in contexts:
+                        c["run"].cfg["_methods"] = [t_entry]
+                        model, rec = task.unlearn(c["run"], c["setup"], t_entry, c["original"], c["records"][ol])
+                        res = task.evaluate(c["run"], c["setup"], {rl: c["oracle"], ol: c["original"], label: model},
+                                            {**c["records"], label: rec}, [])
+                        trial_rows.append(adapter.rows(res)[label])
+                    sc = adapter.score(trial_rows, references, tcfg)
+                    row = _mean_row(trial_rows)
                 except (RuntimeError, ValueError, FloatingPointError, ZeroDivisionError) as exc:
                     state["trial"] = False
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -623,7 +665,7 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
                     continue
                 finally:
                     state["trial"] = False
-                    for p in (out / "work").rglob(_slug_file(label) + ".safetensors"):
+                    for p in out.glob("work*/**/" + _slug_file(label) + ".safetensors"):
                         p.unlink(missing_ok=True)  # a trial keeps its metrics (the study), not its weights
                 for k, v in (("row", _clean(row)), ("score", _clean(sc)), ("seconds", time.perf_counter() - t0)):
                     trial.set_user_attr(k, v)
@@ -659,13 +701,29 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
         "objective": {"name": adapter.objective_name, "direction": adapter.direction, "penalty": PENALTY,
                       "budget": ({"ra_drop": tcfg["ra_drop"], "ta_drop": tcfg["ta_drop"]} if cfg["task"] == "classification"
                                  else {"utility_ratio": tcfg["utility_ratio"]} if cfg["task"] == "llm" else {})},
-        "tune": tcfg, "split": split, "reference": reference, "methods": summary_methods,
-        "tuning_config": _public(tcfg_run), "config": _public(cfg), "seconds": time.perf_counter() - started,
+        "tune": tcfg, "split": split, "reference": _mean_row_of(references), "references": references,
+        "methods": summary_methods, "tuning_config": _public(tuning_cfgs[0]), "config": _public(cfg), "seconds": time.perf_counter() - started,
         "versions": versions(), "machine": machine(),
     }
     atomic_write_json(out / "tune.json", summary)
     write_tune_report(summary, out, adapter)
     return summary
+
+
+def _mean_row(rows: Sequence[Mapping]) -> dict:
+    """The mean of each number over rows (one row: itself)."""
+    if len(rows) == 1:
+        return dict(rows[0])
+    out = {}
+    for k in rows[0]:
+        vals = [r.get(k) for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def _mean_row_of(references: Sequence[Mapping[str, Mapping]]) -> dict:
+    return {name: _mean_row([r[name] for r in references]) for name in references[0]}
 
 
 def _slug_file(label: str) -> str:
