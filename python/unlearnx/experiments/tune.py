@@ -18,7 +18,9 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   A tuning original and a tuning Retrain are trained once with the config's recipe (cached by the
   engine's StepStore in <out>/work) and every trial is evaluated against them.
   Objective: minimise Avg. Gap to the tuning Retrain subject to RA and TA drops <= `tune.ra_drop` /
-  `tune.ta_drop` points (default 2) against the tuning original.
+  `tune.ta_drop` points (default 2) against the tuning original. `tune.scenarios: n` tunes on n
+  such forget sets at once (the next n unforgotten classes, or n random draws), each with its own
+  tuning original and Retrain: a trial scores its mean Avg. Gap under its worst RA / TA drop.
 - llm (`LLMTuning`): the tuning run has data.authors = N - k (N the config's authors, k = its
   forget10 size): the reported forget10 authors are never trained on, unlearned or evaluated; the
   tuning forget set is the last ceil(10% (N - k)) authors of the reported retain90, and tuning
@@ -289,6 +291,10 @@ class TuningAdapter:
         May write files (e.g. the tuning data) under `out`."""
         raise NotImplementedError
 
+    def budget(self, tcfg: Mapping) -> dict:
+        """The `tune` keys of this task's utility budget and their values (for tune.json)."""
+        return {}
+
     def prepare(self, setup, tuning_cfg: dict) -> None:
         """Adjust the tuning run's setup after `task.setup` (default: nothing)."""
 
@@ -423,6 +429,9 @@ class ClassificationTuning(TuningAdapter):
         }
         return configs, split
 
+    def budget(self, tcfg):
+        return {"ra_drop": tcfg["ra_drop"], "ta_drop": tcfg["ta_drop"]}
+
     def rows(self, seed_result):
         return seed_result["metrics"]
 
@@ -497,6 +506,9 @@ class LLMTuning(TuningAdapter):
                          "are regenerated for the tuning size (overlap in held_overlap)"),
         }
         return [tuning], split
+
+    def budget(self, tcfg):
+        return {"utility_ratio": tcfg["utility_ratio"]}
 
     def prepare(self, setup, tuning_cfg):
         # The llm task scores utility on data["retain"][:eval.retain_subset]: reversed, those are the
@@ -699,10 +711,10 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
     summary = {
         "format": "unlearnx-tune/1", "task": cfg["task"], "name": cfg["name"],
         "objective": {"name": adapter.objective_name, "direction": adapter.direction, "penalty": PENALTY,
-                      "budget": ({"ra_drop": tcfg["ra_drop"], "ta_drop": tcfg["ta_drop"]} if cfg["task"] == "classification"
-                                 else {"utility_ratio": tcfg["utility_ratio"]} if cfg["task"] == "llm" else {})},
+                      "budget": adapter.budget(tcfg)},
         "tune": tcfg, "split": split, "reference": _mean_row_of(references), "references": references,
-        "methods": summary_methods, "tuning_config": _public(tuning_cfgs[0]), "config": _public(cfg), "seconds": time.perf_counter() - started,
+        "methods": summary_methods, "tuning_config": _public(tuning_cfgs[0]), "config": _public(cfg),
+        "seconds": time.perf_counter() - started,
         "versions": versions(), "machine": machine(),
     }
     atomic_write_json(out / "tune.json", summary)
