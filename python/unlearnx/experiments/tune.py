@@ -830,8 +830,11 @@ def write_tune_report(summary: Mapping, out: Path, adapter: TuningAdapter | None
         for name, row in summary["reference"].items():
             pts[name] = adapter.point(row)
         pts = {k: v for k, v in pts.items() if all(isinstance(x, (int, float)) for x in v.values())}
-        if pts and m["chosen"] is not None:
-            png = tradeoff_scatter(pts, x=adapter.plot_x, y=adapter.plot_y, reference=f"#{m['chosen']['trial']}")
+        star = None if m["chosen"] is None else f"#{m['chosen']['trial']} chosen"
+        if star is not None and f"#{m['chosen']['trial']}" in pts:  # drawn last: the star stays on top
+            pts[star] = pts.pop(f"#{m['chosen']['trial']}")
+        if pts and star in pts:
+            png = tradeoff_scatter(pts, x=adapter.plot_x, y=adapter.plot_y, reference=star)
             fname = f"tradeoff-{_slug_file(label)}.png"
             caption = (f"{label}: every trial's forgetting ({adapter.plot_x}) against utility ({adapter.plot_y}) on the "
                        f"tuning scenario; the star is the chosen trial #{m['chosen']['trial']}; Original and Retrain "
