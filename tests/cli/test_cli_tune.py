@@ -198,3 +198,23 @@ def test_demo_uses_the_tuned_presets_class_wise_only():
     assert all(not e["hparams"] for e in validate_config(task.demo_config(options={"random": True}))["_methods"])
     explicit = validate_config(task.demo_config(methods=["ssd"]))["_methods"]
     assert explicit[0]["hparams"] == DIGITS_CLASSWISE_TUNED["ssd"]
+
+
+def test_random_forgetting_split_is_disjoint(tmp_path):
+    cfg = tiny_cls(tmp_path / "run", scenario={"kind": "random", "fraction": 0.1}, tune={"trials": 1})
+    summary = tune(cfg, tmp_path / "t", quiet=True)
+    split = summary["split"]
+    rep = set(split["reported_forget_indices"])
+    val, fit, forget = (set(split[k]) for k in ("validation_indices", "tuning_train_indices", "tuning_forget_indices"))
+    assert rep and forget and not (val | fit | forget) & rep and forget <= fit and not val & fit
+    assert summary["methods"]["GA"]["n_complete"] == 1
+
+
+def test_missing_optuna_exits_2_with_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_cls(tmp_path / "run")))
+    assert cli.main(["tune", str(path), "--out", str(tmp_path / "t")]) == 2
+    assert "unlearnx[tune]" in capsys.readouterr().err
