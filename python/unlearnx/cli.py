@@ -3,6 +3,7 @@
     unlearnx demo [--task TASK] [--quick] [--methods ...] [--device cpu|cuda|auto] [--out DIR] [--quiet]
     unlearnx run CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx eval CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
+    unlearnx tune CONFIG.yaml [key=value ...] [--trials N] [--methods M ...] [--out DIR] [--write-presets FILE] [--quiet]
     unlearnx bench [--family NAME] [--quick] [--out FILE] [extra benchmark arguments]
     unlearnx info
 
@@ -141,6 +142,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return _experiment(args.config, args.overrides, args, eval_only=True)
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """Hyper-parameter search per method (unlearnx.experiments.tune); prints the chosen values as YAML."""
+    from unlearnx.experiments import ConfigError, load_config
+
+    started = time.perf_counter()
+    try:
+        from unlearnx.experiments.tune import methods_yaml, tune
+
+        cfg = load_config(args.config, args.overrides)
+        out = Path(args.out if args.out else str(cfg["out_dir"]) + "-tune")
+        summary = tune(cfg, out, trials=args.trials, methods=args.methods, quiet=args.quiet)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # optuna (the tune extra) or the task's extra
+        print(f"error: {exc}" if "unlearnx[tune]" in str(exc) else
+              f"error: an optional extra is missing (pip install 'unlearnx[tune]' and the task's extra): {exc}",
+              file=sys.stderr)
+        return 2
+    for label, m in summary["methods"].items():
+        c = m["chosen"]
+        what = "no finished trial" if c is None else (
+            f"trial #{c['trial']}, {summary['objective']['name']} {c['value']:.4g}"
+            + ("" if c["feasible"] else " (no trial met the budget: least violating shown)"))
+        print(f"{label}: {m['n_feasible']}/{m['n_trials']} trials feasible; chosen {what}")
+    snippet = methods_yaml(summary)
+    print("\nchosen values (paste into a config):\n" + snippet)
+    if args.write_presets:
+        from unlearnx.report import atomic_write_text
+
+        atomic_write_text(args.write_presets, snippet)
+        print(f"wrote {args.write_presets}")
+    print(f"study:   {out / 'study.journal'}\nresults: {out / 'tune.json'}\nreport:  {out / 'report.md'}, "
+          f"{out / 'report.html'}\nwall time: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _benchmark_dir() -> Path | None:
     # Benchmarks are scripts of the source tree, not of the installed package.
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -219,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars or step messages")
         p.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("tune", help="hyper-parameter search per method on a split disjoint from the reported one "
+                                    "(needs the tune extra: optuna)")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.trials=5")
+    p.add_argument("--trials", type=int, metavar="N", help="trials per method (default: the config's tune.trials, 20)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD", help="tune only these of the config's methods")
+    p.add_argument("--out", metavar="DIR", help="tuning directory (default: the config's out_dir + '-tune'); "
+                                                "rerunning resumes the studies")
+    p.add_argument("--write-presets", metavar="FILE", help="also write the chosen values as a YAML methods list")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("bench", help="run benchmarks/bench_*.py and print their tables "
                                      "(unknown arguments are passed to the scripts)")

@@ -351,12 +351,20 @@ class ClassificationTask(ExperimentTask):
         class perfectly and Retrain not at all, so methods differ visibly; options={"random":
         True}: 10% random forgetting (SalUn's headline scenario). Recipe: 20 epochs SGD lr 0.05,
         cosine schedule; one torch thread (the models are tiny, intra-op threads only add
-        synchronisation, and on a busy machine a descheduled worker thread stalls every op)."""
+        synchronisation, and on a busy machine a descheduled worker thread stalls every op).
+        Class-wise, the methods run with the values `unlearnx tune` chose for this scenario
+        (`unlearnx.methods.presets.DIGITS_CLASSWISE_TUNED`, docs/tuning.md); random forgetting
+        keeps the methods' defaults."""
+        from unlearnx.experiments.config import normalise_name
+        from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED
+
         if quick:
             raise ValueError("--quick: the classification demo has no quick mode (it takes a minute already)")
         random = bool((options or {}).get("random"))
         explicit = methods is not None
-        entries = [{"name": m} if explicit else {"name": m, "optional": True} for m in (methods or DEMO_METHODS)]
+        tuned = {} if random else {normalise_name(k): v for k, v in DIGITS_CLASSWISE_TUNED.items()}
+        entries = [{"name": m, **({} if explicit else {"optional": True}), **tuned.get(normalise_name(m), {})}
+                   for m in (methods or DEMO_METHODS)]
         scenario = {"kind": "random", "fraction": 0.1} if random else {"kind": "class", "classes": 0}
         what = "10% random forgetting" if random else "class-wise forgetting of digit 0"
         return {

@@ -220,7 +220,8 @@ def validate_config(config: Mapping) -> dict:
     "_methods" (the resolved runnable entries) and "_skipped" (optional methods that are not
     registered). Raises ConfigError naming the key: unknown keys (with a close-match suggestion),
     wrong types, values outside their choices or ranges, missing files, unknown methods or
-    hyper-parameters. Validating an already validated config gives the same config.
+    hyper-parameters. Validating an already validated config gives the same config. An optional
+    `tune` section (any task) is checked by `unlearnx.experiments.tune.validate_tune`.
     """
     from unlearnx.experiments.tasks import available_tasks, get_task
 
@@ -230,7 +231,9 @@ def validate_config(config: Mapping) -> dict:
     if name not in available_tasks():
         raise ConfigError(f"config key 'task': expected one of {available_tasks()}, got {name!r}")
     task = get_task(name)
-    public = {k: v for k, v in config.items() if not str(k).startswith("_")}
+    # `tune` (the search of `unlearnx tune`, unlearnx.experiments.tune) is a section of every task;
+    # `unlearnx run` carries it along unused.
+    public = {k: v for k, v in config.items() if not str(k).startswith("_") and k != "tune"}
     cfg = validate_section(public, task.schema(), "", special=task.special_sections())
     if cfg.get("out_dir") is None:
         cfg["out_dir"] = default_out_dir(cfg["name"])
@@ -239,7 +242,12 @@ def validate_config(config: Mapping) -> dict:
 
         if not torch.cuda.is_available():
             raise ConfigError("config key 'device': 'cuda' requested but torch sees no GPU (use 'cpu' or 'auto')")
-    return task.validate(cfg)
+    cfg = task.validate(cfg)
+    if config.get("tune") is not None:
+        from unlearnx.experiments.tune import validate_tune
+
+        cfg["tune"] = validate_tune(config["tune"], cfg)
+    return cfg
 
 
 def _parse_override(item: str) -> tuple[list[str], object]:

@@ -7,7 +7,7 @@ benchmarks/bench_methods_classification.py use; each was measured, the reason is
 """
 from __future__ import annotations
 
-__all__ = ["DIGITS_HPARAMS", "DIGITS_CLASSWISE_HPARAMS"]
+__all__ = ["DIGITS_HPARAMS", "DIGITS_CLASSWISE_HPARAMS", "DIGITS_CLASSWISE_TUNED"]
 
 DIGITS_HPARAMS: dict[str, dict] = {
     # The reference lrs (GA 1e-4, Boundary 1e-5, SCRUB 5e-4, Bad teacher 1e-4, LAF 5e-5/1e-4) barely
@@ -43,4 +43,24 @@ DIGITS_CLASSWISE_HPARAMS: dict[str, dict] = {
     **DIGITS_HPARAMS,
     "fisher": {"alpha": 1e-4, "max_std": 0.1},
     "influence": {"alpha": 300.0},
+}
+
+# The values `unlearnx tune` chose for the classification demo's scenario (digits, small_cnn, 20
+# epochs, class-wise forgetting; docs/tuning.md), used by `unlearnx demo` for class-wise forgetting:
+#   unlearnx tune configs/tune/digits_classwise.yaml --trials 8
+# 8 TPE trials per method (seed 0; trial 0 = the DIGITS_CLASSWISE_HPARAMS / default values) on two
+# tuning scenarios carved from the reported D_r (forget digit 1, forget digit 2; tuning test set 20%
+# of D_r; the reported digit-0 forget set and the test set are never seen): objective the mean Avg.
+# Gap to the tuning Retrains with RA and TA within 2 points of the tuning originals in both; rounded
+# to 4 significant digits. 2026-12-04, 2-core shared x86-64 CPU (load 3-11), 1 torch thread, 566 s.
+# Mean tuning Avg. Gap chosen (start): FT 43.0 (49.8), GA 26.6 (46.7, start infeasible: RA -88),
+# RL 0.19 (= start), l1-sparse 15.3 (33.6), SalUn 0.53 (1.30), SSD 0.23 (0.29). FT does not forget a
+# class within the budget at any searched setting. docs/benchmarks.md: the reported scenario.
+DIGITS_CLASSWISE_TUNED: dict[str, dict] = {
+    "ft": {"lr": 0.07911, "epochs": 19},
+    "ga": {"lr": 0.008807, "epochs": 2},
+    "rl": {"lr": 0.013, "epochs": 10},
+    "l1_sparse": {"gamma": 0.002174, "lr": 0.03556, "epochs": 19},
+    "salun": {"lr": 0.02112, "epochs": 6, "mask_ratio": 0.3063},
+    "ssd": {"alpha": 31.95, "lam": 0.1315},
 }
