@@ -76,7 +76,7 @@ class _ESD(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     if progress and (it + 1) % 25 == 0:
                         print(f"{self.name} it {it + 1}/{hp['iterations']} loss {loss:.4f}", flush=True)
         finally:

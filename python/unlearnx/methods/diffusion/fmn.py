@@ -81,7 +81,7 @@ class ForgetMeNot(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     if progress and (step + 1) % 10 == 0:
                         print(f"fmn step {step + 1}/{hp['steps']} attention {loss:.4f}", flush=True)
         finally:

@@ -84,8 +84,8 @@ class SalUnDiffusion(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    log["forget_loss"].append(float(lf))
-                    log["retain_loss"].append(float(lr_))
+                    log["forget_loss"].append(lf.item())
+                    log["retain_loss"].append(lr_.item())
                     if progress and (step + 1) % 25 == 0:
                         print(f"salun step {step + 1}/{hp['steps']} forget {lf:.4f} retain {lr_:.4f}", flush=True)
         finally:
