@@ -33,7 +33,7 @@ from unlearnx.experiments.tasks import ExperimentTask, register_task
 __all__ = ["DiffusionTask", "DIFFUSION_DEMO_METHODS", "DIFFUSION_COLUMNS", "diffusion_demo_config"]
 
 # The demo's panel; methods not registered in this installation are skipped with a note.
-DIFFUSION_DEMO_METHODS = ("esd_x", "esd_u", "salun_diffusion", "fmn", "uce")
+DIFFUSION_DEMO_METHODS = ("esd_x", "esd_u", "salun", "fmn", "uce")
 
 DIFFUSION_COLUMNS = {
     "UA": "erased concept's generations not classified as it, % (→ Retrain, ↑)",
@@ -213,19 +213,18 @@ class DiffusionTask(ExperimentTask):
         setup.evaluators = {}
         setup.evaluator_acc = {}
         from unlearnx.eval.diffusion import train_evaluator
-        from unlearnx.models import small_cnn
+        from unlearnx.models import resnet_tiny
 
         for name, (train, test, k, ch) in _evaluator_specs(setup, run.cfg).items():
-            size = run.cfg["data"]["size"]
 
             def compute(train=train, test=test, k=k, ch=ch, name=name):
                 run.echo(f"[seed {seed}] {name} evaluator: training on {len(train)} images")
-                clf, acc = train_evaluator(train, test, num_classes=k, in_channels=ch, image_size=size,
+                clf, acc = train_evaluator(train, test, num_classes=k, in_channels=ch,
                                            epochs=run.cfg["evaluator"]["epochs"], seed=seed)
                 return clf, {"seconds": None, "heldout_accuracy": acc}
 
             def fresh(k=k, ch=ch):
-                return small_cnn(k, in_channels=ch, image_size=size, width=32)
+                return resnet_tiny(k, in_channels=ch, width=16)  # train_evaluator's architecture
 
             clf, rec = run.steps.run(f"{name} evaluator", step_key(setup.base_key, "evaluator", name,
                                                                     run.cfg["evaluator"]),
