@@ -111,8 +111,12 @@ def train_diffusion(model: DiffusionModel, data, *, steps: int = 1500, lr: float
     AdamW(lr, weight_decay), linear warm-up over `warmup` steps then cosine decay to 0, gradient
     norm clipped at 1; `steps` optimizer steps over the shuffled data (seeded by `seed`).
     params: the parameters to train (default: every UNet parameter with requires_grad).
+    The draws of t and ε run under torch's global RNG seeded to `seed` (the caller's RNG state is
+    restored afterwards), so a run is reproducible from `seed` alone.
     Returns {"loss": [mean loss per 50 steps], "seconds": wall time}.
     """
+    from unlearnx.methods.training import seeded  # here: unlearnx.methods imports this package
+
     _check_model(model)
     for key, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -136,7 +140,7 @@ def train_diffusion(model: DiffusionModel, data, *, steps: int = 1500, lr: float
     gen = torch.Generator().manual_seed(seed + 1)
     losses, window, step = [], [], 0
     start = time.perf_counter()
-    with training_mode(model.unet, True):
+    with seeded(seed, model.device), training_mode(model.unet, True):
         while step < steps:
             for images, conds in loader:
                 conds = drop_conditions(model, conds, cond_drop, gen)
