@@ -69,9 +69,10 @@ def write_wmdp(root: Path) -> Path:
     """cais/wmdp questions (wmdp-bio.jsonl) and cais/wmdp-corpora forget / retain corpora."""
     qa = authors()
     texts = qa.texts()
-    _jsonl(root / "wmdp-bio.jsonl", [{"question": f"Which option is number {k}?",
-                                      "choices": [f"option {c}{k}" for c in "wxyz"], "answer": k % 4}
-                                     for k in range(6)])
+    for subject in ("bio", "cyber"):
+        _jsonl(root / f"wmdp-{subject}.jsonl", [{"question": f"Which {subject} option is number {k}?",
+                                                 "choices": [f"option {c}{k}" for c in "wxyz"], "answer": k % 4}
+                                                for k in range(6)])
     _jsonl(root / "bio-forget-corpus.jsonl", [{"text": t} for t in texts[:4]])
     _jsonl(root / "bio-retain-corpus.jsonl", [{"text": t} for t in texts[4:8]])
     return root
@@ -95,3 +96,19 @@ def write_rwku(root: Path, targets=("Ann Velmora", "Bob Kora")) -> Path:
         (d / "retain_mia.json").write_text(json.dumps([{"text": "A river runs through a valley.", "subject": name},
                                                        {"text": "Mountains rise over the plain.", "subject": name}]))
     return root
+
+
+def fill_placeholders(raw: dict, folder: Path) -> list[str]:
+    """Overrides that replace a shipped `*_files.yaml` config's placeholder paths (data.path,
+    model.pretrained, oracle.pretrained) by tiny files of its benchmark and a tiny saved Llama in
+    `folder`; [] for a config without model.pretrained."""
+    if not (raw.get("model") or {}).get("pretrained"):
+        return []
+    bench = raw["data"]["benchmark"]
+    writer = {"tofu": write_tofu, "muse": write_muse, "wmdp": write_wmdp, "rwku": write_rwku}[bench]
+    out = [f"data.path={writer(folder / bench)}", f"model.pretrained={save_tiny_llama(folder / 'model')}"]
+    if (raw.get("oracle") or {}).get("pretrained"):
+        out.append(f"oracle.pretrained={folder / 'model'}")
+    if bench == "rwku":
+        out.append("data.targets=null")  # the tiny files' targets
+    return out

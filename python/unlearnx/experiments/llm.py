@@ -509,7 +509,7 @@ def _validate_pretrained(cfg: dict) -> bool:
     if not Path(d["path"]).exists():
         raise ConfigError(f"config key 'data.path': no such file or directory: {d['path']}")
     allowed = {"tofu": ("split",), "muse": ("subset",), "wmdp": ("split", "forget_corpus", "retain_corpus"),
-               "rwku": lambda: ("targets", "corpus_texts", "corpus_tokens")}[d["benchmark"]]
+               "rwku": ("targets", "corpus_texts", "corpus_tokens")}[d["benchmark"]]
     for key in ("split", "subset", "targets", "forget_corpus", "retain_corpus", "corpus_texts", "corpus_tokens"):
         if d[key] is not None and key not in allowed:
             raise ConfigError(f"config key 'data.{key}': not used by benchmark {d['benchmark']!r} (its keys: "
