@@ -190,3 +190,27 @@ def test_built_in_configs_keep_their_step_keys():
     cfg = load_config(ROOT / "configs/llm/tofu_forget10.yaml")
     assert set(_keyed(cfg, "data")) == {"authors", "n_real_authors", "n_world_facts", "vocab_size"}
     assert set(_keyed(cfg, "model")) == {"name", "hidden", "layers", "heads", "kwargs"}
+
+
+def test_parametric_on_the_built_in_authors(tmp_path):
+    """eval.parametric also works with the built-in tiny models (located in the trained target)."""
+    import unlearnx.experiments as ex
+
+    cfg = {"task": "llm", "name": "tiny-cv", "out_dir": str(tmp_path / "out"),
+           "data": {"authors": 3, "n_real_authors": 2, "n_world_facts": 2, "vocab_size": 400},
+           "model": {"name": "llama", "hidden": 32, "layers": 1, "heads": 2},
+           "train": {"epochs": 2, "lr": 3e-3, "batch_size": 16}, "methods": [{"name": "ga", "epochs": 1}],
+           "eval": {"retain_subset": 4, "max_new_tokens": 4, "parametric": {"concept": ["Velmora"], "top_n": 2}}}
+    r = ex.run_experiment(cfg, quiet=True)
+    assert r["rows"]["target"]["cv_cosine"] == pytest.approx(1.0) and r["rows"]["ga"]["cv_cosine"] < 1.0
+    assert set(r["parametric"]["drift"]) == {"Retrain", "target", "ga"}
+
+
+def test_lm_eval_missing_is_exit_2(tmp_path, model_dir, capsys, monkeypatch):
+    import unlearnx.eval.llm as ev
+
+    monkeypatch.setattr(ev, "lm_eval_available", lambda: False)
+    data, out = F.write_wmdp(tmp_path / "wmdp"), tmp_path / "out"
+    assert _run("wmdp_files.yaml", f"data.path={data}", f"model.pretrained={model_dir}", f"out_dir={out}",
+                "eval.lm_eval={tasks: [mmlu]}") == 2
+    assert "pip install 'unlearnx[lmeval]'" in capsys.readouterr().err and not out.exists()

@@ -1,5 +1,15 @@
 """The LLM task (`task: llm` configs, `unlearnx demo --task llm`): TOFU-style forget10 on the built-in
-fictitious authors.
+fictitious authors, or a pretrained model on published benchmark files.
+
+Pretrained models and benchmark files (`model.pretrained` + `data.benchmark`; docs/llm-eval.md "From
+the CLI"): the target is loaded with `load_pretrained_lm` (not trained; its path and a fingerprint of
+its files key the unlearning steps), `oracle.pretrained` is the retain model (none: the metrics that
+need one are left out), the data come from `unlearnx.data.benchmarks` (`load_benchmark_files`) and
+each benchmark is evaluated by its suite: TOFU `evaluate_tofu`, MUSE `evaluate_muse`, WMDP
+`evaluate_wmdp`, RWKU `evaluate_rwku` per target after unlearning a corpus the target model wrote
+itself (`rwku_forget_corpus`, the zero-shot batch setting). `eval.lm_eval` (lm-evaluation-harness) and
+`eval.parametric` (concept vectors) apply to every model, built-in or pretrained (`extra_evals`).
+`model.dtype` is the storage dtype of pretrained weights; the top-level `dtype` the autocast precision.
 
 Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 
@@ -403,6 +413,12 @@ class LLMTask(ExperimentTask):
         timings["evaluation_s"] = time.perf_counter() - t0
         mu_target = tofu["target"]["model_utility"]
         rows = {label: _tofu_row(tofu[label], mu_target) for label in tofu}
+        extras = {}
+        if ev["lm_eval"] is not None or ev["parametric"] is not None:
+            setup.target, setup.vectors = models["target"], None
+            for label in models:
+                extras[label] = extra_evals(run, setup, models[label], label)
+                rows[label].update(extras[label]["row"])
         labels = [e["label"] for e in run.cfg["_methods"]]
         for label in labels:
             rows[label]["unlearn_s"] = records[label]["seconds"]
@@ -411,7 +427,7 @@ class LLMTask(ExperimentTask):
                    "forget_authors": len(d["forget_bios"]), "n_holdout": len(d["holdout"]),
                    "held": {k: len(v) for k, v in d["held"].items()}}
         return {"rows": rows, "records": records, "tofu": tofu, "cached": cached, "timings": timings,
-                "cache": cache, "data": summary}
+                "cache": cache, "data": summary, "extras": extras}
 
     # ---- the whole run
     def results(self, run: Run, per_seed: list[dict]) -> dict:
@@ -440,6 +456,7 @@ class LLMTask(ExperimentTask):
             "cached_steps": s["cached"],
             "metric_cache": {"hits": s["cache"].hits, "misses": s["cache"].misses},
             "timings": s["timings"],
+            **_extra_results(cfg, s["extras"]),
         }
 
     def write_report(self, results: dict, out) -> None:
@@ -1051,32 +1068,7 @@ class _PretrainedSetup:
 
     # ---- evaluation
     def _extras(self, run: Run, model, label: str) -> dict:
-        """lm-eval scores and concept-vector drift of one model: ({row columns}, {lm_eval}, {drift})."""
-        from unlearnx.eval.llm import concept_token_ids, concept_vector_drift, locate_concept_vectors, run_lm_eval
-
-        ev = self.cfg["eval"]
-        row, lm, drift = {}, None, None
-        if ev["lm_eval"] is not None:
-            le = ev["lm_eval"]
-            tasks = le["tasks"] if isinstance(le["tasks"], list) else [le["tasks"]]
-            run.echo(f"{label}: lm-eval {[t if isinstance(t, str) else t.get('task') for t in tasks]}")
-            with self.precision(run.device):
-                lm = run_lm_eval(model, self.tok, tasks, limit=le.get("limit"), batch_size=le.get("batch_size", 8),
-                                 num_fewshot=le.get("num_fewshot"), seed=self.seed)
-            for task, metrics in lm.items():
-                for metric, value in metrics.items():
-                    if "stderr" not in metric:
-                        row[f"{task}/{metric.split(',')[0]}"] = value
-        if ev["parametric"] is not None:
-            pm = ev["parametric"]
-            if self.vectors is None:
-                self.concept = concept_token_ids(self.tok, _words(pm))
-                self.vectors = locate_concept_vectors(self.target, self.concept, top_n=pm.get("top_n", 10),
-                                                      top_k=pm.get("top_k", 50))
-            drift = concept_vector_drift(model, self.vectors, self.concept)
-            row.update(cv_cosine=drift["cosine"], cv_topk_overlap=drift["topk_overlap"],
-                       cv_score=drift["score_after"])
-        return {"row": row, "lm_eval": lm, "parametric": drift}
+        return extra_evals(run, self, model, label)
 
     def _evaluate_rwku(self, run: Run, model, sub, label: str) -> dict:
         from unlearnx.eval.llm import evaluate_rwku
@@ -1161,6 +1153,37 @@ class _PretrainedSetup:
                          for label, per_target in self.rwku_eval.items() if label in rows}}
 
 
+def extra_evals(run: Run, setup, model, label: str) -> dict:
+    """lm-eval scores and concept-vector drift of one model (eval.lm_eval, eval.parametric): {"row":
+    {columns}, "lm_eval": {task: {metric: value}} or None, "parametric": drift or None}. `setup`: the
+    run's setup (tok, target, precision); the concept vectors, located once in the target, stay on it."""
+    from unlearnx.eval.llm import concept_token_ids, concept_vector_drift, locate_concept_vectors, run_lm_eval
+
+    ev = run.cfg["eval"]
+    row, lm, drift = {}, None, None
+    if ev["lm_eval"] is not None:
+        le = ev["lm_eval"]
+        tasks = le["tasks"] if isinstance(le["tasks"], list) else [le["tasks"]]
+        run.echo(f"{label}: lm-eval {[t if isinstance(t, str) else t.get('task') for t in tasks]}")
+        with setup.precision(run.device):
+            lm = run_lm_eval(model, setup.tok, tasks, limit=le.get("limit"), batch_size=le.get("batch_size", 8),
+                             num_fewshot=le.get("num_fewshot"), seed=setup.seed)
+        for task, metrics in lm.items():
+            for metric, value in metrics.items():
+                if "stderr" not in metric:
+                    row[f"{task}/{metric.split(',')[0]}"] = value
+    if ev["parametric"] is not None:
+        pm = ev["parametric"]
+        if setup.vectors is None:
+            setup.concept = concept_token_ids(setup.tok, _words(pm))
+            setup.vectors = locate_concept_vectors(setup.target, setup.concept, top_n=pm.get("top_n", 10),
+                                                  top_k=pm.get("top_k", 50))
+        drift = concept_vector_drift(model, setup.vectors, setup.concept)
+        row.update(cv_cosine=drift["cosine"], cv_topk_overlap=drift["topk_overlap"],
+                   cv_score=drift["score_after"])
+    return {"row": row, "lm_eval": lm, "parametric": drift}
+
+
 def _words(pm: dict) -> list[str]:
     words = pm["concept"]
     return [words] if isinstance(words, str) else list(words)
@@ -1226,11 +1249,18 @@ def _pretrained_results(run: Run, s: dict) -> dict:
         out[bench] = {label: {"aggregate": r.aggregate} for label, r in s["evals"].items()}
     else:
         out["rwku"] = {label: s["rwku"][label] for label in s["rows"]}
+    out.update(_extra_results(cfg, s["extras"]))
+    return out
+
+
+def _extra_results(cfg: dict, extras: dict) -> dict:
+    """results.json's "lm_eval" and "parametric" entries (those configured)."""
+    out = {}
     if cfg["eval"]["lm_eval"] is not None:
-        out["lm_eval"] = {label: e["lm_eval"] for label, e in s["extras"].items()}
+        out["lm_eval"] = {label: e["lm_eval"] for label, e in extras.items()}
     if cfg["eval"]["parametric"] is not None:
         out["parametric"] = {"concept": _words(cfg["eval"]["parametric"]),
-                             "drift": {label: e["parametric"] for label, e in s["extras"].items()}}
+                             "drift": {label: e["parametric"] for label, e in extras.items()}}
     return out
 
 
@@ -1324,8 +1354,7 @@ def _write_report(results: dict, out: Path) -> None:
         ("table", ["Model"] + cols, [[n] + [format_value(r.get(c)) for c in cols] for n, r in rows.items()]),
         ("table", ["Column", "meaning"], [[c, _column_help(c)] for c in cols]),
     ]
-    if "benchmark" in d:
-        blocks += _pretrained_blocks(results)
+    blocks += _pretrained_blocks(results)
     if results["skipped"]:
         blocks.append(("p", "Not run: " + "; ".join(f"{s['method']} ({s['reason']})" for s in results["skipped"])
                        + "."))
