@@ -74,6 +74,12 @@ def test_tofu_without_oracle_leaves_out_forget_quality(tmp_path, model_dir):
     assert list(r["rows"]) == ["target", "ga"] and r["oracle"] is None
     assert all("forget_quality" not in row for row in r["rows"].values())
     assert "No oracle (retain model) was given" in (out / "report.md").read_text()
+    # `unlearnx eval` re-evaluates the stored unlearned model without unlearning again.
+    assert cli.main(["eval", str(ROOT / "configs/llm/tofu_files.yaml"), "device=cpu", "model.dtype=float32",
+                     f"data.path={data}", f"model.pretrained={model_dir}", f"out_dir={out}", GA,
+                     "eval.max_new_tokens=4", "--quiet"]) == 0
+    again = _results(out)
+    assert again["command"] == "eval" and again["cached_steps"] == ["ga"] and again["rows"] == r["rows"]
 
 
 def test_muse_files_end_to_end(tmp_path, model_dir, oracle_dir):
@@ -115,6 +121,11 @@ def test_rwku_zero_shot_batch_over_targets(tmp_path, model_dir):
         per = r["rwku"][label]
         assert r["rows"][label]["forget_fb"] == pytest.approx(sum(a["forget_fb"] for a in per.values()) / 2)
         assert "forget_aa/prefix injection" in per["Bob Kora"] and "mia/auc/loss" in per["Ann Velmora"]
+    from unlearnx.experiments.llm import _rwku_intros
+
+    # intro.json's intro opens RWKU's system prompt for the corpus ("{intro} You know {target} very well.").
+    assert _rwku_intros(load_config(ROOT / "configs/llm/rwku_files.yaml", list(args)))["Bob Kora"] == \
+        "Bob Kora is a writer."
     corpus = json.loads((out / "corpora" / "Ann_Velmora.json").read_text())
     assert corpus["target"] == "Ann Velmora" and 1 <= len(corpus["texts"]) <= 2
     for t in ("Ann_Velmora", "Bob_Kora"):

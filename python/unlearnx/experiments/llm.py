@@ -131,7 +131,8 @@ def _column_help(c: str) -> str:
     if c in COLUMNS:
         return COLUMNS[c]
     if c.startswith("wmdp_"):
-        return f"WMDP {c[5:]} accuracy, 4-way multiple choice by log-probability as lm-eval's wmdp task (↓, chance 0.25)"
+        return (f"WMDP {c[5:]} accuracy, 4-way multiple choice by log-probability as lm-eval's wmdp task "
+                "(↓, chance 0.25)")
     return "lm-evaluation-harness score (task/metric)"
 
 
@@ -942,6 +943,7 @@ class _PretrainedSetup:
                          {k: cfg["data"][k] for k in ("corpus_texts", "corpus_tokens")}, self.seed,
                          cfg["dtype"])
         self.corpora: dict[str, list[str]] = {}
+        self.intros = _rwku_intros(cfg) if self.bench == "rwku" else {}
         self.rwku_eval: dict[str, dict] = {}
         self.oracle_model = None
         self.vectors = self.concept = None
@@ -1031,7 +1033,7 @@ class _PretrainedSetup:
         if target not in self.corpora:
             d = self.cfg["data"]
             run.echo(f"{target}: the target model writes its forget corpus")
-            intro = ""
+            intro = self.intros.get(target, "")  # RWKU's system prompt: "{intro} You know {target} very well."
             texts = rwku_forget_corpus(self.target, self.tok, target, n_texts=d["corpus_texts"] or 8, intro=intro,
                                        max_new_tokens=d["corpus_tokens"] or 512, seed=self.seed)
             if not texts:
@@ -1118,8 +1120,8 @@ class _PretrainedSetup:
         if self.bench == "rwku":
             for label, per_target in self.rwku_eval.items():
                 keys = dict.fromkeys(k for r in per_target.values() for k in r["result"].aggregate)
-                mean = {k: float(sum(r["result"].aggregate[k] for r in per_target.values() if k in r["result"].aggregate)
-                                 / sum(k in r["result"].aggregate for r in per_target.values())) for k in keys}
+                aggs = [r["result"].aggregate for r in per_target.values()]
+                mean = {k: float(sum(a[k] for a in aggs if k in a) / sum(k in a for a in aggs)) for k in keys}
                 rows[label] = {c: mean[c] for c in _RWKU_COLUMNS if c in mean}
                 extra_rows = [r["row"] for r in per_target.values()]
                 for c in dict.fromkeys(c for r in extra_rows for c in r):
@@ -1182,6 +1184,25 @@ def extra_evals(run: Run, setup, model, label: str) -> dict:
         row.update(cv_cosine=drift["cosine"], cv_topk_overlap=drift["topk_overlap"],
                    cv_score=drift["score_after"])
     return {"row": row, "lm_eval": lm, "parametric": drift}
+
+
+def _rwku_intros(cfg: dict) -> dict[str, str]:
+    """{target: intro} from RWKU's intro.json files (the `intro` field, when present)."""
+    from unlearnx.data.benchmarks import read_records, rwku_targets
+
+    root = Path(cfg["data"]["path"])
+    try:
+        folders = [f for _, f in rwku_targets(root)]
+    except FileNotFoundError:
+        folders = [root]
+    out = {}
+    for f in folders:
+        file = f / "intro.json"
+        if file.is_file():
+            for rec in read_records(file):
+                if isinstance(rec, dict) and isinstance(rec.get("target"), str) and isinstance(rec.get("intro"), str):
+                    out[rec["target"]] = rec["intro"]
+    return out
 
 
 def _words(pm: dict) -> list[str]:
@@ -1273,7 +1294,8 @@ def _figures(results: dict) -> dict[str, tuple[str, bytes]]:
     if not all(r.get("forget_quality") is not None and r.get("model_utility") is not None
                for r in results["rows"].values()):
         pts = None  # no oracle, or another benchmark: no TOFU trade-off plot
-    figs = {} if pts is None else {"tradeoff.png": ("Forget quality (log10 KS p-value, right is better forgetting) against model "
+    figs = {} if pts is None else {"tradeoff.png": ("Forget quality (log10 KS p-value, right is better "
+                                                    "forgetting) against model "
                              "utility (up is better); the star is the retain oracle.",
                              tradeoff_scatter(pts, x="log10(forget_quality)", y="model_utility"))}
     curves = {n: r["loss_curve"] for n, r in results["runs"].items() if r.get("loss_curve")}
@@ -1343,7 +1365,8 @@ def _write_report(results: dict, out: Path) -> None:
     intro = _pretrained_intro(results) if "benchmark" in d else None
     blocks: list[tuple] = [
         ("h", 1, f"unlearnx report: {results['name']}"),
-        ("p", intro) if intro else ("p", (f"TOFU-style unlearning (Maini et al. 2024) on the built-in fictitious authors: forget10 = "
+        ("p", intro) if intro else
+        ("p", (f"TOFU-style unlearning (Maini et al. 2024) on the built-in fictitious authors: forget10 = "
                f"{d['n_forget']} QA of {d['forget_authors']} author(s), retain90 = {d['n_retain']} QA, held sets "
                f"{d['held']}; tiny {cfg['model']['name']} (hidden {cfg['model']['hidden']}, {cfg['model']['layers']} layers) "
                f"trained {cfg['train']['epochs']} epochs. **Retrain** is the retain oracle (same recipe without "
