@@ -657,6 +657,9 @@ def load_benchmark_files(cfg: dict, *, check_only: bool = False) -> dict:
     wmdp: the questions of each subject in `split` (default: every subject whose file exists);
         forget / retain corpora from data.forget_corpus / data.retain_corpus.
     rwku: {target: RWKUData} for the targets (a Target folder of N_Name folders, or one folder).
+
+    check_only (validation): every file is found and parsed except WMDP's corpora (only found) and
+    the RWKU folders after the first target's.
     """
     from unlearnx.data import benchmarks as B
 
@@ -722,8 +725,10 @@ def load_benchmark_files(cfg: dict, *, check_only: bool = False) -> dict:
         if d["forget_corpus"] is None:
             raise ValueError("config key 'data.forget_corpus': required for wmdp (the methods unlearn a forget "
                              "corpus, e.g. cais/wmdp-corpora's cyber-forget-corpus.jsonl)")
-        forget = B.load_wmdp_corpus(_corpus_file(d, "forget_corpus"))
-        rfile = _corpus_file(d, "retain_corpus")
+        ffile, rfile = _corpus_file(d, "forget_corpus"), _corpus_file(d, "retain_corpus")
+        if check_only:  # the corpora can be large: validation checks they exist, setup reads them
+            return {"items": items}
+        forget = B.load_wmdp_corpus(ffile)
         return {"items": {s: _limit(v, n) for s, v in items.items()}, "forget": _limit(forget, n),
                 "retain": None if rfile is None else _limit(B.load_wmdp_corpus(rfile), n)}
     # rwku
