@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import _llm_files
 from unlearnx import cli
 from unlearnx.experiments import get_task
 from unlearnx.experiments.classification import DEMO_METHODS
@@ -142,11 +143,12 @@ def test_example_configs_validate(path, tmp_path, monkeypatch):
                and (m if isinstance(m, str) else m["name"]) not in ux.methods.available()]
     if missing:
         pytest.skip(f"{path} uses methods not registered yet: {missing}")
-    if "path" in raw.get("data", {}):
+    overrides = _llm_files.fill_placeholders(raw, tmp_path)  # benchmark files + a pretrained model: tiny ones
+    if "path" in raw.get("data", {}) and not overrides:
         # The user-data example reads a file from the current folder: provide one of the documented layout.
         monkeypatch.chdir(tmp_path)
         rng = np.random.default_rng(0)
         np.savez(raw["data"]["path"], x_train=rng.random((50, 4), dtype=np.float32), y_train=rng.integers(0, 3, 50),
                  x_test=rng.random((20, 4), dtype=np.float32), y_test=rng.integers(0, 3, 20))
-    cfg = load_config(ROOT / path)
+    cfg = load_config(ROOT / path, overrides)
     assert cfg["_methods"]

@@ -1,5 +1,15 @@
 """The LLM task (`task: llm` configs, `unlearnx demo --task llm`): TOFU-style forget10 on the built-in
-fictitious authors.
+fictitious authors, or a pretrained model on published benchmark files.
+
+Pretrained models and benchmark files (`model.pretrained` + `data.benchmark`; docs/llm-eval.md "From
+the CLI"): the target is loaded with `load_pretrained_lm` (not trained; its path and a fingerprint of
+its files key the unlearning steps), `oracle.pretrained` is the retain model (none: the metrics that
+need one are left out), the data come from `unlearnx.data.benchmarks` (`load_benchmark_files`) and
+each benchmark is evaluated by its suite: TOFU `evaluate_tofu`, MUSE `evaluate_muse`, WMDP
+`evaluate_wmdp`, RWKU `evaluate_rwku` per target after unlearning a corpus the target model wrote
+itself (`rwku_forget_corpus`, the zero-shot batch setting). `eval.lm_eval` (lm-evaluation-harness) and
+`eval.parametric` (concept vectors) apply to every model, built-in or pretrained (`extra_evals`).
+`model.dtype` is the storage dtype of pretrained weights; the top-level `dtype` the autocast precision.
 
 Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 
@@ -56,7 +66,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from unlearnx.experiments.config import ConfigError, Field, check_range, suggest, validate_methods
+from unlearnx.experiments.config import ConfigError, Field, check_range, check_value, suggest, validate_methods
 from unlearnx.experiments.run import Run, step_key
 from unlearnx.experiments.tasks import ExperimentTask, register_task
 
@@ -85,11 +95,60 @@ COLUMNS = {
     "forget_prob": "mean P(answer | question) on forget10 (→ oracle)",
     "forget_rougeL": "ROUGE-L recall of greedy answers on forget10 (→ oracle)",
     "forget_truth_ratio": "mean min(R, 1/R) on forget10 (→ oracle)",
+    # MUSE (Shi et al., 2024)
+    "verbmem_forget": "VerbMem: ROUGE-L F1 ×100 of the continuation of forget texts (↓, → oracle)",
+    "knowmem_forget": "KnowMem on forget QA: ROUGE-L F1 ×100 (↓, → oracle)",
+    "knowmem_retain": "KnowMem on retain QA: ROUGE-L F1 ×100 (↑)",
+    "mink_auc": "MUSE AUC of Min-K% (k 0.4), forget vs holdout texts",
+    "privleak": "PrivLeak: (AUC − AUC_oracle) / AUC_oracle ×100 (→ 0; needs the oracle)",
+    # RWKU (Jin et al., 2024): ROUGE-L recall of greedy answers, mean over the targets
+    "forget_fb": "RWKU forget fill-in-the-blank probes, ROUGE-L recall (↓)",
+    "forget_qa": "RWKU forget QA probes, ROUGE-L recall (↓)",
+    "forget_aa": "RWKU forget adversarial-attack probes, ROUGE-L recall (↓)",
+    "neighbor_fb": "RWKU neighbor fill-in-the-blank probes, ROUGE-L recall (↑)",
+    "neighbor_qa": "RWKU neighbor QA probes, ROUGE-L recall (↑)",
+    "mia/auc/loss": "RWKU MIA: LOSS AUC, forget vs retain MIA texts",
+    "mia/auc/min_k": "RWKU MIA: Min-K% (k 0.2) AUC, forget vs retain MIA texts",
+    "utility_general": "RWKU general utility: few-shot MMLU accuracy (↑)",
+    "utility_factuality_f1": "RWKU factuality utility: TriviaQA token F1 (↑)",
+    # ConceptVectors (Hong et al., 2024)
+    "cv_cosine": "concept vectors: mean cosine(before, after) (1 = unchanged)",
+    "cv_topk_overlap": "concept vectors: overlap of the top projected tokens before/after (1 = unchanged)",
+    "cv_score": "concept vectors: mean concept score after (z-score of the concept's tokens)",
     "unlearn_s": "unlearning wall time (s)",
 }
 
 
+def _columns(rows: dict) -> list[str]:
+    """The table's columns: those of COLUMNS in its order, then any other (WMDP subjects, lm-eval
+    scores) in the order the rows have them, unlearn_s last."""
+    present = list(dict.fromkeys(c for r in rows.values() for c in r))
+    known = [c for c in COLUMNS if c in present and c != "unlearn_s"]
+    return known + [c for c in present if c not in COLUMNS] + (["unlearn_s"] if "unlearn_s" in present else [])
+
+
+def _column_help(c: str) -> str:
+    if c in COLUMNS:
+        return COLUMNS[c]
+    if c.startswith("wmdp_"):
+        return (f"WMDP {c[5:]} accuracy, 4-way multiple choice by log-probability as lm-eval's wmdp task "
+                "(↓, chance 0.25)")
+    return "lm-evaluation-harness score (task/metric)"
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PRETRAINED_DTYPES = ("auto", "float32", "float16", "bfloat16")  # unlearnx.models.lm.PRETRAINED_DTYPES
+BENCHMARKS = ("tofu", "muse", "wmdp", "rwku")  # unlearnx.data.benchmarks.BENCHMARKS
+# Keys added for pretrained models and benchmark files: left out of step keys while unset, so the
+# built-in authors' run folders keep their keys.
+_NEW_KEYS = {"model": ("pretrained", "dtype", "lora"),
+             "data": ("benchmark", "path", "split", "subset", "targets", "forget_corpus", "retain_corpus",
+                      "corpus_texts", "corpus_tokens", "max_items")}
+
+
+def _keyed(cfg: dict, section: str) -> dict:
+    """cfg[section] without the new keys that are unset (the step-key view of the section)."""
+    return {k: v for k, v in cfg[section].items() if not (k in _NEW_KEYS.get(section, ()) and v is None)}
 
 
 def _llm_schema() -> dict:
@@ -108,18 +167,39 @@ def _llm_schema() -> dict:
             "n_real_authors": Field("int", 8, help="held 'real authors' utility set size"),
             "n_world_facts": Field("int", 18, help="held 'world facts' utility set size"),
             "vocab_size": Field("int", 2048, help="byte-level BPE vocabulary trained on the data"),
+            "benchmark": Field("str", None, choices=BENCHMARKS, help="benchmark files instead of the built-in "
+                                                                      "authors (needs model.pretrained)"),
+            "path": Field("str", None, help="the benchmark's folder (TOFU, MUSE corpus, WMDP, RWKU Target dir)"),
+            "split": Field("any", None, help="tofu: forget01|forget05|forget10; wmdp: subject(s) bio|cyber|chem"),
+            "subset": Field("str", None, help="muse: the retain split of raw/ (retain1 or retain2)"),
+            "targets": Field("any", None, help="rwku: target names (default: every target under data.path)"),
+            "forget_corpus": Field("str", None, help="wmdp: forget corpus file (relative to data.path or absolute)"),
+            "retain_corpus": Field("str", None, help="wmdp: retain corpus file (relative to data.path or absolute)"),
+            "corpus_texts": Field("int", None, help="rwku: texts the model writes about each target (default 8)"),
+            "corpus_tokens": Field("int", None, help="rwku: new tokens per generated text (default 512)"),
+            "max_items": Field("int", None, help="use at most this many items of each file (a quick look)"),
         },
         "model": {
             "name": Field("str", "llama", help="a builder of unlearnx.models.lm (available_lms())"),
             "hidden": Field("int", 64), "layers": Field("int", 2), "heads": Field("int", 4),
             "kwargs": Field("dict", {}, help="other builder arguments (e.g. experts, top_k for moe)"),
+            "pretrained": Field("str", None, help="a save_pretrained directory (or a hub name in the local "
+                                                   "cache): the target; then data.benchmark is required"),
+            "dtype": Field("str", None, choices=PRETRAINED_DTYPES,
+                           help="storage dtype of the pretrained weights (default auto: the checkpoint's)"),
+            "lora": Field("any", None, help="{r, alpha, dropout, target_modules} (or true): train LoRA adapters"),
         },
+        "oracle": {"pretrained": Field("str", None, help="the retain model (e.g. TOFU's retain90 checkpoint)")},
         "train": {"epochs": Field("int", 30), "lr": Field("number", 2e-3), "batch_size": Field("int", 16)},
         "methods": Field("any", list(LLM_DEMO_METHODS),
                          help="list of method names or {name, label?, optional?, <hparams>}; hyper-parameters "
                               "default to BASE_HPARAMS and METHOD_HPARAMS (tiny-model values)"),
         "eval": {"retain_subset": Field("int", 60, help="retain QA scored for model utility"),
-                 "max_new_tokens": Field("int", 48, help="greedy answer length for ROUGE")},
+                 "max_new_tokens": Field("int", 48, help="greedy answer length for ROUGE"),
+                 "lm_eval": Field("dict", None, help="{tasks: [...], limit: N, batch_size, num_fewshot}: "
+                                                     "lm-evaluation-harness on every model"),
+                 "parametric": Field("dict", None, help="{concept: [words], top_n: 10, top_k: 50}: concept-vector "
+                                                        "drift (Hong et al., 2024)")},
     }
 
 
@@ -148,9 +228,9 @@ class _Setup:
             raise RuntimeError("the ranks built different tokenizers from the same data; run with one process")
         self.timings = {"data_tokenizer_s": time.perf_counter() - t0}
         # bf16 training gives other weights; fp32 keys stay those of earlier run folders.
-        self.base_key = (cfg["data"], cfg["model"], cfg["train"], self.seed) + (
+        self.base_key = (_keyed(cfg, "data"), _keyed(cfg, "model"), cfg["train"], self.seed) + (
             (cfg["dtype"],) if cfg["dtype"] != "float32" else ())
-        self.model_kw = {**{k: v for k, v in cfg["model"].items() if k not in ("name", "kwargs")},
+        self.model_kw = {**{k: v for k, v in _keyed(cfg, "model").items() if k not in ("name", "kwargs")},
                          **cfg["model"]["kwargs"]}
         self.dtype = cfg["dtype"]
 
@@ -208,14 +288,23 @@ class LLMTask(ExperimentTask):
         if clash:
             raise ConfigError(f"config key 'model.kwargs': {clash} are set elsewhere (model.hidden/layers/heads; the "
                               "vocabulary comes from the tokenizer, the seed from 'seed')")
+        pretrained = _validate_pretrained(cfg)
         methods, skipped = validate_methods(cfg["methods"], self.method_task)
         for i, entry in enumerate(methods):
             cls = ux.methods.get(entry["method"], task="causal_lm")
-            base = {k: v for k, v in {**BASE_HPARAMS, **METHOD_HPARAMS.get(entry["method"], {})}.items()
-                    if k in cls.defaults}
+            # Pretrained models start from each method's own (paper) defaults; the tiny-model values
+            # (lr ~100x the 7B defaults) are for the built-in models only.
+            base = {} if pretrained else {k: v for k, v in {**BASE_HPARAMS, **METHOD_HPARAMS.get(entry["method"], {})}
+                                          .items() if k in cls.defaults}
             entry["hparams"] = {**base, **entry["hparams"]}
+            hp = entry["hparams"]
+            if "concept_tokens" in cls.defaults and hp.get("concept_tokens") is None:
+                if not (cfg["eval"]["parametric"] or {}).get("concept"):
+                    raise ConfigError(f"config key 'methods[{i}].concept_tokens': {entry['method']} needs the "
+                                      "concept: give eval.parametric.concept (words) or concept_tokens (ids)")
+                hp = {**hp, "concept_tokens": [0]}  # stands in for the concept's ids (the tokenizer gives them)
             try:
-                _method_instance(entry["method"], entry["hparams"])
+                _method_instance(entry["method"], hp)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"config key 'methods[{i}]' ({entry['method']}): {exc}") from None
         cfg["_methods"], cfg["_skipped"] = methods, skipped
@@ -229,7 +318,9 @@ class LLMTask(ExperimentTask):
         return {}
 
     # ---- steps
-    def setup(self, run: Run, seed: int) -> _Setup:
+    def setup(self, run: Run, seed: int):
+        if run.cfg["model"]["pretrained"] is not None:
+            return _PretrainedSetup(run)
         return _Setup(run)
 
     def _train(self, run: Run, setup: _Setup, label: str, items):
@@ -250,11 +341,15 @@ class LLMTask(ExperimentTask):
         return model.to(run.device).eval(), rec
 
     def original(self, run: Run, setup: _Setup):
+        if isinstance(setup, _PretrainedSetup):
+            return setup.target, setup.target_record
         d = setup.data
         return self._train(run, setup, "target",
                            d["forget"] + d["retain"] + setup.held + d["forget_bios"] + d["retain_bios"])
 
     def oracle(self, run: Run, setup: _Setup):
+        if isinstance(setup, _PretrainedSetup):
+            return setup.load_oracle(run)
         d = setup.data
         model, rec = self._train(run, setup, "Retrain", d["retain"] + setup.held + d["retain_bios"])
         setup.oracle_model = model  # the target of methods calibrated against an unlearning target (ECO)
@@ -262,6 +357,9 @@ class LLMTask(ExperimentTask):
 
     def unlearn(self, run: Run, setup: _Setup, entry: dict, original, original_record: dict):
         import unlearnx as ux
+
+        if isinstance(setup, _PretrainedSetup):
+            return setup.unlearn(run, entry, original, original_record)
 
         label, name, hp = entry["label"], entry["method"], entry["hparams"]
         data = setup.data
@@ -294,6 +392,9 @@ class LLMTask(ExperimentTask):
     def evaluate(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
         from unlearnx.eval.llm import MetricCache, evaluate_tofu
 
+        if isinstance(setup, _PretrainedSetup):
+            return setup.evaluate(run, models, records, cached)
+
         data, ev = setup.data, run.cfg["eval"]
         # Evaluation: the oracle first (its per-item forget truth ratios are every model's KS reference).
         cache = MetricCache(run.out / "cache")
@@ -313,6 +414,12 @@ class LLMTask(ExperimentTask):
         timings["evaluation_s"] = time.perf_counter() - t0
         mu_target = tofu["target"]["model_utility"]
         rows = {label: _tofu_row(tofu[label], mu_target) for label in tofu}
+        extras = {}
+        if ev["lm_eval"] is not None or ev["parametric"] is not None:
+            setup.target, setup.vectors = models["target"], None
+            for label in models:
+                extras[label] = extra_evals(run, setup, models[label], label)
+                rows[label].update(extras[label]["row"])
         labels = [e["label"] for e in run.cfg["_methods"]]
         for label in labels:
             rows[label]["unlearn_s"] = records[label]["seconds"]
@@ -321,12 +428,19 @@ class LLMTask(ExperimentTask):
                    "forget_authors": len(d["forget_bios"]), "n_holdout": len(d["holdout"]),
                    "held": {k: len(v) for k, v in d["held"].items()}}
         return {"rows": rows, "records": records, "tofu": tofu, "cached": cached, "timings": timings,
-                "cache": cache, "data": summary}
+                "cache": cache, "data": summary, "extras": extras}
 
     # ---- the whole run
     def results(self, run: Run, per_seed: list[dict]) -> dict:
         s, cfg = per_seed[0], run.cfg
+        if cfg["model"]["pretrained"] is not None:
+            return _pretrained_results(run, s)
         public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+        # The key of the config as it was before the pretrained / benchmark keys existed.
+        public_cfg.update(data=_keyed(cfg, "data"), model=_keyed(cfg, "model"),
+                          eval={k: v for k, v in cfg["eval"].items() if v is not None})
+        if cfg["oracle"]["pretrained"] is None:
+            public_cfg.pop("oracle")
         return {
             "format": "unlearnx-llm-results/1",
             "config_key": step_key(public_cfg),
@@ -343,6 +457,7 @@ class LLMTask(ExperimentTask):
             "cached_steps": s["cached"],
             "metric_cache": {"hits": s["cache"].hits, "misses": s["cache"].misses},
             "timings": s["timings"],
+            **_extra_results(cfg, s["extras"]),
         }
 
     def write_report(self, results: dict, out) -> None:
@@ -350,8 +465,301 @@ class LLMTask(ExperimentTask):
 
     def summary(self, results: dict) -> str:
         d = results["data"]
+        if "benchmark" in d:
+            return (f"\n{results['name']}: {d['benchmark']} files at {d['path']}, target = "
+                    f"{results['pretrained']['pretrained']}, "
+                    + ("Retrain = the given retain model" if results["oracle"] else "no oracle (metrics that "
+                       "need one are left out)") + "\n" + llm_summary_table(results))
         return (f"\n{results['name']}: forget10 = {d['n_forget']} QA, retain90 = {d['n_retain']} QA; "
                 f"Retrain = the retain oracle, target = before unlearning\n" + llm_summary_table(results))
+
+
+def _validate_pretrained(cfg: dict) -> bool:
+    """The keys of pretrained models, benchmark files, lm-eval and the parametric evaluation: every
+    problem is a ConfigError naming its key, before any work. Returns whether the run uses a
+    pretrained model (and benchmark files)."""
+    m, d, ev = cfg["model"], cfg["data"], cfg["eval"]
+    for path, value in (("data.corpus_texts", d["corpus_texts"]), ("data.corpus_tokens", d["corpus_tokens"]),
+                        ("data.max_items", d["max_items"])):
+        check_range(path, value, low=1)
+    if ev["lm_eval"] is not None:
+        _check_lm_eval(ev["lm_eval"])
+    if ev["parametric"] is not None:
+        _check_parametric(ev["parametric"])
+    if m["pretrained"] is None:
+        for key, value in (("model.dtype", m["dtype"]), ("model.lora", m["lora"]),
+                           ("oracle.pretrained", cfg["oracle"]["pretrained"]), ("data.benchmark", d["benchmark"])):
+            if value is not None:
+                raise ConfigError(f"config key {key!r}: only with model.pretrained (the built-in models train on "
+                                  "the built-in authors with their own tokenizer)")
+        for key in _NEW_KEYS["data"][1:]:
+            if d[key] is not None:
+                raise ConfigError(f"config key 'data.{key}': only with data.benchmark and model.pretrained")
+        return False
+    _resolve_pretrained("model.pretrained", m["pretrained"])
+    if cfg["oracle"]["pretrained"] is not None:
+        _resolve_pretrained("oracle.pretrained", cfg["oracle"]["pretrained"])
+    if m["lora"] is not None and m["lora"] is not False:
+        lora = m["lora"]
+        if lora is not True:
+            if not isinstance(lora, dict):
+                raise ConfigError(f"config key 'model.lora': expected true or a mapping {{r, alpha, dropout, "
+                                  f"target_modules}}, got {lora!r}")
+            for key in lora:
+                if key not in _LORA_KEYS:
+                    raise ConfigError(f"unknown config key 'model.lora.{key}'{suggest(str(key), _LORA_KEYS)}")
+            for key in ("r", "alpha"):
+                if key in lora and (isinstance(lora[key], bool) or not isinstance(lora[key], int) or lora[key] < 1):
+                    raise ConfigError(f"config key 'model.lora.{key}': expected an integer >= 1, got {lora[key]!r}")
+            if "dropout" in lora:
+                check_range("model.lora.dropout", check_value("model.lora.dropout", lora["dropout"],
+                                                              Field("number", 0.0)), low=0, high=1)
+            tm = lora.get("target_modules")
+            if tm is not None and not (tm == "all-linear" or (isinstance(tm, list) and tm
+                                                               and all(isinstance(t, str) for t in tm))):
+                raise ConfigError(f"config key 'model.lora.target_modules': expected a list of module names or "
+                                  f"'all-linear', got {tm!r}")
+    if d["benchmark"] is None:
+        raise ConfigError("config key 'data.benchmark': required with model.pretrained (one of "
+                          f"{list(BENCHMARKS)}); the built-in authors train their own tiny models")
+    if d["path"] is None:
+        raise ConfigError(f"config key 'data.path': required with data.benchmark {d['benchmark']!r}")
+    if not Path(d["path"]).exists():
+        raise ConfigError(f"config key 'data.path': no such file or directory: {d['path']}")
+    allowed = {"tofu": ("split",), "muse": ("subset",), "wmdp": ("split", "forget_corpus", "retain_corpus"),
+               "rwku": ("targets", "corpus_texts", "corpus_tokens")}[d["benchmark"]]
+    for key in ("split", "subset", "targets", "forget_corpus", "retain_corpus", "corpus_texts", "corpus_tokens"):
+        if d[key] is not None and key not in allowed:
+            raise ConfigError(f"config key 'data.{key}': not used by benchmark {d['benchmark']!r} (its keys: "
+                              f"{', '.join(('path', 'max_items') + allowed)})")
+    try:
+        load_benchmark_files(cfg, check_only=True)
+    except (FileNotFoundError, ValueError) as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(("config key", "data.")) else f"data.path: {msg}") from None
+    return True
+
+
+_LORA_KEYS = ("r", "alpha", "dropout", "target_modules", "lora_alpha", "lora_dropout")
+_LM_EVAL_KEYS = ("tasks", "limit", "batch_size", "num_fewshot")
+_PARAMETRIC_KEYS = ("concept", "top_n", "top_k")
+
+
+def _check_lm_eval(le: dict) -> None:
+    from unlearnx.eval.llm import lm_eval_available
+
+    for key in le:
+        if key not in _LM_EVAL_KEYS:
+            raise ConfigError(f"unknown config key 'eval.lm_eval.{key}'{suggest(str(key), _LM_EVAL_KEYS)}")
+    tasks = le.get("tasks")
+    if isinstance(tasks, (str, dict)):
+        tasks = [tasks]
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, (str, dict)) for t in tasks):
+        raise ConfigError(f"config key 'eval.lm_eval.tasks': expected a non-empty list of lm-eval task names (or "
+                          f"task config mappings), got {le.get('tasks')!r}")
+    limit = le.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ConfigError(f"config key 'eval.lm_eval.limit': expected a number > 0, got {limit!r}")
+    for key in ("batch_size", "num_fewshot"):
+        v = le.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "batch_size" else 0)):
+            raise ConfigError(f"config key 'eval.lm_eval.{key}': expected an integer >= "
+                              f"{1 if key == 'batch_size' else 0}, got {v!r}")
+    if not lm_eval_available():
+        raise ConfigError("config key 'eval.lm_eval': needs lm-evaluation-harness, which is not installed "
+                          "(pip install 'unlearnx[lmeval]')")
+
+
+def _check_parametric(pm: dict) -> None:
+    for key in pm:
+        if key not in _PARAMETRIC_KEYS:
+            raise ConfigError(f"unknown config key 'eval.parametric.{key}'{suggest(str(key), _PARAMETRIC_KEYS)}")
+    words = pm.get("concept")
+    if isinstance(words, str):
+        words = [words]
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise ConfigError(f"config key 'eval.parametric.concept': expected a non-empty list of words, got "
+                          f"{pm.get('concept')!r}")
+    for key in ("top_n", "top_k"):
+        v = pm.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"config key 'eval.parametric.{key}': expected an integer >= 1, got {v!r}")
+
+
+def _resolve_pretrained(key: str, name: str) -> Path:
+    """The local folder of a pretrained model: the directory itself, or a hub name's snapshot in the
+    local Hugging Face cache (nothing is downloaded). ConfigError naming `key` otherwise."""
+    p = Path(name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"config key {key!r}: {name} holds no config.json (a save_pretrained folder expected)")
+        return p
+    if p.is_absolute() or name.startswith(".") or name.count("/") > 1:
+        raise ConfigError(f"config key {key!r}: no such directory: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means: not in the local cache
+        raise ConfigError(f"config key {key!r}: {name!r} is neither a directory nor a model in the local Hugging "
+                          "Face cache (nothing is downloaded: give a local save_pretrained folder)") from None
+
+
+_FINGERPRINT_FULL = 64 << 20  # files up to 64 MiB are hashed whole; bigger ones by size and sampled blocks
+
+
+def pretrained_identity(key: str, name: str) -> dict:
+    """{"pretrained": name, "dir": folder, "fingerprint": sha256 over the folder's files} for step
+    keys and records. Files up to 64 MiB (configs, tokenizer, small weights) are hashed whole; larger
+    weight files by their name, size and three 1 MiB blocks (start, middle, end), so that a 14 GB
+    checkpoint is identified in milliseconds (a change that keeps size and those blocks goes unseen)."""
+    import hashlib
+
+    folder = _resolve_pretrained(key, name)
+    h = hashlib.sha256()
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(folder).as_posix()}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= _FINGERPRINT_FULL:
+                h.update(fh.read())
+            else:
+                for off in (0, size // 2, size - (1 << 20)):
+                    fh.seek(off)
+                    h.update(fh.read(1 << 20))
+    return {"pretrained": name, "dir": str(folder), "fingerprint": h.hexdigest()}
+
+
+def _limit(items, n):
+    return list(items) if n is None else list(items)[:n]
+
+
+def _corpus_file(d: dict, key: str) -> Path | None:
+    if d[key] is None:
+        return None
+    p = Path(d[key])
+    if not p.is_absolute() and not p.exists():
+        p = Path(d["path"]) / p
+    if not p.is_file():
+        raise ValueError(f"config key 'data.{key}': no such file: {d[key]} (absolute, relative to the current "
+                         "folder, or to data.path)")
+    return p
+
+
+def load_benchmark_files(cfg: dict, *, check_only: bool = False) -> dict:
+    """The data of `data: {benchmark, path, ...}` (unlearnx.data.benchmarks loaders):
+
+    tofu: forget = `{split}_perturbed` (or `{split}`) for unlearning and evaluation, retain =
+        retain{100 - N} for unlearning and retain_perturbed for utility, held = real_authors /
+        world_facts (their `_perturbed` files) when present.
+    muse: forget = raw/forget, retain = raw/{subset or retain1}; evaluation: verbmem/forget,
+        knowmem/{forget,retain}_qa, privleak/{forget,holdout} (raw/forget + raw/holdout when absent).
+    wmdp: the questions of each subject in `split` (default: every subject whose file exists);
+        forget / retain corpora from data.forget_corpus / data.retain_corpus.
+    rwku: {target: RWKUData} for the targets (a Target folder of N_Name folders, or one folder).
+
+    check_only (validation): every file is found and parsed except WMDP's corpora (only found) and
+    the RWKU folders after the first target's.
+    """
+    from unlearnx.data import benchmarks as B
+
+    d = cfg["data"]
+    root, n, bench = Path(d["path"]), d["max_items"], d["benchmark"]
+
+    def optional(fn, *args):
+        try:
+            return fn(*args)
+        except FileNotFoundError:
+            return None
+
+    if bench == "tofu":
+        split = d["split"] or "forget10"
+        if split not in ("forget01", "forget05", "forget10"):
+            raise ValueError(f"config key 'data.split': expected forget01, forget05 or forget10, got {split!r}")
+        retain_split = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}[split]
+        forget = optional(B.load_tofu, root, f"{split}_perturbed")
+        if forget is None:
+            raise ValueError(f"data.path: {root} holds no {split}_perturbed file (TOFU's forget split with "
+                             "paraphrased and perturbed answers, needed for the truth ratio)")
+        retain_eval = B.load_tofu(root, "retain_perturbed")
+        retain_train = optional(B.load_tofu, root, retain_split) or retain_eval
+        held = {name: items for name in ("real_authors", "world_facts")
+                if (items := optional(B.load_tofu, root, f"{name}_perturbed")) is not None}
+        if not held:
+            raise ValueError(f"data.path: {root} holds neither real_authors_perturbed nor world_facts_perturbed "
+                             "(TOFU's model utility needs at least one held set)")
+        return {"forget": _limit(forget, n), "retain": _limit(retain_train, n),
+                "retain_eval": _limit(retain_eval, n), "held": {k: _limit(v, n) for k, v in held.items()},
+                "split": split, "retain_split": retain_split if retain_train is not retain_eval else "retain_perturbed"}
+    if bench == "muse":
+        retain_split = d["subset"] or "retain1"
+        if retain_split not in ("retain1", "retain2"):
+            raise ValueError(f"config key 'data.subset': expected retain1 or retain2, got {retain_split!r}")
+        forget = B.load_muse(root, "raw", "forget")
+        retain = optional(B.load_muse, root, "raw", retain_split)
+        pl_forget = optional(B.load_muse, root, "privleak", "forget")
+        pl_holdout = optional(B.load_muse, root, "privleak", "holdout")
+        if pl_forget is None or pl_holdout is None:
+            pl_forget, pl_holdout = forget, optional(B.load_muse, root, "raw", "holdout")
+            if pl_holdout is None:
+                raise ValueError(f"data.path: {root} holds neither privleak/holdout nor raw/holdout (PrivLeak's "
+                                 "non-members)")
+        return {"forget": _limit(forget, n), "retain": None if retain is None else _limit(retain, n),
+                "mia_forget": _limit(pl_forget, n), "mia_holdout": _limit(pl_holdout, n),
+                "verbmem": None if (v := optional(B.load_muse, root, "verbmem", "forget")) is None else _limit(v, n),
+                "forget_qa": None if (f := optional(B.load_muse, root, "knowmem", "forget_qa")) is None
+                else _limit(f, n),
+                "retain_qa": None if (r := optional(B.load_muse, root, "knowmem", "retain_qa")) is None
+                else _limit(r, n), "retain_split": retain_split}
+    if bench == "wmdp":
+        split = d["split"]
+        subjects = [split] if isinstance(split, str) else split
+        if subjects is not None and (not isinstance(subjects, list) or not subjects
+                                     or any(s not in B.WMDP_SUBJECTS for s in subjects)):
+            raise ValueError(f"config key 'data.split': expected WMDP subjects among {list(B.WMDP_SUBJECTS)}, "
+                             f"got {split!r}")
+        items = ({s: B.load_wmdp(root, s) for s in subjects} if subjects else
+                 {s: v for s in B.WMDP_SUBJECTS if (v := optional(B.load_wmdp, root, s)) is not None})
+        if not items:
+            raise ValueError(f"data.path: {root} holds no WMDP question file (wmdp-bio, wmdp-cyber, wmdp-chem)")
+        if d["forget_corpus"] is None:
+            raise ValueError("config key 'data.forget_corpus': required for wmdp (the methods unlearn a forget "
+                             "corpus, e.g. cais/wmdp-corpora's cyber-forget-corpus.jsonl)")
+        ffile, rfile = _corpus_file(d, "forget_corpus"), _corpus_file(d, "retain_corpus")
+        if check_only:  # the corpora can be large: validation checks they exist, setup reads them
+            return {"items": items}
+        forget = B.load_wmdp_corpus(ffile)
+        return {"items": {s: _limit(v, n) for s, v in items.items()}, "forget": _limit(forget, n),
+                "retain": None if rfile is None else _limit(B.load_wmdp_corpus(rfile), n)}
+    # rwku
+    folders = {}
+    try:
+        folders = dict(B.rwku_targets(root))
+    except FileNotFoundError:
+        pass
+    wanted = d["targets"]
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if wanted is not None and (not isinstance(wanted, list) or not wanted
+                               or not all(isinstance(t, str) and t for t in wanted)):
+        raise ValueError(f"config key 'data.targets': expected a list of target names, got {d['targets']!r}")
+    if folders:
+        names = wanted or list(folders)
+        unknown = [t for t in names if t not in folders]
+        if unknown:
+            raise ValueError(f"config key 'data.targets': {unknown} not under {root}{suggest(unknown[0], folders)}")
+        out = {}
+        for t in (names[:1] if check_only else names):
+            data = B.load_rwku(folders[t])
+            out[t] = data.for_target(t) if t in data.targets else data
+        return out
+    data = B.load_rwku(root)
+    names = wanted or data.targets
+    unknown = [t for t in names if t not in data.targets]
+    if unknown:
+        raise ValueError(f"config key 'data.targets': {unknown} not among the targets of {root} "
+                         f"{suggest(unknown[0], data.targets)}")
+    return {t: data.for_target(t) for t in names}
 
 
 def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None, seed: int = 0,
@@ -492,18 +900,407 @@ def llm_summary_table(results: dict) -> str:
     """The results' table (forget quality, model utility, MU/target, ...) as Markdown text."""
     from unlearnx.report import format_value, render_markdown
 
-    cols = [c for c in COLUMNS if any(c in r for r in results["rows"].values())]
+    cols = _columns(results["rows"])
     body = [[name] + [format_value(r.get(c)) for c in cols] for name, r in results["rows"].items()]
     return render_markdown([("table", ["Model"] + cols, body)])
+
+
+# ------------------------------------------------------------------------------------------------
+# Pretrained models and benchmark files
+# ------------------------------------------------------------------------------------------------
+
+# Aggregates of each benchmark that become table columns (name in the row: name in the EvalResult).
+_RWKU_COLUMNS = ("forget_fb", "forget_qa", "forget_aa", "neighbor_fb", "neighbor_qa", "mia/auc/loss",
+                 "mia/auc/min_k", "utility_general", "utility_factuality_f1")
+_MUSE_COLUMNS = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "mink_auc", "privleak")
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "target"
+
+
+class _PretrainedSetup:
+    """A run on a pretrained model and benchmark files: the target, its tokenizer, the data, the keys."""
+
+    def __init__(self, run: Run):
+        from unlearnx.eval.llm import fingerprint_data
+
+        cfg = run.cfg
+        t0 = time.perf_counter()
+        self.cfg, self.seed, self.dtype = cfg, cfg["seed"], cfg["dtype"]
+        self.bench = cfg["data"]["benchmark"]
+        self.data = load_benchmark_files(cfg)
+        self.identity = pretrained_identity("model.pretrained", cfg["model"]["pretrained"])
+        self.timings = {"data_s": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        run.echo(f"target: loading {cfg['model']['pretrained']}")
+        self.target, self.tok = self.fresh(with_tokenizer=True)
+        self.target = self.target.to(run.device).eval()
+        self.timings["load target_s"] = time.perf_counter() - t0
+        self.target_record = {"label": "target", "pretrained": self.identity, "sha256": self.identity["fingerprint"],
+                              "seconds": self.timings["load target_s"], "model_file": None}
+        m = cfg["model"]
+        # What every method's step depends on: the model's identity, how it is loaded, the data, the seed.
+        self.base_key = ("pretrained", self.identity["fingerprint"], m["dtype"] or "auto", m["lora"],
+                         self.bench, fingerprint_data(_data_for_key(self.bench, self.data)),
+                         {k: cfg["data"][k] for k in ("corpus_texts", "corpus_tokens")}, self.seed,
+                         cfg["dtype"])
+        self.corpora: dict[str, list[str]] = {}
+        self.intros = _rwku_intros(cfg) if self.bench == "rwku" else {}
+        self.rwku_eval: dict[str, dict] = {}
+        self.oracle_model = None
+        self.vectors = self.concept = None
+
+    def fresh(self, *, with_tokenizer: bool = False, path: str | None = None, lora: bool = True):
+        from unlearnx.models.lm import load_pretrained_lm
+
+        m = self.cfg["model"]
+        model, tok = load_pretrained_lm(path or m["pretrained"], dtype=m["dtype"] or "auto",
+                                        lora=m["lora"] if lora else None)
+        return (model, tok) if with_tokenizer else model
+
+    def precision(self, device: torch.device):
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=DTYPES[self.dtype])
+
+    def load_oracle(self, run: Run):
+        path = self.cfg["oracle"]["pretrained"]
+        if path is None:
+            run.echo("Retrain: no oracle given (oracle.pretrained); metrics that need one are left out")
+            return None, {"label": "Retrain", "note": "no oracle given"}
+        t0 = time.perf_counter()
+        identity = pretrained_identity("oracle.pretrained", path)
+        model = self.fresh(path=path, lora=False).to(run.device).eval()
+        self.oracle_model = model
+        return model, {"label": "Retrain", "pretrained": identity, "sha256": identity["fingerprint"],
+                       "seconds": time.perf_counter() - t0, "model_file": None}
+
+    # ---- unlearning
+    def _forget_retain(self):
+        from unlearnx.data.lm_batches import TextDataset
+
+        d = self.data
+        if self.bench == "tofu":
+            return d["forget"], d["retain"]
+        return (TextDataset(d["forget"], self.tok),
+                None if d.get("retain") is None else TextDataset(d["retain"], self.tok))
+
+    def _hparams(self, name: str, hp: dict) -> dict:
+        import unlearnx as ux
+        from unlearnx.eval.llm import concept_token_ids
+
+        if "concept_tokens" in ux.methods.get(name, task="causal_lm").defaults and hp.get("concept_tokens") is None:
+            hp = {**hp, "concept_tokens": concept_token_ids(self.tok, _words(self.cfg["eval"]["parametric"]))}
+        return hp
+
+    def _run_method(self, run: Run, name: str, hp: dict, model, forget, retain):
+        import unlearnx as ux
+
+        extra = {"oracle": self.oracle_model} if _wants_oracle(name, hp) and self.oracle_model is not None else {}
+        if _wants_oracle(name, hp) and not extra:
+            raise ValueError(f"{name}: needs an oracle model (oracle.pretrained) or a target of its own")
+        with self.precision(run.device):
+            res = ux.unlearn(model, name, forget=forget, retain=retain, tokenizer=self.tok, seed=self.seed,
+                             progress=run.progress, **hp, **extra)
+        curve = res.log.get("loss") if isinstance(res.log, dict) else None
+        used = {k: ("the run's Retrain oracle" if k in extra else v) for k, v in res.hparams.items()}
+        return res.model, {"method": name, "seconds": res.seconds, "hparams": used,
+                           "loss_curve": [float(v) for v in curve] if curve else []}
+
+    def _fresh_result(self, name: str, hp: dict):
+        skeleton = getattr(_method_instance(name, hp), "result_skeleton", None)
+        return skeleton(self.fresh()) if skeleton else self.fresh()
+
+    def unlearn(self, run: Run, entry: dict, original, original_record: dict):
+        label, name = entry["label"], entry["method"]
+        hp = self._hparams(name, entry["hparams"])
+        if self.bench == "rwku":
+            return self._unlearn_rwku(run, label, name, hp, original, original_record)
+        forget, retain = self._forget_retain()
+
+        def compute():
+            run.echo(f"{name}: unlearning {self.bench} forget data ({len(forget)} items) with {hp}")
+            return self._run_method(run, name, hp, copy.deepcopy(original), forget, retain)
+
+        key = step_key("unlearn", name, hp, self.base_key, original_record["sha256"])
+        model, rec = run.steps.run(label, key, run.out / "models" / label, lambda: self._fresh_result(name, hp),
+                                   compute)
+        return model.to(run.device).eval(), rec
+
+    def corpus(self, run: Run, target: str) -> list[str]:
+        """RWKU's zero-shot forget corpus of `target`, written by the original model (once per run)."""
+        from unlearnx.eval.llm import rwku_forget_corpus
+        from unlearnx.report import atomic_write_json
+
+        if target not in self.corpora:
+            d = self.cfg["data"]
+            run.echo(f"{target}: the target model writes its forget corpus")
+            intro = self.intros.get(target, "")  # RWKU's system prompt: "{intro} You know {target} very well."
+            texts = rwku_forget_corpus(self.target, self.tok, target, n_texts=d["corpus_texts"] or 8, intro=intro,
+                                       max_new_tokens=d["corpus_tokens"] or 512, seed=self.seed)
+            if not texts:
+                raise RuntimeError(f"{target}: the model generated only empty texts; no forget corpus to unlearn")
+            self.corpora[target] = texts
+            if run.ctx.is_main:
+                atomic_write_json(run.out / "corpora" / f"{_slug(target)}.json", {"target": target, "texts": texts})
+        return self.corpora[target]
+
+    def _unlearn_rwku(self, run: Run, label, name, hp, original, original_record):
+        from unlearnx.data.lm_batches import TextDataset
+
+        # RWKU's batch setting: every target from a fresh copy of the target model, one after another;
+        # each unlearned model is evaluated on its target's probes right away and then let go.
+        records, seconds = {}, 0.0
+        self.rwku_eval[label] = {}
+        for target, sub in self.data.items():
+            def compute(target=target):
+                corpus = TextDataset(self.corpus(run, target), self.tok)
+                run.echo(f"{name}: unlearning {target} ({len(corpus)} self-generated texts) with {hp}")
+                return self._run_method(run, name, hp, copy.deepcopy(original), corpus, None)
+
+            key = step_key("unlearn-rwku", name, hp, target, self.base_key, original_record["sha256"])
+            model, rec = run.steps.run(f"{label}/{target}", key, run.out / "models" / label / _slug(target),
+                                       lambda: self._fresh_result(name, hp), compute)
+            model = model.to(run.device).eval()
+            records[target] = rec
+            seconds += rec.get("seconds", 0.0)
+            self.rwku_eval[label][target] = self._evaluate_rwku(run, model, sub, f"{label}/{target}")
+            del model
+        first = next(iter(records.values()))
+        return None, {"label": label, "method": name, "seconds": seconds, "hparams": first.get("hparams", {}),
+                      "loss_curve": first.get("loss_curve", []), "targets": records}
+
+    # ---- evaluation
+    def _extras(self, run: Run, model, label: str) -> dict:
+        return extra_evals(run, self, model, label)
+
+    def _evaluate_rwku(self, run: Run, model, sub, label: str) -> dict:
+        from unlearnx.eval.llm import evaluate_rwku
+
+        run.echo(f"{label}: RWKU evaluation")
+        mnt = min(30, self.cfg["eval"]["max_new_tokens"])
+        with self.precision(run.device):
+            res = evaluate_rwku(model, self.tok, sub, max_new_tokens=mnt)
+        return {"result": res, **self._extras(run, model, label)}
+
+    def evaluate(self, run: Run, models: dict, records: dict, cached: list[str]) -> dict:
+        from unlearnx.eval.llm import MetricCache, evaluate_muse, evaluate_tofu, evaluate_wmdp
+
+        ev, d = self.cfg["eval"], self.data
+        cache = MetricCache(run.out / "cache")
+        t0 = time.perf_counter()
+        has_oracle = models.get("Retrain") is not None
+        evals, extras, rows = {}, {}, {}
+        for label, model in models.items():
+            if label == "Retrain" and not has_oracle:
+                continue
+            if self.bench == "rwku":
+                if model is not None:  # target and oracle: evaluated here on every target
+                    self.rwku_eval[label] = {t: self._evaluate_rwku(run, model, sub, f"{label}/{t}")
+                                             for t, sub in d.items()}
+                continue
+            run.echo(f"{label}: {self.bench} evaluation")
+            with self.precision(run.device):
+                if self.bench == "tofu":
+                    evals[label] = evaluate_tofu(model, self.tok, forget=d["forget"],
+                                                 retain=d["retain_eval"][:ev["retain_subset"]], held=d["held"],
+                                                 reference=evals.get("Retrain", models.get("Retrain")),
+                                                 max_new_tokens=ev["max_new_tokens"],
+                                                 cache=cache, progress=run.progress)
+                elif self.bench == "muse":
+                    ref = evals.get("Retrain", models.get("Retrain"))
+                    evals[label] = evaluate_muse(model, self.tok, forget=d["mia_forget"], holdout=d["mia_holdout"],
+                                                 verbmem_texts=d["verbmem"], forget_qa=d["forget_qa"],
+                                                 retain_qa=d["retain_qa"],
+                                                 reference=ref.aggregate if hasattr(ref, "aggregate") else ref,
+                                                 verbmem_tokens=min(128, ev["max_new_tokens"]),
+                                                 knowmem_tokens=min(32, ev["max_new_tokens"]), cache=cache,
+                                                 progress=run.progress)
+                else:
+                    evals[label] = evaluate_wmdp(model, self.tok, items=d["items"], progress=run.progress)
+            extras[label] = self._extras(run, model, label)
+        if self.bench == "rwku":
+            for label, per_target in self.rwku_eval.items():
+                keys = dict.fromkeys(k for r in per_target.values() for k in r["result"].aggregate)
+                aggs = [r["result"].aggregate for r in per_target.values()]
+                mean = {k: float(sum(a[k] for a in aggs if k in a) / sum(k in a for a in aggs)) for k in keys}
+                rows[label] = {c: mean[c] for c in _RWKU_COLUMNS if c in mean}
+                extra_rows = [r["row"] for r in per_target.values()]
+                for c in dict.fromkeys(c for r in extra_rows for c in r):
+                    vals = [r[c] for r in extra_rows if c in r]
+                    rows[label][c] = sum(vals) / len(vals)
+                extras[label] = {"lm_eval": {t: r["lm_eval"] for t, r in per_target.items()},
+                                 "parametric": {t: r["parametric"] for t, r in per_target.items()}}
+            order = [k for k in models if k in rows]
+            rows = {k: rows[k] for k in order}
+        else:
+            mu_target = evals["target"].aggregate.get("model_utility") if self.bench == "tofu" else None
+            for label, res in evals.items():
+                if self.bench == "tofu":
+                    row = {k: v for k, v in _tofu_row(res, mu_target).items() if v is not None}
+                elif self.bench == "muse":
+                    row = {c: res.aggregate[c] for c in _MUSE_COLUMNS if c in res.aggregate}
+                else:
+                    row = {k.split("/")[0]: v for k, v in res.aggregate.items()}
+                rows[label] = {**row, **extras[label]["row"]}
+        for e in self.cfg["_methods"]:
+            rows[e["label"]]["unlearn_s"] = records[e["label"]]["seconds"]
+        timings = dict(self.timings)
+        for label, rec in records.items():
+            if label not in ("target", "Retrain"):
+                timings[f"unlearn {label}_s"] = rec["seconds"]
+        timings["evaluation_s"] = time.perf_counter() - t0
+        return {"rows": rows, "records": {k: v for k, v in records.items() if k != "Retrain" or has_oracle},
+                "evals": evals, "extras": extras, "cached": cached, "timings": timings, "cache": cache,
+                "data": _data_summary(self), "has_oracle": has_oracle,
+                "rwku": {label: {t: r["result"].aggregate for t, r in per_target.items()}
+                         for label, per_target in self.rwku_eval.items() if label in rows}}
+
+
+def extra_evals(run: Run, setup, model, label: str) -> dict:
+    """lm-eval scores and concept-vector drift of one model (eval.lm_eval, eval.parametric): {"row":
+    {columns}, "lm_eval": {task: {metric: value}} or None, "parametric": drift or None}. `setup`: the
+    run's setup (tok, target, precision); the concept vectors, located once in the target, stay on it."""
+    from unlearnx.eval.llm import concept_token_ids, concept_vector_drift, locate_concept_vectors, run_lm_eval
+
+    ev = run.cfg["eval"]
+    row, lm, drift = {}, None, None
+    if ev["lm_eval"] is not None:
+        le = ev["lm_eval"]
+        tasks = le["tasks"] if isinstance(le["tasks"], list) else [le["tasks"]]
+        run.echo(f"{label}: lm-eval {[t if isinstance(t, str) else t.get('task') for t in tasks]}")
+        with setup.precision(run.device):
+            lm = run_lm_eval(model, setup.tok, tasks, limit=le.get("limit"), batch_size=le.get("batch_size", 8),
+                             num_fewshot=le.get("num_fewshot"), seed=setup.seed)
+        for task, metrics in lm.items():
+            for metric, value in metrics.items():
+                if "stderr" not in metric:
+                    row[f"{task}/{metric.split(',')[0]}"] = value
+    if ev["parametric"] is not None:
+        pm = ev["parametric"]
+        if setup.vectors is None:
+            setup.concept = concept_token_ids(setup.tok, _words(pm))
+            setup.vectors = locate_concept_vectors(setup.target, setup.concept, top_n=pm.get("top_n", 10),
+                                                  top_k=pm.get("top_k", 50))
+        drift = concept_vector_drift(model, setup.vectors, setup.concept)
+        row.update(cv_cosine=drift["cosine"], cv_topk_overlap=drift["topk_overlap"],
+                   cv_score=drift["score_after"])
+    return {"row": row, "lm_eval": lm, "parametric": drift}
+
+
+def _rwku_intros(cfg: dict) -> dict[str, str]:
+    """{target: intro} from RWKU's intro.json files (the `intro` field, when present)."""
+    from unlearnx.data.benchmarks import read_records, rwku_targets
+
+    root = Path(cfg["data"]["path"])
+    try:
+        folders = [f for _, f in rwku_targets(root)]
+    except FileNotFoundError:
+        folders = [root]
+    out = {}
+    for f in folders:
+        file = f / "intro.json"
+        if file.is_file():
+            for rec in read_records(file):
+                if isinstance(rec, dict) and isinstance(rec.get("target"), str) and isinstance(rec.get("intro"), str):
+                    out[rec["target"]] = rec["intro"]
+    return out
+
+
+def _words(pm: dict) -> list[str]:
+    words = pm["concept"]
+    return [words] if isinstance(words, str) else list(words)
+
+
+def _data_for_key(bench: str, data: dict):
+    """The part of the loaded data the unlearning step reads (its key)."""
+    if bench == "tofu":
+        return [(i.question, i.answer) for i in data["forget"]], [(i.question, i.answer) for i in data["retain"]]
+    if bench == "rwku":
+        return sorted(data)
+    return data["forget"], data.get("retain")
+
+
+def _data_summary(setup: _PretrainedSetup) -> dict:
+    cfg, d = setup.cfg["data"], setup.data
+    out = {"benchmark": setup.bench, "path": cfg["path"]}
+    if setup.bench == "tofu":
+        out.update(split=d["split"], n_forget=len(d["forget"]), n_retain=len(d["retain"]),
+                   retain_split=d["retain_split"], n_retain_eval=len(d["retain_eval"]),
+                   held={k: len(v) for k, v in d["held"].items()})
+    elif setup.bench == "muse":
+        out.update(n_forget=len(d["forget"]), n_retain=0 if d["retain"] is None else len(d["retain"]),
+                   retain_split=d["retain_split"], n_privleak_forget=len(d["mia_forget"]),
+                   n_privleak_holdout=len(d["mia_holdout"]),
+                   **{f"n_{k}": len(d[k]) for k in ("verbmem", "forget_qa", "retain_qa") if d[k] is not None})
+    elif setup.bench == "wmdp":
+        out.update(n_forget=len(d["forget"]), n_retain=0 if d["retain"] is None else len(d["retain"]),
+                   questions={k: len(v) for k, v in d["items"].items()})
+    else:
+        out.update(targets=list(d), corpus_texts=cfg["corpus_texts"] or 8, corpus_tokens=cfg["corpus_tokens"] or 512,
+                   probes={t: {k: len(v) for k, v in {**{f"forget_{k}": v for k, v in sub.forget.items()},
+                                                       **{f"neighbor_{k}": v for k, v in sub.neighbor.items()}}.items()}
+                           for t, sub in d.items()})
+    return out
+
+
+def _pretrained_results(run: Run, s: dict) -> dict:
+    cfg = run.cfg
+    public_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    setup_ident = s["records"]["target"]["pretrained"]
+    out = {
+        "format": "unlearnx-llm-results/1",
+        "config_key": step_key(public_cfg),
+        "data": s["data"],
+        "pretrained": setup_ident,
+        "oracle": s["records"]["Retrain"]["pretrained"] if s["has_oracle"] else None,
+        "device": {"device": str(run.device), "dtype": cfg["dtype"], "storage_dtype": cfg["model"]["dtype"] or "auto",
+                   "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None},
+        "rows": s["rows"],
+        "methods": [e["label"] for e in cfg["_methods"]],
+        "skipped": cfg["_skipped"],
+        "runs": s["records"],
+        "cached_steps": s["cached"],
+        "metric_cache": {"hits": s["cache"].hits, "misses": s["cache"].misses},
+        "timings": s["timings"],
+    }
+    bench = s["data"]["benchmark"]
+    if bench == "tofu":
+        out["tofu"] = {label: {"aggregate": r.aggregate, "forget_truth_ratio_raw": r.per_item["forget/truth_ratio_raw"]}
+                       for label, r in s["evals"].items()}
+    elif bench in ("muse", "wmdp"):
+        out[bench] = {label: {"aggregate": r.aggregate} for label, r in s["evals"].items()}
+    else:
+        out["rwku"] = {label: s["rwku"][label] for label in s["rows"]}
+    out.update(_extra_results(cfg, s["extras"]))
+    return out
+
+
+def _extra_results(cfg: dict, extras: dict) -> dict:
+    """results.json's "lm_eval" and "parametric" entries (those configured)."""
+    out = {}
+    if cfg["eval"]["lm_eval"] is not None:
+        out["lm_eval"] = {label: e["lm_eval"] for label, e in extras.items()}
+    if cfg["eval"]["parametric"] is not None:
+        out["parametric"] = {"concept": _words(cfg["eval"]["parametric"]),
+                             "drift": {label: e["parametric"] for label, e in extras.items()}}
+    return out
 
 
 def _figures(results: dict) -> dict[str, tuple[str, bytes]]:
     from unlearnx.report import loss_curves, tradeoff_scatter
 
     # Forget quality spans decades (KS p-values): plot its log10.
-    pts = {n: {"log10(forget_quality)": math.log10(max(r["forget_quality"], 1e-300)),
-               "model_utility": r["model_utility"]} for n, r in results["rows"].items()}
-    figs = {"tradeoff.png": ("Forget quality (log10 KS p-value, right is better forgetting) against model "
+    pts = {n: {"log10(forget_quality)": math.log10(max(r.get("forget_quality") or 0.0, 1e-300)),
+               "model_utility": r.get("model_utility")} for n, r in results["rows"].items()}
+    if not all(r.get("forget_quality") is not None and r.get("model_utility") is not None
+               for r in results["rows"].values()):
+        pts = None  # no oracle, or another benchmark: no TOFU trade-off plot
+    figs = {} if pts is None else {"tradeoff.png": ("Forget quality (log10 KS p-value, right is better "
+                                                    "forgetting) against model "
                              "utility (up is better); the star is the retain oracle.",
                              tradeoff_scatter(pts, x="log10(forget_quality)", y="model_utility"))}
     curves = {n: r["loss_curve"] for n, r in results["runs"].items() if r.get("loss_curve")}
@@ -511,6 +1308,54 @@ def _figures(results: dict) -> dict[str, tuple[str, bytes]]:
         figs["loss_curves.png"] = ("Loss per epoch: training of the target and the oracle (token NLL), and each "
                                    "unlearning method's logged loss.", loss_curves(curves))
     return figs
+
+
+def _pretrained_intro(results: dict) -> str:
+    d, cfg = results["data"], results["config"]
+    b = d["benchmark"]
+    what = {
+        "tofu": lambda: (f"TOFU (Maini et al., 2024) files: {d['split']} ({d['n_forget']} QA) unlearned with "
+                 f"{d['retain_split']} ({d['n_retain']} QA) as retain data; utility on the first "
+                 f"{min(cfg['eval']['retain_subset'], d['n_retain_eval'])} retain_perturbed QA and the held sets "
+                 f"{d['held']}."),
+        "muse": lambda: (f"MUSE (Shi et al., 2024) files: raw/forget ({d['n_forget']} texts) unlearned with raw/"
+                 f"{d['retain_split']} ({d['n_retain']} texts) as retain data; VerbMem, KnowMem and PrivLeak "
+                 "(Min-K% forget vs holdout) as MUSE defines them."),
+        "wmdp": lambda: (f"WMDP (Li et al., 2024): the forget corpus ({d['n_forget']} texts) unlearned"
+                 + (f" with a retain corpus ({d['n_retain']} texts)" if d["n_retain"] else "")
+                 + f"; accuracy on {d['questions']} questions (lm-eval's wmdp prompt). General utility (MMLU) "
+                 "only through eval.lm_eval."),
+        "rwku": lambda: (f"RWKU (Jin et al., 2024), zero-shot: for each of the targets {d['targets']} the target model "
+                 f"writes {d['corpus_texts']} texts about it (its forget corpus; saved under corpora/), every "
+                 "method unlearns it from a fresh copy of the target model (the batch setting, one target after "
+                 "another), and the probes of that target are answered; the table shows the mean over the "
+                 "targets (results.json has each target)."),
+    }[b]()
+    oracle = (f"**Retrain** is the given retain model ({results['oracle']['pretrained']})." if results["oracle"] else
+              "No oracle (retain model) was given (oracle.pretrained): the metrics that need one (TOFU's forget "
+              "quality, MUSE's PrivLeak) are left out.")
+    return (f"{what} **target** is the pretrained model {results['pretrained']['pretrained']} (weights "
+            f"{results['device']['storage_dtype']}, fingerprint {results['pretrained']['fingerprint'][:16]}); "
+            f"{oracle}")
+
+
+def _pretrained_blocks(results: dict) -> list[tuple]:
+    from unlearnx.report import format_value
+
+    blocks: list[tuple] = []
+    if "rwku" in results:
+        blocks.append(("h", 2, "RWKU per target"))
+        for label, per_target in results["rwku"].items():
+            keys = list(dict.fromkeys(k for agg in per_target.values() for k in agg))
+            blocks += [("p", f"**{label}**"),
+                       ("table", ["Target"] + keys, [[t] + [format_value(agg.get(k)) for k in keys]
+                                                     for t, agg in per_target.items()])]
+    if "parametric" in results:
+        p = results["parametric"]
+        blocks += [("h", 2, "Concept vectors (Hong et al., 2024)"),
+                   ("p", f"Concept {p['concept']}: value vectors located in the target model, their drift in each "
+                         "model (cosine 1 and overlap 1 = untouched).")]
+    return blocks
 
 
 def _write_report(results: dict, out: Path) -> None:
@@ -521,9 +1366,11 @@ def _write_report(results: dict, out: Path) -> None:
         atomic_write_bytes(out / "plots" / name, png)
     d, cfg = results["data"], results["config"]
     rows = results["rows"]
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
+    cols = _columns(rows)
+    intro = _pretrained_intro(results) if "benchmark" in d else None
     blocks: list[tuple] = [
         ("h", 1, f"unlearnx report: {results['name']}"),
+        ("p", intro) if intro else
         ("p", (f"TOFU-style unlearning (Maini et al. 2024) on the built-in fictitious authors: forget10 = "
                f"{d['n_forget']} QA of {d['forget_authors']} author(s), retain90 = {d['n_retain']} QA, held sets "
                f"{d['held']}; tiny {cfg['model']['name']} (hidden {cfg['model']['hidden']}, {cfg['model']['layers']} layers) "
@@ -533,8 +1380,9 @@ def _write_report(results: dict, out: Path) -> None:
                f"{cfg['eval']['max_new_tokens']} tokens for ROUGE.")),
         ("h", 2, "Results"),
         ("table", ["Model"] + cols, [[n] + [format_value(r.get(c)) for c in cols] for n, r in rows.items()]),
-        ("table", ["Column", "meaning"], [[c, COLUMNS[c]] for c in cols]),
+        ("table", ["Column", "meaning"], [[c, _column_help(c)] for c in cols]),
     ]
+    blocks += _pretrained_blocks(results)
     if results["skipped"]:
         blocks.append(("p", "Not run: " + "; ".join(f"{s['method']} ({s['reason']})" for s in results["skipped"])
                        + "."))
@@ -545,7 +1393,9 @@ def _write_report(results: dict, out: Path) -> None:
     blocks += [("img", name, png, caption) for name, (caption, png) in figures.items()]
     blocks += [("h", 2, "Models (safetensors)"),
                ("table", ["Model", "file", "sha256"],
-                [[n, r["model_file"], r["sha256"]] for n, r in results["runs"].items()])]
+                [[n, r.get("model_file") or (r["pretrained"]["dir"] if r.get("pretrained") else
+                                             f"{len(r.get('targets', {}))} per-target models under models/{n}/"),
+                  r.get("sha256") or "–"] for n, r in results["runs"].items()])]
     blocks += [("h", 2, "Reproducibility"),
                ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ". Machine: "
                 + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + "."),
