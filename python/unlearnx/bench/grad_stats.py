@@ -6,7 +6,8 @@
 Eager baseline (and the same function under torch.compile): the per-sample weight gradients by one
 bmm, then square and sum (B x d_out x d_in in memory). Extra provider "wgrad_gemm": the plain
 weight-gradient GEMM G^T X over all B T rows (what a backward pass does anyway). FLOPs: 2 B T d_in
-d_out for every provider; the ceiling is the matmul rate in the input dtype measured in the same run.
+d_out (the norms: the fewer of that and 2 B T^2 (d_in + d_out), the Gram form); the ceiling is
+the matmul rate in the input dtype measured in the same run.
 Shapes: CUDA B 32, T 512, 4096 x 4096 bf16; CPU B 16, T 256, 1024 -> 4096 fp32 and B 128, T 1,
 1024 -> 1024; --quick B 4, T 64, 256 -> 512 fp32.
 
@@ -58,10 +59,14 @@ def run(ctx: harness.Context, args) -> None:
                      harness.unlearnx_providers(ctx.device, lambda: ux.ops.linear_sq_grad_accum_(fisher, x, go)) + [gemm],
                      eager=lambda: per_sample_sq(x, go), compose=per_sample_sq, compose_args=(x, go),
                      flops=flops, flops_dtype=dtype, note="FLOPs 2 B T d_in d_out")
+        # ||G_b^T X_b||^2 = sum_{t,s} (G_t . G_s)(X_t . X_s): the Gram form needs 2 B T^2 (d_in + d_out)
+        # FLOPs, fewer than the explicit tiles when 2 T^2 < d_in d_out; the minimum of the two counts.
+        norm_flops = min(flops, 2.0 * B * T * T * (d_in + d_out))
         ctx.run_case("linear_grad_sq_norm_accum_", shape, dname,
                      harness.unlearnx_providers(ctx.device, lambda: ux.ops.linear_grad_sq_norm_accum_(norms, x, go)),
                      eager=lambda: per_sample_sq_norm(x, go), compose=per_sample_sq_norm, compose_args=(x, go),
-                     flops=flops, flops_dtype=dtype, note="FLOPs 2 B T d_in d_out (the explicit tiles)")
+                     flops=norm_flops, flops_dtype=dtype,
+                     note="FLOPs min(2 B T d_in d_out, 2 B T^2 (d_in + d_out)) (explicit tiles or the Gram form)")
         del x, go, fisher
 
 
