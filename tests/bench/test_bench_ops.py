@@ -119,3 +119,22 @@ def test_compile_baseline_column(tmp_path):
     comp = rows[1]
     assert "compile" in comp["note"] and all(r["compile_ms"] == comp["ms_p50"] for r in rows)
     assert float(rows[2]["x_vs_compile"]) == pytest.approx(float(comp["ms_p50"]) / float(rows[2]["ms_p50"]), rel=2e-3)
+
+
+def test_a_failing_provider_is_reported_and_the_family_goes_on(tmp_path, capsys):
+    import argparse
+
+    args = argparse.Namespace(device="cpu", quick=True, no_compile=True, reps=1, csv=str(tmp_path / "f.csv"),
+                              no_save=False)
+    ctx = harness.Context.from_args("unit", args)
+    x = torch.randn(1024)
+
+    def broken():
+        raise NotImplementedError("Could not run 'unlearnx::op' with arguments from the 'CUDA' backend")
+
+    ctx.run_case("op", "1K", "float32", [harness.Provider("unlearnx", broken)], eager=lambda: x * 2,
+                 bytes_moved=8 * x.numel())
+    ctx.finish()
+    assert ctx.failures and "NotImplementedError" in ctx.failures[0]
+    assert [r["provider"] for r in _rows(tmp_path / "f.csv")] == ["eager"]
+    assert "FAILED op 1K unlearnx" in capsys.readouterr().err

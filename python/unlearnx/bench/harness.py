@@ -258,6 +258,7 @@ class Context:
     save: bool
     device_label: str = ""
     rows: list[dict] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
     _ceilings: dict = field(default_factory=dict)
 
     @classmethod
@@ -349,11 +350,16 @@ class Context:
             with backend(p.backend):
                 try:
                     _, peak = self._peak(p.fn)  # warm-up call 1 (and the memory of one call)
-                except RuntimeError as e:
+                except RuntimeError as e:  # NotImplementedError (no kernel for the device) included
+                    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                     if p.backend is not None and "UNLEARNX_BACKEND" in str(e):
-                        print(f"  {kernel} {shape}: {p.name} skipped ({str(e).splitlines()[0][:160]})")
+                        print(f"  {kernel} {shape}: {p.name} skipped ({first})")
                         continue
-                    raise
+                    # One broken provider must not cost the other measurements of a scarce GPU run:
+                    # it is reported, the family goes on, and the command exits with status 1.
+                    self.failures.append(f"{kernel} {shape} {p.name}: {type(e).__name__}: {first}")
+                    print(f"  FAILED {self.failures[-1]}", file=sys.stderr)
+                    continue
                 reps = min(self.reps, p.reps) if p.reps else self.reps
                 max_s = 2.0 if self.quick else 20.0
                 stats = time_fn(p.fn, device=self.device, warmup=1, reps=reps, max_seconds=max_s)
@@ -443,6 +449,9 @@ def entry(family: str, build_parser: Callable[[], argparse.ArgumentParser], run:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if ctx.failures:
+        print(f"error: {len(ctx.failures)} provider(s) failed:\n  " + "\n  ".join(ctx.failures), file=sys.stderr)
+        return 1
     return 0
 
 
