@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from bench_token_stats import _rss_kib  # noqa: E402
 
 import unlearnx as ux  # noqa: E402
 from unlearnx.data.authors import make_authors  # noqa: E402
@@ -45,7 +44,7 @@ def measure(model_fn, qa, tok, method, hp, steps):
     model = model_fn()
     algo = ux.methods.get(method, "causal_lm")(batch_size=8, lr=1e-4, **hp)
     algo.seed = 0
-    base = _rss_kib("VmRSS:")
+    base = harness.rss_kib("VmRSS:")
     t0 = time.perf_counter()
     model, loader = prepare_lm(algo, model, qa["forget10"], qa["retain90"], tokenizer=tok, progress=False)
     prepare = time.perf_counter() - t0
@@ -66,7 +65,7 @@ def measure(model_fn, qa, tok, method, hp, steps):
         loss.backward()
         opt.step()
         times.append((time.perf_counter() - t) * 1e3)
-    peak = (_rss_kib("VmHWM:") - base) / 1024
+    peak = (harness.rss_kib("VmHWM:") - base) / 1024
     trainable = sum(p.numel() for p in params)
     return prepare, statistics.median(times[1:] or times), peak, trainable
 

@@ -9,10 +9,14 @@
 #    more tensors than one launch holds, dispatcher and Triton paths);
 # 4. one short run of every registered classifier and LLM method on CUDA
 #    (tests/methods_llm/test_methods_cuda.py);
-# 5. one CLI run of each task with device=cuda;
-# 6. every op benchmark with --device cuda --quick.
-# Writes gpu_check.log, summary.md (one row per step: status, seconds), JUnit XML, benchmark
-# outputs and CSVs to OUT_DIR. Budget: under 8 minutes on one H200; each step has its own timeout.
+# 5. one CLI run of the classification and LLM tasks with device=cuda;
+# 6. every op benchmark at the issue-19 target shapes (unlearnx.bench, all backends, eager baseline);
+# 7. the NPO step end to end (cached reference log-probs vs a live reference, 1.2B Llama, bf16);
+# 8. the LLM run in bf16 and the diffusion demo on CUDA;
+# 9. the torch.compile column of the op benchmarks, one family at a time.
+# Steps run in that order of priority; one that would start past the budget (GPU_CHECK_BUDGET,
+# 470 s) is skipped and marked so. Writes gpu_check.log, summary.md (one row per step: status,
+# seconds), JUnit XML, benchmark tables and CSVs to OUT_DIR.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -93,24 +97,36 @@ run_step "ops on CUDA vs reference (tests/ops -k cuda)" 180 \
 run_step "every method on CUDA (tests/methods_llm/test_methods_cuda.py)" 150 \
   $PY -m pytest -q -p no:cacheprovider tests/methods_llm/test_methods_cuda.py --junitxml="$OUT/pytest_methods_cuda.xml"
 
-# 5. one CLI run of each task on CUDA.
+# 5. one CLI run of the classification and LLM tasks on CUDA.
 run_step "CLI: classification run, device=cuda" 90 \
   $PY -m unlearnx.cli run configs/methods/ssd.yaml device=cuda --out "$OUT/cli_ssd_cuda" --quiet
 run_step "CLI: llm demo, --device cuda" 120 \
   $PY -m unlearnx.cli demo --task llm --quick --device cuda --out "$OUT/cli_llm_demo_cuda" --quiet
+
+# 6. op benchmarks at the issue's target shapes (unlearnx.bench; one CSV schema), every backend
+# (unlearnx = auto, unlearnx_native, unlearnx_triton) and the eager baseline; no compile yet.
+FAMILIES=$(cd /tmp && $PY -c "from unlearnx.bench import FAMILIES; print(' '.join(FAMILIES.values()))")
+for mod in $FAMILIES; do
+  run_step "bench ${mod##*.} --device cuda (eager baselines)" 75 \
+    bash -c "$PY -m $mod --device cuda --no-compile --csv '$OUT/op_bench_cuda.csv' | tee '$OUT/bench_${mod##*.}_cuda.txt'"
+done
+
+# 7. one NPO step end to end on a 1.2B Llama in bf16.
+run_step "NPO step: cached reference log-probs vs a live reference (1.2B Llama, bf16)" 150 \
+  bash -c "$PY benchmarks/bench_npo_memory.py --device cuda --steps 3 --no-save | tee '$OUT/bench_npo_memory_cuda.txt'"
+
+# 8. the other task runs on CUDA.
 run_step "CLI: llm run in bf16 (autocast, fp32 master weights), device=cuda" 120 \
   $PY -m unlearnx.cli run configs/llm/tofu_forget10.yaml device=cuda dtype=bfloat16 data.authors=6 train.epochs=5 \
   --out "$OUT/cli_llm_bf16_cuda" --quiet
 run_step "CLI: diffusion demo, --device cuda" 150 \
   $PY -m unlearnx.cli demo --task diffusion --quick --device cuda --out "$OUT/cli_diffusion_demo_cuda" --quiet
 
-# 6. every op benchmark on the GPU. `--device cuda` reaches each bench_<family>.py through
-# `unlearnx bench` (the benchmarks' --device flag is another helper's work item).
-for family in ssd select grad_stats token_stats router_stats logit_diff; do
-  run_step "bench $family --device cuda --quick" 45 \
-    $PY -m unlearnx.cli bench --family "$family" --quick --out "$OUT/bench_${family}_cuda.md" --device cuda
+# 9. the torch.compile column (each composition compiles for tens of seconds), family by family.
+for mod in $FAMILIES; do
+  run_step "bench ${mod##*.} --device cuda with the torch.compile baseline" 150 \
+    bash -c "$PY -m $mod --device cuda --reps 5 --csv '$OUT/op_bench_cuda_compile.csv' > '$OUT/bench_${mod##*.}_cuda_compile.txt' 2>&1; rc=\$?; tail -n 25 '$OUT/bench_${mod##*.}_cuda_compile.txt'; exit \$rc"
 done
-cp benchmarks/results/*.csv "$OUT/" 2>/dev/null || true
 
 echo "::: done in $(( $(date +%s) - t0 )) s"
 cat "$SUMMARY"

@@ -4,7 +4,7 @@
     unlearnx run CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx eval CONFIG.yaml [key=value ...] [--out DIR] [--quiet]
     unlearnx tune CONFIG.yaml [key=value ...] [--trials N] [--methods M ...] [--out DIR] [--write-presets FILE] [--quiet]
-    unlearnx bench [--family NAME] [--quick] [--out FILE] [extra benchmark arguments]
+    unlearnx bench [--family NAME] [--device cpu|cuda] [--quick] [--out FILE] [extra benchmark arguments]
     unlearnx info
 
 Exit codes: 0 success, 2 bad input (config, arguments, missing files), 1 a failure during a run.
@@ -180,7 +180,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _benchmark_dir() -> Path | None:
-    # Benchmarks are scripts of the source tree, not of the installed package.
+    # The end-to-end benchmarks are scripts of the source tree; the op benchmarks ship in unlearnx.bench.
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (root / "benchmarks").is_dir() and any((root / "benchmarks").glob("bench_*.py")):
             return root / "benchmarks"
@@ -188,33 +188,55 @@ def _benchmark_dir() -> Path | None:
 
 
 def _cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    bench_dir = _benchmark_dir()
-    if bench_dir is None:
-        print("error: no benchmarks/bench_*.py found in the current directory or the unlearnx source tree; "
-              "run `unlearnx bench` from a checkout of the repository", file=sys.stderr)
-        return 2
-    scripts = sorted(bench_dir.glob("bench_*.py"))
-    families = [p.stem.removeprefix("bench_") for p in scripts]
-    if args.family:
-        if args.family not in families:
-            print(f"error: --family {args.family!r} has no benchmark; available: {', '.join(families)}", file=sys.stderr)
+    import os
+
+    import unlearnx
+    from unlearnx.bench import FAMILIES
+    from unlearnx.bench.harness import BenchError, resolve_device
+
+    if args.device is not None:
+        try:
+            resolve_device(args.device)
+        except BenchError as e:
+            print(f"error: {e}", file=sys.stderr)
             return 2
-        scripts = [bench_dir / f"bench_{args.family}.py"]
+    bench_dir = _benchmark_dir()
+    scripts = {p.stem.removeprefix("bench_"): p for p in sorted(bench_dir.glob("bench_*.py"))} if bench_dir else {}
+    available = list(FAMILIES) + [name for name in scripts if name not in FAMILIES]
+    if args.family:
+        if args.family not in available:
+            more = "" if scripts else " (the end-to-end benchmarks need a checkout of the repository)"
+            print(f"error: --family {args.family!r} has no benchmark; available: {', '.join(available)}{more}",
+                  file=sys.stderr)
+            return 2
+        available = [args.family]
+    # The children import this very unlearnx (a checkout on PYTHONPATH or an installed package).
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(unlearnx.__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]))
     outputs, status = [], 0
-    for script in scripts:
-        if args.quick and "--quick" not in script.read_text(encoding="utf-8"):
-            print(f"note: {script.name} has no --quick mode; skipped (run it with --family "
-                  f"{script.stem.removeprefix('bench_')} and without --quick)")
-            continue
-        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + extra
+    for name in available:
+        device = ["--device", args.device] if args.device else []
+        if name in FAMILIES:
+            cmd = [sys.executable, "-m", FAMILIES[name]]
+        else:
+            text = scripts[name].read_text(encoding="utf-8")
+            if args.quick and "--quick" not in text:
+                print(f"note: {scripts[name].name} has no --quick mode; skipped (run it with --family {name} "
+                      "and without --quick)")
+                continue
+            if device and "--device" not in text:
+                print(f"note: {scripts[name].name} has no --device option; skipped")
+                continue
+            cmd = [sys.executable, str(scripts[name])]
+        cmd += (["--quick"] if args.quick else []) + device + extra
         print(f"$ {' '.join(cmd)}", flush=True)
-        proc = subprocess.run(cmd, cwd=bench_dir.parent, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=bench_dir.parent if bench_dir else None, env=env, capture_output=True, text=True)
         print(proc.stdout, end="")
         if proc.returncode != 0:
             print(proc.stderr, end="", file=sys.stderr)
-            print(f"error: {script.name} exited with {proc.returncode}", file=sys.stderr)
-            status = 1
-        outputs.append(f"## {script.name}\n\n{proc.stdout}")
+            print(f"error: {name} exited with {proc.returncode}", file=sys.stderr)
+            status = 2 if proc.returncode == 2 and status != 1 else 1
+        outputs.append(f"## {name}\n\n{proc.stdout}")
     if args.out:
         from unlearnx.report import atomic_write_text
 
@@ -270,10 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.set_defaults(func=_cmd_tune)
 
-    p = sub.add_parser("bench", help="run benchmarks/bench_*.py and print their tables "
-                                     "(unknown arguments are passed to the scripts)")
-    p.add_argument("--family", help="one op family (bench_<family>.py)")
-    p.add_argument("--quick", action="store_true", help="small working sets (not for reported numbers)")
+    p = sub.add_parser("bench", help="run the op benchmarks (unlearnx.bench) and, in a checkout, benchmarks/bench_*.py "
+                                     "(unknown arguments, e.g. --no-compile --csv FILE, are passed to them)")
+    p.add_argument("--family", help="one family: an op family of unlearnx.bench or a benchmarks/bench_<family>.py")
+    p.add_argument("--device", help="cpu or cuda (op benchmarks; scripts without --device are skipped)")
+    p.add_argument("--quick", action="store_true", help="tiny working sets (not for reported numbers)")
     p.add_argument("--out", metavar="FILE", help="also write the printed tables to FILE")
     p.set_defaults(func=_cmd_bench)
 

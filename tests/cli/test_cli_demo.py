@@ -48,5 +48,5 @@ def test_bench_runs_a_quick_benchmark_and_writes_its_tables(tmp_path, capsys):
     out = tmp_path / "bench.md"
     assert cli.main(["bench", "--family", "ssd", "--quick", "--no-save", "--no-compile", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "bench_ssd.py --quick --no-save --no-compile" in printed and "| unlearnx" in printed.replace("  ", " ")
-    assert "## bench_ssd.py" in out.read_text()
+    assert "-m unlearnx.bench.ssd --quick --no-save --no-compile" in printed and "| unlearnx" in printed.replace("  ", " ")
+    assert "## ssd" in out.read_text()

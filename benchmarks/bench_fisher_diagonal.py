@@ -1,4 +1,6 @@
-"""Per-sample gradient statistics: unlearnx vs the ways users compute them today.
+"""Per-sample gradient statistics over a layer (ux.stats.fisher_diagonal): unlearnx vs the ways users
+compute them today. (The ops alone, linear_sq_grad_accum_ / linear_grad_sq_norm_accum_, on CPU or
+CUDA with eager and compiled baselines: `unlearnx bench --family grad_stats`.)
 
 For one layer (a transformer MLP Linear on [B, T, d], a Linear on [B, d], a Conv2d), the diagonal
 empirical Fisher sum_i g_i^2 of its weight over one batch, where g_i is sample i's loss gradient:
@@ -16,7 +18,7 @@ Times: median of --reps rounds, the providers called round-robin within each rou
 shared machine). Peak memory: ru_maxrss growth over the inputs of one call, per provider in a
 fresh child process.
 
-    python benchmarks/bench_grad_stats.py [--quick] [--no-save]
+    python benchmarks/bench_fisher_diagonal.py [--quick] [--no-save]   (rows: results/grad_stats.csv)
 """
 from __future__ import annotations
 
