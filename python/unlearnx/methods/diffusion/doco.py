@@ -13,9 +13,9 @@ g_u = ∇L_u and g_r = ∇ of the retain (relearning) denoising loss,
     ĝ_u = g_u − (g_u·g_r / ‖g_r‖²) g_r   if g_u·g_r < 0,  else g_u,
 and the step follows ĝ_u + λ_r g_r (λ_r = 1).
 Anchor: as Concept Ablation (`concept_anchors`: the prompt without the concept's words, or the
-first retain class). x_t: forget images noised. Paper (SD 1.4): cross-attention (or full) UNet,
-Adam lr 2e-6 ..., 2000 steps, a small conv/MLP discriminator. Tiny-model defaults: lr 1e-4 UNet /
-1e-3 discriminator, 100 steps, batch 8; part "xattn" for text models, "all" for class models.
+first retain class). x_t: forget images noised. Paper (SD 1.4): fine-tunes the UNet against a small
+discriminator for a few thousand steps (its exact lr / architecture were not re-checked here).
+Tiny-model defaults: lr 1e-4 UNet / 1e-3 discriminator, 100 steps, batch 8; part "xattn" for text models, "all" for class models.
 """
 from __future__ import annotations
 

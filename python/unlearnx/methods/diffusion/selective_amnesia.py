@@ -16,9 +16,9 @@ MNIST / CIFAR-10; for SD it used images of a surrogate concept, pass ``surrogate
 Replay images are drawn once from the frozen model (``n_replay`` per retain condition) instead of
 every step (same distribution, less sampling).
 
-Paper (DDPM CIFAR-10): λ = 1e6 on the Fisher-weighted penalty... (large), lr 1e-4, 20k steps;
-tiny-model defaults: λ = 100, lr 1e-3 (the tiny UNets train at 1e-3), 100 steps, batch 16,
-4 replay images per retain condition, 10-step sampling for replay/Fisher. With ``lora=True`` the
+Paper: a large EWC weight λ and tens of thousands of steps (its per-dataset values were not
+re-checked here). Tiny-model defaults: λ = 100, lr 1e-3 (the tiny UNets train at 1e-3), 100 steps,
+batch 16, 4 replay images per retain condition, 10-step sampling for replay/Fisher. With ``lora=True`` the
 penalty is on the adapter's weight change ΔW = get_delta_weight(), so θ − θ* is exact there too.
 """
 from __future__ import annotations

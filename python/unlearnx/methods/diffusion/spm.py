@@ -17,7 +17,7 @@ e_{b,j} the prompt's token embeddings (the K/V projections' input), e*_k the con
 embeddings in the forget prompts. The paper's rate is a function of the same similarity; its exact
 form is replaced by this linear ramp, with τ the largest similarity any retain prompt reaches (so
 retain prompts pass the membrane untouched, γ = 0) unless given.
-Paper (SD 1.4): rank 1, lr 1e-4... Adam, 3000 iterations, λ = 1e3·... weighting per anchor, η 1.
+Paper (SD 1.4): rank 1, η 1, thousands of iterations (its lr / λ values were not re-checked here).
 Tiny-model defaults: lr 1e-2 (only 2·(d_in + d_out) weights per layer), 100 steps, batch 8, λ 1, η 1.
 Text models only (the membrane reads the text embedding). The adapter stays in the UNet after
 `run` (it is the method's result; `spm_membranes(unet)` lists them).
