@@ -98,8 +98,8 @@ class ConceptAblation(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    log["ablation_loss"].append(float(la))
-                    log["anchor_loss"].append(float(lr_))
+                    log["ablation_loss"].append(la.item())
+                    log["anchor_loss"].append(lr_.item())
                     if progress and (step + 1) % 25 == 0:
                         print(f"concept_ablation step {step + 1} ablation {la:.4f} anchor {lr_:.4f}", flush=True)
         finally:

@@ -88,9 +88,9 @@ class DoCo(DiffusionMethod):
                     assign_flat_grad(params, g_hat + hp["retain_weight"] * g_r)
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                    log["disc_loss"].append(float(ld))
-                    log["unlearn_loss"].append(float(lu))
-                    log["retain_loss"].append(float(lr_))
+                    log["disc_loss"].append(ld.item())
+                    log["unlearn_loss"].append(lu.item())
+                    log["retain_loss"].append(lr_.item())
                     log["conflicts"] += int(hit)
                     if progress and (step + 1) % 25 == 0:
                         print(f"doco step {step + 1} D {ld:.4f} unlearn {lu:.4f} retain {lr_:.4f}", flush=True)

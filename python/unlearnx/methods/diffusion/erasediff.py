@@ -96,9 +96,9 @@ class EraseDiff(DiffusionMethod):
                     assign_flat_grad(params, g_r + hp["lam"] * (g_f - g_fk))
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                    log["forget_loss"].append(float(lf))
-                    log["retain_loss"].append(float(lr_))
-                    log["forget_gap"].append(float(lf) - float(lf_k))
+                    log["forget_loss"].append(lf.item())
+                    log["retain_loss"].append(lr_.item())
+                    log["forget_gap"].append(lf.item() - float(lf_k))
                     if progress and (step + 1) % 25 == 0:
                         print(f"erasediff step {step + 1} f {lf:.4f} retain {lr_:.4f}", flush=True)
         finally:

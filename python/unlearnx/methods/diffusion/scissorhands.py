@@ -100,8 +100,8 @@ class Scissorhands(DiffusionMethod):
                     assign_flat_grad(params, g)
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                    log["retain_loss"].append(float(lr_))
-                    log["forget_loss"].append(float(lf))
+                    log["retain_loss"].append(lr_.item())
+                    log["forget_loss"].append(lf.item())
                     log["projected"] += int(hit)
                     if progress and (step + 1) % 25 == 0:
                         print(f"scissorhands repair {step + 1} retain {lr_:.4f} forget {lf:.4f}", flush=True)

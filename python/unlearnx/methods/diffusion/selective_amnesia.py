@@ -97,9 +97,9 @@ class SelectiveAmnesia(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    log["surrogate_loss"].append(float(ls))
-                    log["replay_loss"].append(float(lr_))
-                    log["ewc"].append(float(ewc))
+                    log["surrogate_loss"].append(ls.item())
+                    log["replay_loss"].append(lr_.item())
+                    log["ewc"].append(ewc.item())
                     if progress and (step + 1) % 25 == 0:
                         print(f"selective_amnesia step {step + 1} surrogate {ls:.4f} replay {lr_:.4f} ewc {ewc:.3e}",
                               flush=True)

@@ -146,8 +146,8 @@ class SPM(DiffusionMethod):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                log["erase_loss"].append(float(le))
-                log["anchor_loss"].append(float(la))
+                log["erase_loss"].append(le.item())
+                log["anchor_loss"].append(la.item())
                 if progress and (step + 1) % 25 == 0:
                     print(f"spm step {step + 1} erase {le:.4f} anchor {la:.4f}", flush=True)
         _set_mode(unet, "transport")
