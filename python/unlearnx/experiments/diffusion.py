@@ -371,7 +371,8 @@ class DiffusionTask(ExperimentTask):
 def _grid_cells(images, prompts, setup: _Setup, ev) -> list:
     """The first generation of up to `grid_prompts` prompts: the erased concept's first, then others."""
     want = [p for p in dict.fromkeys(prompts) if setup.target in p.split()][: max(1, ev["grid_prompts"] // 2)]
-    want += [p for p in dict.fromkeys(prompts) if p not in want][: ev["grid_prompts"] - len(want)]
+    # The retained concepts' rows: prompts without the erased word (other styles / objects).
+    want += [p for p in dict.fromkeys(prompts) if setup.target not in p.split()][: ev["grid_prompts"] - len(want)]
     return [(p, images[prompts.index(p)]) for p in want]
 
 

@@ -170,7 +170,11 @@ class StepStore:
         self.echo(f"{label}: done in {time.perf_counter() - start:.1f} s")
         # Every rank continues from rank 0's weights, the ones saved.
         broadcast_parameters_(model, self.ctx)
-        rec = {"label": label, "key": key, **rec, "reloadable": type(model) is type(fresh_model())}
+        fresh = fresh_model()
+        # Reloadable: the saved weights fit the skeleton (same class and state-dict keys; a method
+        # that adds modules, e.g. SPM's adapters, is recomputed on a rerun instead).
+        rec = {"label": label, "key": key, **rec,
+               "reloadable": type(model) is type(fresh) and model.state_dict().keys() == fresh.state_dict().keys()}
         if self.ctx.is_main:
             save_state_dict(model, weights, metadata={"unlearnx_step": label, "key": key})
             rec["sha256"] = file_sha256(weights)

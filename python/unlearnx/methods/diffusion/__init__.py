@@ -10,3 +10,14 @@ from unlearnx.methods.diffusion.base import DiffusionMethod, concept_token_posit
 from unlearnx.methods.diffusion.uce import uce_closed_form
 
 __all__ = ["DiffusionMethod", "concept_words", "concept_token_positions", "uce_closed_form"]
+
+# Second batch (h-diffusion2): Concept Ablation, EraseDiff, Scissorhands, Selective Amnesia, SPM, DoCo
+# (docs/diffusion-erasure.md).
+from unlearnx.methods.diffusion import (  # noqa: F401,E402  (registers the methods)
+    concept_ablation,
+    doco,
+    erasediff,
+    scissorhands,
+    selective_amnesia,
+    spm,
+)
