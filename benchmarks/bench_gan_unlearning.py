@@ -10,11 +10,14 @@ fresh samples: undesired share (%), evaluator-FID vs the real retain digits, pre
 <= 1.2x the original's. Writes benchmarks/results/gan_unlearning.{md,csv} atomically.
 
     PYTHONPATH=python python benchmarks/bench_gan_unlearning.py [--seeds 0 1 2] [--gan-steps 1200]
+    # seeds in parallel processes, then one table:
+    ... --seeds 0 --rows-out r0.json --no-write   (one per seed)
+    ... --from-rows r0.json r1.json r2.json
 """
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import statistics
 import sys
 import time
@@ -92,19 +95,33 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--rows-out", help="also write the per-seed rows (JSON) here")
+    parser.add_argument("--from-rows", nargs="+", help="summarize per-seed row files instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     per_seed = []
-    for s in args.seeds:
-        per_seed.append(run_seed(s, args.undesired, args.gan_steps, args.progress))
-        print(f"seed {s}: " + "; ".join(f"{k}: {v['undesired-%']:.1f}% FID {v['FID-eval']:.2f}"
-                                        for k, v in per_seed[-1].items()), flush=True)
+    if args.from_rows:
+        saved = [json.loads(Path(f).read_text()) for f in args.from_rows]
+        args.seeds = [s for d in saved for s in d["seeds"]]
+        per_seed = [rows for d in saved for rows in d["rows"]]
+        elapsed = sum(d["seconds"] for d in saved)
+    else:
+        for s in args.seeds:
+            per_seed.append(run_seed(s, args.undesired, args.gan_steps, args.progress))
+            print(f"seed {s}: " + "; ".join(f"{k}: {v['undesired-%']:.1f}% FID {v['FID-eval']:.2f}"
+                                            for k, v in per_seed[-1].items()), flush=True)
+        elapsed = time.perf_counter() - start
+        if args.rows_out:
+            from unlearnx.report.io import atomic_write_text
+
+            atomic_write_text(Path(args.rows_out), json.dumps({"seeds": args.seeds, "rows": per_seed,
+                                                               "seconds": elapsed}))
     table, records = summarize(per_seed)
-    elapsed = time.perf_counter() - start
     hp = ux.methods.get("adapt_unlearn", "gan").defaults
     footer = (f"Machine: {device_name('cpu')}, {args.threads} torch thread(s); torch {torch.__version__}; "
-              f"unlearnx {ux.__version__}; total {elapsed:.0f} s.\nUndesired class {args.undesired}; original/Retrain "
+              f"unlearnx {ux.__version__}; total {elapsed:.0f} s (summed over processes with --from-rows).\n"
+              f"Undesired class {args.undesired}; original/Retrain "
               f"DCGAN {args.gan_steps} steps; Adapt-then-Unlearn defaults {dict(hp)} (overrides per row: {VARIANTS}).\n")
     text = f"### Digits DCGAN, undesired class {args.undesired}, seeds {args.seeds}\n\n{table}\n{footer}"
     print(text)

@@ -38,7 +38,8 @@ def evaluator_logits(clf: nn.Module, images: torch.Tensor, batch_size: int = 102
     """The evaluator's logits `[N, C]` (CPU) on images `[N, C, H, W]`, in eval mode."""
     dev = _device(clf)
     with training_mode(clf, False):
-        return torch.cat([clf(images[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)])
+        return torch.cat([clf(images[i:i + batch_size].to(dev)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()

@@ -42,7 +42,6 @@ pretrained discriminator (unlearnx.models.gan.adversarial_steps).
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import torch
@@ -200,9 +199,9 @@ class AdaptThenUnlearn(UnlearningMethod):
         def repel(G):
             return gamma * repulsion_loss(squared_distance(G.parameters(), theta_n) / scale, kind, alpha=alpha)
 
-        stage2 = gan_models.adversarial_steps(model, positives, steps=h["steps"], lr=h["lr"], batch_size=h["batch_size"],
-                                   seed=seed + 1, progress=progress, desc=f"unlearn (stage 2, {kind})",
-                                   generator_penalty=repel if gamma > 0 else None)
+        stage2 = gan_models.adversarial_steps(
+            model, positives, steps=h["steps"], lr=h["lr"], batch_size=h["batch_size"], seed=seed + 1,
+            progress=progress, desc=f"unlearn (stage 2, {kind})", generator_penalty=repel if gamma > 0 else None)
         log.update(stage2)
         log["distance_final"] = float(squared_distance(model.generator.parameters(), theta_n))
         log["distance_from_original"] = float(squared_distance(model.generator.parameters(), theta_g))
