@@ -203,8 +203,9 @@ class AdaptThenUnlearn(UnlearningMethod):
             model, positives, steps=h["steps"], lr=h["lr"], batch_size=h["batch_size"], seed=seed + 1,
             progress=progress, desc=f"unlearn (stage 2, {kind})", generator_penalty=repel if gamma > 0 else None)
         log.update(stage2)
-        log["distance_final"] = float(squared_distance(model.generator.parameters(), theta_n))
-        log["distance_from_original"] = float(squared_distance(model.generator.parameters(), theta_g))
+        with torch.no_grad():
+            log["distance_final"] = float(squared_distance(model.generator.parameters(), theta_n))
+            log["distance_from_original"] = float(squared_distance(model.generator.parameters(), theta_g))
         return log
 
 
