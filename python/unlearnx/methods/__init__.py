@@ -27,6 +27,7 @@ from unlearnx.methods import (  # noqa: F401  (registers the methods)
     distillation,
     finetune,
     fisher_forgetting,
+    gan,
     gradient_ascent,
     influence,
     laf,
@@ -77,6 +78,8 @@ def unlearn(
 
     task: "classifier" or "causal_lm"; default from the model: a transformers PreTrainedModel with a
     causal-LM head (or a peft model around one) is "causal_lm", anything else "classifier".
+    A GAN bundle (unlearnx.models.gan.DCGAN: .generator, .discriminator) is task "gan"
+    (unlearnx.methods.gan): forget = negative samples, retain = positive ones (feedback_samples).
     For causal LMs (unlearnx.methods.llm.base): forget/retain are QADataset/TextDataset or
     sequences of QAItem / (question, answer) pairs (tokenized with `tokenizer`); res.log holds
     per-step losses; under lora=... res.model is the peft model (merge_lora=True merges it).
@@ -85,6 +88,8 @@ def unlearn(
     forget/retain are Datasets of (image, condition, ...) items (condition: a prompt or a class id),
     passed to the method as given; res.model is the edited DiffusionModel (LoRA adapters merged).
     """
+    if task is None and gan.is_gan(model):  # GAN bundles (.generator, .discriminator): unlearnx.methods.gan
+        task = "gan"
     if task is None:
         if is_diffusion_model(model):
             task = "diffusion"
@@ -96,6 +101,11 @@ def unlearn(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
+    if task == "gan":  # forget = negative, retain = positive samples, passed as given (unlearnx.methods.gan)
+        for name, part in (("forget", forget), ("retain", retain)):
+            if name in cls.requires and part is None:
+                raise ValueError(f"method {cls.name!r} needs {name}= samples (a Dataset or tensor of images)")
+        return gan.run_gan(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress, device=device)
     data = {"forget": forget, "retain": retain}
     for name in cls.requires:
         if data[name] is None:

@@ -34,6 +34,10 @@ _REGISTRY: dict[tuple[str, str], type[UnlearningMethod]] = {}
 _POSITIVE = frozenset({"epochs", "lr", "batch_size", "forget_batch_size", "vae_epochs", "vae_lr", "lr_align",
                        "blind_epochs", "blind_lr", "temperature", "latent_dim", "vae_hidden"})
 
+# GAN bundles (unlearnx.models.gan, methods in unlearnx.methods.gan): its own line so that the task
+# list merges cleanly with other tasks' edits of the tuple above.
+TASKS = TASKS + ("gan",)
+
 
 @dataclass
 class UnlearnResult:
