@@ -17,11 +17,11 @@ comparable only within one run (always report Retrain beside them).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from unlearnx._modes import training_mode
+from unlearnx.eval.features import evaluator_features, fid_evaluator, frechet_distance
 
 __all__ = ["train_evaluator", "evaluator_predict", "evaluator_features", "frechet_distance", "fid_evaluator",
            "canvas_prompt_grid", "canvas_metrics", "class_metrics", "change_storage", "peak_memory_bytes"]
@@ -52,46 +52,10 @@ def evaluator_predict(clf: nn.Module, images: torch.Tensor, batch_size: int = 51
                           for i in range(0, len(images), batch_size)])
 
 
-@torch.no_grad()
-def evaluator_features(clf: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The input of the classifier's last nn.Linear (its penultimate features), [N, F] float64 CPU."""
-    last = [m for m in clf.modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise ValueError("clf has no nn.Linear layer to take penultimate features from")
-    feats = []
-    hook = last[-1].register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).double().cpu()))
-    dev = next(clf.parameters()).device
-    try:
-        with training_mode(clf, False):
-            for i in range(0, len(images), batch_size):
-                clf(images[i:i + batch_size].to(dev))
-    finally:
-        hook.remove()
-    return torch.cat(feats)
 
 
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between Gaussians fitted to feature rows a [N, F]
-    and b [M, F] (Heusel et al. 2017); scipy.linalg.sqrtm, the imaginary round-off dropped."""
-    from scipy import linalg
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"a and b must be [N, F] with the same F and N >= 2, got {a.shape} and {b.shape}")
-    mu = a.mean(0) - b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(sa.shape[0])
-        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
-    covmean = covmean.real
-    return float(mu @ mu + np.trace(sa) + np.trace(sb) - 2 * np.trace(covmean))
 
 
-def fid_evaluator(clf: nn.Module, generated: torch.Tensor, real: torch.Tensor) -> float:
-    """Evaluator-feature FID of `generated` against `real` images (see the module docstring)."""
-    return frechet_distance(evaluator_features(clf, generated), evaluator_features(clf, real))
 
 
 def canvas_prompt_grid(styles, objects, n_per_prompt: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:

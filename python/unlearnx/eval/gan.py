@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from unlearnx._modes import training_mode
+from unlearnx.eval.features import evaluator_features, fid_evaluator, frechet_distance
 
 __all__ = ["evaluator_logits", "evaluator_features", "undesired_mask", "undesired_share", "frechet_distance",
            "fid_evaluator", "precision_recall", "gan_metrics"]
@@ -42,19 +43,6 @@ def evaluator_logits(clf: nn.Module, images: torch.Tensor, batch_size: int = 102
                           for i in range(0, len(images), batch_size)])
 
 
-@torch.no_grad()
-def evaluator_features(clf: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The input of the evaluator's last nn.Linear (penultimate features) `[N, F]`, float64 CPU."""
-    linear = [m for m in clf.modules() if isinstance(m, nn.Linear)]
-    if not linear:
-        raise ValueError("clf has no nn.Linear layer to take penultimate features from")
-    feats: list[torch.Tensor] = []
-    hook = linear[-1].register_forward_hook(lambda m, inp, out: feats.append(inp[0].flatten(1).double().cpu()))
-    try:
-        evaluator_logits(clf, images, batch_size)
-    finally:
-        hook.remove()
-    return torch.cat(feats)
 
 
 def _classes(undesired) -> list[int]:
@@ -81,27 +69,8 @@ def undesired_share(clf: nn.Module, images: torch.Tensor, undesired) -> float:
     return float(undesired_mask(clf, images, undesired).float().mean())
 
 
-def frechet_distance(a, b) -> float:
-    """‖μ_a − μ_b‖² + Tr(Σ_a + Σ_b − 2 (Σ_a Σ_b)^½) between Gaussians fitted to the rows of a `[N, F]`
-    and b `[M, F]` (Heusel et al. 2017, Eq. 6); scipy.linalg.sqrtm, imaginary round-off dropped."""
-    from scipy import linalg
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ValueError(f"a and b must be [N, F] with the same F and N >= 2, got {a.shape} and {b.shape}")
-    diff = a.mean(0) - b.mean(0)
-    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = linalg.sqrtm(sa @ sb)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(len(sa))
-        covmean = linalg.sqrtm((sa + eps) @ (sb + eps))
-    return float(diff @ diff + np.trace(sa) + np.trace(sb) - 2 * np.trace(np.real(covmean)))
 
 
-def fid_evaluator(clf: nn.Module, generated: torch.Tensor, real: torch.Tensor) -> float:
-    """Evaluator-feature FID of `generated` against `real` images (module docstring)."""
-    return frechet_distance(evaluator_features(clf, generated), evaluator_features(clf, real))
 
 
 def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:

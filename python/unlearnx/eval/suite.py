@@ -12,7 +12,7 @@ Metric names (keys of the returned dict):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from torch import nn
 from torch.utils.data import DataLoader

@@ -27,16 +27,12 @@ from torch import nn
 
 __all__ = ["UnlearnResult", "UnlearningMethod", "register_method", "available", "get", "TASKS"]
 
-TASKS = ("classifier", "causal_lm", "diffusion")
+TASKS = ("classifier", "causal_lm", "diffusion", "gan")
 _REGISTRY: dict[tuple[str, str], type[UnlearningMethod]] = {}
 
 # Hyper-parameters with these names must be strictly positive wherever a method declares them.
 _POSITIVE = frozenset({"epochs", "lr", "batch_size", "forget_batch_size", "vae_epochs", "vae_lr", "lr_align",
                        "blind_epochs", "blind_lr", "temperature", "latent_dim", "vae_hidden"})
-
-# GAN bundles (unlearnx.models.gan, methods in unlearnx.methods.gan): its own line so that the task
-# list merges cleanly with other tasks' edits of the tuple above.
-TASKS = TASKS + ("gan",)
 
 
 @dataclass
