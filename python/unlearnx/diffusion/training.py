@@ -146,7 +146,7 @@ def train_diffusion(model: DiffusionModel, data, *, steps: int = 1500, lr: float
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
-                window.append(float(loss))
+                window.append(loss.item())
                 step += 1
                 if len(window) == 50 or step == steps:
                     losses.append(sum(window) / len(window))

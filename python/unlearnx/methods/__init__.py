@@ -36,6 +36,8 @@ from unlearnx.methods import (  # noqa: F401  (registers the methods)
     ssd,
 )
 from unlearnx.methods import llm  # noqa: F401  (registers the causal-LM methods)
+from unlearnx.methods import diffusion  # noqa: F401  (registers the diffusion methods)
+from unlearnx.diffusion.model import is_diffusion_model  # noqa: E402
 from unlearnx import guards  # noqa: F401,E402  (registers the inference-time guards "eco" and "o3")
 from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, available, get, register_method
 from unlearnx.methods.training import method_loaders, model_device, seeded, train_classifier
@@ -75,9 +77,16 @@ def unlearn(
     For causal LMs (unlearnx.methods.llm.base): forget/retain are QADataset/TextDataset or
     sequences of QAItem / (question, answer) pairs (tokenized with `tokenizer`); res.log holds
     per-step losses; under lora=... res.model is the peft model (merge_lora=True merges it).
+
+    task "diffusion" (default for an unlearnx.diffusion.DiffusionModel; unlearnx.methods.diffusion):
+    forget/retain are Datasets of (image, condition, ...) items (condition: a prompt or a class id),
+    passed to the method as given; res.model is the edited DiffusionModel (LoRA adapters merged).
     """
     if task is None:
-        task = "causal_lm" if llm.is_causal_lm(model) else "classifier"
+        if is_diffusion_model(model):
+            task = "diffusion"
+        else:
+            task = "causal_lm" if llm.is_causal_lm(model) else "classifier"
     cls = get(method, task)
     algo = cls(**hparams)
     if not isinstance(model, nn.Module):
@@ -88,6 +97,11 @@ def unlearn(
     for name in cls.requires:
         if data[name] is None:
             raise ValueError(f"method {cls.name!r} needs {name}= data (a Dataset or DataLoader of (x, y))")
+    if task == "diffusion":
+        if not is_diffusion_model(model):
+            raise TypeError(f"task 'diffusion' needs an unlearnx.diffusion.DiffusionModel, got {type(model).__name__}")
+        return _unlearn_diffusion(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress,
+                                  device=device)
     if task == "causal_lm":
         return _unlearn_lm(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress,
                            device=device, tokenizer=tokenizer)
@@ -113,6 +127,20 @@ def _unlearn_lm(algo, model, forget, retain, *, inplace, seed, progress, device,
     with seeded(seed, model_device(model)):
         start = time.perf_counter()
         model, log = llm.run_lm(algo, model, forget, retain, tokenizer=tokenizer, seed=seed, progress=progress)
+        if model_device(model).type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=algo.name, hparams=dict(algo.hparams))
+
+
+def _unlearn_diffusion(algo, model, forget, retain, *, inplace, seed, progress, device) -> UnlearnResult:
+    if not inplace:
+        model = copy.deepcopy(model)
+    if device is not None:
+        model = model.to(device)
+    with seeded(seed, model_device(model)):
+        start = time.perf_counter()
+        log = algo.run(model, forget=forget, retain=retain, seed=seed, progress=progress)
         if model_device(model).type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -10,7 +10,8 @@
 builds the method from its keyword hyper-parameters and times `run`.
 
 Methods are keyed by (name, task), task in TASKS: "classifier" (classifiers and regressors, the
-default) or "causal_lm" (language models, unlearnx.methods.llm). One name may exist for both
+default), "causal_lm" (language models, unlearnx.methods.llm) or "diffusion" (diffusion models,
+unlearnx.methods.diffusion, on an unlearnx.diffusion.DiffusionModel). One name may exist for both
 tasks ("ga"); `get(name)` without a task returns the only registration of that name, or the
 classifier one when both exist; `unlearnx.unlearn` picks the task from the model.
 """
@@ -26,7 +27,7 @@ from torch import nn
 
 __all__ = ["UnlearnResult", "UnlearningMethod", "register_method", "available", "get", "TASKS"]
 
-TASKS = ("classifier", "causal_lm")
+TASKS = ("classifier", "causal_lm", "diffusion")
 _REGISTRY: dict[tuple[str, str], type[UnlearningMethod]] = {}
 
 # Hyper-parameters with these names must be strictly positive wherever a method declares them.
@@ -111,7 +112,7 @@ def _check_task(task) -> None:
 def register_method(name: str, *, task: str = "classifier"):
     """Class decorator: register an `UnlearningMethod` subclass under (`name`, `task`).
 
-    name: lower case, unique within the task; task: "classifier" (default) or "causal_lm".
+    name: lower case, unique within the task; task: "classifier" (default), "causal_lm" or "diffusion".
     """
     if not isinstance(name, str) or not name or name != name.lower():
         raise ValueError(f"name must be a non-empty lower-case string, got {name!r}")

@@ -1,0 +1,12 @@
+"""Diffusion-model unlearning methods (task "diffusion"), one module per method.
+
+    ux.unlearn(dm, "esd_x", forget=forget_set, retain=retain_set)   # dm: unlearnx.diffusion.DiffusionModel
+
+forget / retain: Datasets of (image, condition, ...) items (condition: prompt or class id).
+Registered: retrain (oracle), esd_x, esd_u, salun, fmn, uce.
+"""
+from unlearnx.methods.diffusion import esd, fmn, retrain, salun, uce  # noqa: F401  (registers the methods)
+from unlearnx.methods.diffusion.base import DiffusionMethod, concept_token_positions, concept_words
+from unlearnx.methods.diffusion.uce import uce_closed_form
+
+__all__ = ["DiffusionMethod", "concept_words", "concept_token_positions", "uce_closed_form"]
