@@ -203,3 +203,29 @@ def test_robustness_table_rows_and_markdown():
     with pytest.raises(ValueError, match="does not apply"):
         robustness_table({"a": dm}, Brightness(0.5), 1, target_images=imgs, target_conditions=[0],
                          attacks={"unlearndiff": {}}, sample_kw=FAST)
+
+
+@pytest.mark.parametrize("train", ["text_encoder", "unet"])
+def test_advunlearn_trains_the_chosen_part_and_the_text_encoder_is_a_plug_in(text_pair, canvas, tmp_path, train):
+    import unlearnx as ux
+    from unlearnx.methods.diffusion.advunlearn import load_text_encoder, save_text_encoder
+
+    dm, _ = text_pair
+    f, r = canvas.split_style("ocean")
+    res = ux.unlearn(copy.deepcopy(dm), "advunlearn", forget=f, retain=r, iterations=3, attack_steps=2,
+                     ddim_steps=4, batch_size=2, train=train, seed=0)
+    m = res.model
+    te_changed = any(not torch.equal(a, b) for a, b in zip(m.text_encoder.parameters(), dm.text_encoder.parameters()))
+    unet_changed = any(not torch.equal(a, b) for a, b in zip(m.unet.parameters(), dm.unet.parameters()))
+    assert (te_changed, unet_changed) == ((True, False) if train == "text_encoder" else (False, True))
+    assert not any(p.requires_grad for p in m.text_encoder.parameters())
+    assert len(res.log["loss_u"]) == 3 and len(res.log["attack_loss"]) == 3
+    if train == "text_encoder":
+        path = tmp_path / "te.safetensors"
+        save_text_encoder(m, path)
+        other = copy.deepcopy(dm)
+        load_text_encoder(other, path)
+        with torch.no_grad():
+            assert torch.equal(other.encode(f.prompts), m.encode(f.prompts))
+        with pytest.raises(FileNotFoundError):
+            load_text_encoder(other, tmp_path / "missing.safetensors")

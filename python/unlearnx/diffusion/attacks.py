@@ -45,7 +45,7 @@ from unlearnx.diffusion.training import diffusion_loss, noisy_latents, sample, t
 __all__ = ["AttackResult", "attack_success_rate", "no_attack", "unlearndiff_attack", "soft_prompt_attack",
            "concept_inversion", "gcg_prompt_attack", "random_token_attack", "seed_search", "relearning_probe",
            "class_embedding_attack", "nearest_tokens", "encode_prefixed", "encode_replacing", "soft_conditions",
-           "class_embedding_override", "vocabulary_embeddings", "run_attack", "ATTACKS"]
+           "class_embedding_override", "optimize_prefix", "vocabulary_embeddings", "run_attack", "ATTACKS"]
 
 
 @dataclass
@@ -244,9 +244,13 @@ def _denoise_loss(model, x, emb, gen):
     return (model.predict_noise(x_t, t, emb) - noise).pow(2).mean()
 
 
-def _optimize_prefix(model, target_images, target_conditions, *, k, steps, lr, batch_size, seed, project,
+def optimize_prefix(model, target_images, target_conditions, *, k, steps, lr, batch_size, seed, project,
                      exclude_words, init_ids=None):
-    """Shared optimisation of UnlearnDiffAtk (project=True) and the soft-prompt attack (False)."""
+    """The UnlearnDiffAtk objective over k prefix embeddings (shared by UnlearnDiffAtk, project=True,
+    the soft-prompt attack, project=False, and AdvUnlearn's inner loop): `steps` Adam steps (lr) on
+    the denoising loss of random batches of `target_images` under `target_conditions` with the k
+    embeddings prepended; init: random vocabulary tokens (or `init_ids`). Returns (the continuous
+    embeddings [k, D], per-step losses, the token ids [k] of the lowest-loss projected step or None)."""
     gen = torch.Generator().manual_seed(seed)
     vocab_ids, table = vocabulary_embeddings(model, exclude_words)
     if init_ids is None:
@@ -302,7 +306,7 @@ def unlearndiff_attack(model, evaluator, target_label, target_images, target_con
     _pos(k, "k"), _pos(steps, "steps"), _pos(n_per_condition, "n_per_condition")
     images, prompts, logs = [], [], []
     for s in _seeds(seeds):
-        _, losses, ids = _optimize_prefix(model, target_images, conds, k=k, steps=steps, lr=lr,
+        _, losses, ids = optimize_prefix(model, target_images, conds, k=k, steps=steps, lr=lr,
                                           batch_size=batch_size, seed=s, project=True, exclude_words=exclude_words)
         prefix = " ".join(model.tokenizer.convert_ids_to_tokens(ids.tolist()))
         adv = [f"{prefix} {c}" for c in _distinct(conds)]
@@ -333,7 +337,7 @@ def soft_prompt_attack(model, evaluator, target_label, target_images, target_con
     _pos(k, "k"), _pos(steps, "steps"), _pos(n_per_condition, "n_per_condition")
     images, embs, logs = [], [], []
     for s in _seeds(seeds):
-        soft, losses, _ = _optimize_prefix(model, target_images, conds, k=k, steps=steps, lr=lr,
+        soft, losses, _ = optimize_prefix(model, target_images, conds, k=k, steps=steps, lr=lr,
                                            batch_size=batch_size, seed=s, project=False, exclude_words=())
         images.append(_soft_generations(model, conds, (k, None, soft), s, n_per_condition, sample_kw))
         embs.append(soft)

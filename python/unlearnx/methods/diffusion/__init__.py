@@ -10,3 +10,6 @@ from unlearnx.methods.diffusion.base import DiffusionMethod, concept_token_posit
 from unlearnx.methods.diffusion.uce import uce_closed_form
 
 __all__ = ["DiffusionMethod", "concept_words", "concept_token_positions", "uce_closed_form"]
+
+# Robust erasure (issue 21): AdvUnlearn, adversarial training against the attacks of unlearnx.diffusion.attacks
+from unlearnx.methods.diffusion import advunlearn  # noqa: E402,F401  (registers "advunlearn")
