@@ -318,14 +318,9 @@ def unlearndiff_attack(model, evaluator, target_label, target_images, target_con
                         prompts=prompts, log={"runs": logs})
 
 
-def _soft_generations(model, conds, ids_mask_embeds, seed, n_per_condition, sample_kw):
-    distinct = _distinct(conds)
-    ids, mask = _slotted_ids(model, distinct, ids_mask_embeds[0]) if isinstance(ids_mask_embeds[0], int) \
-        else ids_mask_embeds[:2]
-    embeds = ids_mask_embeds[2]
-    with torch.no_grad():
-        enc = _encode_slotted(model, ids, mask, embeds)
-    with soft_conditions(model, dict(zip(distinct, enc))):
+def _soft_generations(model, distinct, encodings, seed, n_per_condition, sample_kw):
+    """Generations of every distinct condition (n_per_condition each) conditioned on `encodings`."""
+    with soft_conditions(model, dict(zip(distinct, encodings.detach()))):
         return sample(model, distinct * n_per_condition, seed=seed, **(sample_kw or {})).cpu()
 
 
@@ -339,7 +334,9 @@ def soft_prompt_attack(model, evaluator, target_label, target_images, target_con
     for s in _seeds(seeds):
         soft, losses, _ = optimize_prefix(model, target_images, conds, k=k, steps=steps, lr=lr,
                                            batch_size=batch_size, seed=s, project=False, exclude_words=())
-        images.append(_soft_generations(model, conds, (k, None, soft), s, n_per_condition, sample_kw))
+        with torch.no_grad():
+            enc = encode_prefixed(model, _distinct(conds), soft)
+        images.append(_soft_generations(model, _distinct(conds), enc, s, n_per_condition, sample_kw))
         embs.append(soft)
         logs.append({"seed": s, "loss": losses})
     images = torch.cat(images)
@@ -369,18 +366,16 @@ def concept_inversion(model, evaluator, target_label, target_images, target_cond
         with training_mode(model.unet, False), training_mode(model.text_encoder, False):
             for _ in range(_pos(steps, "steps")):
                 x, c = next(batches)
-                ids = model.tokenize(c)
-                mask = ids == wid
-                mask &= mask.cumsum(1) == 1  # the first occurrence only: one slot per row
-                loss = _denoise_loss(model, x.to(model.device), _encode_slotted(model, ids, mask, v), gen)
+                emb = encode_replacing(model, c, concept_word, v[0])
+                loss = _denoise_loss(model, x.to(model.device), emb, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 losses.append(float(loss))
         distinct = _distinct(conds)
-        ids = model.tokenize(distinct)
-        mask = (ids == wid) & ((ids == wid).cumsum(1) == 1)
-        images_out.append(_soft_generations(model, conds, (ids, mask, v.detach()), s, n_per_condition, sample_kw))
+        with torch.no_grad():
+            enc = encode_replacing(model, distinct, concept_word, v.detach()[0])
+        images_out.append(_soft_generations(model, distinct, enc, s, n_per_condition, sample_kw))
         embs.append(v.detach()[0])
         logs.append({"seed": s, "loss": losses})
     images = torch.cat(images_out)
