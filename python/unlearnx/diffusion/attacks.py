@@ -40,12 +40,12 @@ import torch
 
 from unlearnx._modes import training_mode
 from unlearnx.diffusion.model import DiffusionModel
-from unlearnx.diffusion.training import diffusion_loss, noisy_latents, sample, train_diffusion
+from unlearnx.diffusion.training import noisy_latents, sample, train_diffusion
 
 __all__ = ["AttackResult", "attack_success_rate", "no_attack", "unlearndiff_attack", "soft_prompt_attack",
            "concept_inversion", "gcg_prompt_attack", "random_token_attack", "seed_search", "relearning_probe",
            "class_embedding_attack", "nearest_tokens", "encode_prefixed", "encode_replacing", "soft_conditions",
-           "class_embedding_override", "optimize_prefix", "vocabulary_embeddings", "run_attack", "ATTACKS"]
+           "class_embedding_override", "optimize_prefix", "vocabulary_embeddings", "run_attack", "attack_applies", "ATTACKS"]
 
 
 @dataclass
@@ -566,7 +566,7 @@ def class_embedding_attack(model, evaluator, target_label, target_images, *, cla
                         embeddings=torch.stack(embs), log={"runs": logs})
 
 
-# name -> (function, needs target images, needs forget dataset, kinds)
+# name -> attack function (run_attack calls each with its own arguments)
 ATTACKS = {
     "none": no_attack,
     "unlearndiff": unlearndiff_attack,
@@ -582,13 +582,20 @@ _TEXT_ONLY = {"unlearndiff", "soft_prompt", "concept_inversion", "gcg", "random_
 _CLASS_ONLY = {"class_embedding"}
 
 
+def attack_applies(name: str, kind: str) -> bool:
+    """Whether attack `name` applies to a model of `kind` ("text" | "class")."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
+    return not (kind == "class" and name in _TEXT_ONLY or kind == "text" and name in _CLASS_ONLY)
+
+
 def run_attack(name: str, model, evaluator, target_label: int, *, target_images, target_conditions, forget=None,
                concept_word=None, seeds=(0,), sample_kw=None, **budget) -> AttackResult:
     """One attack by name (a key of ATTACKS) with a uniform signature: `budget` holds the attack's own
     arguments (k, steps, lr, trials, budget, ...), `sample_kw` the sampling settings."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
-    if model.kind == "class" and name in _TEXT_ONLY or model.kind == "text" and name in _CLASS_ONLY:
+    if not attack_applies(name, model.kind):
         raise ValueError(f"attack {name!r} does not apply to a {model.kind}-conditional model")
     sample_kw = dict(sample_kw or {})
     fn = ATTACKS[name]

@@ -11,7 +11,7 @@ Relearning speed = the first fine-tuning step count at which the relearning ASR 
 """
 from __future__ import annotations
 
-from unlearnx.diffusion.attacks import ATTACKS, run_attack
+from unlearnx.diffusion.attacks import ATTACKS, attack_applies, run_attack
 
 __all__ = ["robustness_table", "robustness_markdown"]
 
@@ -29,10 +29,7 @@ def robustness_table(models: dict, evaluator, target_label: int, *, target_image
     out = {}
     for label, model in models.items():
         if attacks is None:
-            names = [n for n in ATTACKS if not (model.kind == "class" and n in
-                                                 ("unlearndiff", "soft_prompt", "concept_inversion", "gcg",
-                                                  "random_tokens"))
-                     and not (model.kind == "text" and n == "class_embedding")
+            names = [n for n in ATTACKS if attack_applies(n, model.kind)
                      and not (n == "relearning" and forget is None)
                      and not (n == "concept_inversion" and concept_word is None)]
             plan = {n: {} for n in names}
