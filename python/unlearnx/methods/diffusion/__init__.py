@@ -21,3 +21,5 @@ from unlearnx.methods.diffusion import (  # noqa: F401,E402  (registers the meth
     selective_amnesia,
     spm,
 )
+# Robust erasure (issue 21): AdvUnlearn, adversarial training against the attacks of unlearnx.diffusion.attacks
+from unlearnx.methods.diffusion import advunlearn  # noqa: E402,F401  (registers "advunlearn")
