@@ -86,3 +86,28 @@ def test_digits_classwise_run(tmp_path):
     res = run_experiment(cfg, quiet=True)
     assert set(res["rows"]) == {"Retrain", "Original", "esd_u"}
     assert "CRA" not in res["rows"]["Original"] and 0 <= res["rows"]["esd_u"]["UA"] <= 100
+
+
+def test_attacks_are_validated_by_name_kind_and_budget(tmp_path):
+    with pytest.raises(ConfigError, match=r"attacks\.nope"):
+        validate_config(tiny(tmp_path, attacks=["nope"]))
+    with pytest.raises(ConfigError, match=r"attacks\.seed_search\.budgett"):
+        validate_config(tiny(tmp_path, attacks={"seed_search": {"budgett": 2}}))
+    with pytest.raises(ConfigError, match=r"attacks\.unlearndiff.*class"):
+        validate_config(tiny(tmp_path, data={"name": "digits", "size": 8}, scenario={"kind": "class"},
+                             methods=["esd_u"], attacks=["unlearndiff"]))
+    cfg = validate_config(tiny(tmp_path, attacks=["seed_search"]))
+    assert cfg["attacks"] == {"seed_search": {}}
+    robust = validate_config(get_task("diffusion").demo_config(quick=True, options={"robust": True}))
+    assert {"unlearndiff", "relearning"} <= set(robust["attacks"])
+
+
+def test_robustness_columns_with_retrain_as_the_floor(tmp_path):
+    cfg = tiny(tmp_path / "out", methods=[{"name": "uce"}],
+               attacks={"seed_search": {"budget": 2}, "relearning": {"steps": [0, 2]}})
+    res = run_experiment(cfg, quiet=True)
+    for label in ("Retrain", "Original", "uce"):
+        row = res["rows"][label]
+        assert 0.0 <= row["ASR/seed_search"] <= 100.0 and 0.0 <= row["ASR/relearning"] <= 100.0
+    assert set(res["robustness"]["0"]) == {"Retrain", "Original", "uce"}
+    assert "Robustness: attack success rate" in (tmp_path / "out" / "report.md").read_text()

@@ -85,6 +85,8 @@ SCHEMA: dict = {
     "evaluator": {"epochs": Field("int", 12, help="epochs of the style/object/digit evaluators")},
     "methods": Field("any", list(DIFFUSION_DEMO_METHODS), help="list of method names or {name, label?, "
                                                                "optional?, <hparams>}"),
+    "attacks": Field("any", None, help="robustness probes: a list of attack names or {name: budget kwargs} "
+                                       "(unlearnx.diffusion.attacks.ATTACKS); ASR per model with Retrain's as the floor"),
     "eval": {
         "n_per_prompt": Field("int", 6, help="generations per prompt (canvas) or per class x 4 (digits)"),
         "sample_steps": Field("int", 20, help="DDIM steps when sampling"),
@@ -212,11 +214,20 @@ class DiffusionTask(ExperimentTask):
             check_range(f"eval.{key}", cfg["eval"][key], low=1)
         check_range("eval.guidance_scale", cfg["eval"]["guidance_scale"], low=0)
         cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task)
+        cfg["attacks"] = _validate_attacks(cfg["attacks"], "text" if d["name"] == "canvas" else "class")
         return cfg
 
     def demo_config(self, *, methods=None, quick=False, out_dir=None, device="cpu", options=None) -> dict:
-        return diffusion_demo_config(methods=methods, quick=quick, out_dir=out_dir or "runs/demo-diffusion",
-                                     device=device)
+        cfg = diffusion_demo_config(methods=methods, quick=quick, out_dir=out_dir or "runs/demo-diffusion",
+                                    device=device)
+        if (options or {}).get("robust"):
+            cfg["methods"].append({"name": "advunlearn", "optional": True})
+            cfg["attacks"] = {"unlearndiff": {}, "soft_prompt": {}, "seed_search": {}, "relearning": {}}
+        return cfg
+
+    def demo_options(self) -> dict[str, str]:
+        return {"robust": "--task diffusion: add AdvUnlearn and a robustness table (ASR under UnlearnDiffAtk, a soft "
+                          "prompt, seed search and relearning; Retrain's ASR is the floor)"}
 
     # ---- steps
     def setup(self, run: Run, seed: int) -> _Setup:
@@ -322,12 +333,38 @@ class DiffusionTask(ExperimentTask):
             row["Avg.Gap"] = sum(row[f"gap/{k}"] for k in gap_keys) / len(gap_keys)
             if row.get("RTE-s") is not None and ref.get("RTE-s"):
                 row["RTE-ratio"] = row["RTE-s"] / ref["RTE-s"]
+        robustness = None
+        if cfg["attacks"]:
+            robustness = self._robustness(run, setup, models)
+            for label, r in robustness.items():
+                metrics[label].update({f"ASR/{a}": v for a, v in r["asr"].items() if a != "none"})
         timings = {f"{label}_s": rec.get("seconds") for label, rec in records.items()}
         timings["evaluation_s"] = time.perf_counter() - t0
         return {"seed": setup.seed, "metrics": metrics, "grids": grids, "cached": cached, "timings": timings,
+                "robustness": robustness,
                 "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in records.items()},
                 "evaluators": setup.evaluator_acc, "target": setup.target,
                 "sizes": {"n_train": len(setup.data), "n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
+
+    def _robustness(self, run: Run, setup: _Setup, models: dict) -> dict:
+        """ASR of every model under the configured attacks (unlearnx.eval.diffusion_robustness)."""
+        from unlearnx.eval.diffusion_robustness import robustness_table
+
+        ev = run.cfg["eval"]
+        sample_kw = {"steps": ev["sample_steps"], "guidance_scale": ev["guidance_scale"]}
+        if run.cfg["data"]["name"] == "canvas":
+            names = setup.data.styles if setup.kind == "style" else setup.data.objects
+            evaluator = setup.evaluators[setup.kind]
+            target_label = names.index(setup.target)
+            images, conditions, word = setup.forget.images, setup.forget.prompts, setup.target
+        else:
+            evaluator, target_label = setup.evaluators["digit"], setup.target
+            images = torch.stack([setup.forget[i][0] for i in range(len(setup.forget))])
+            conditions, word = [setup.target] * len(images), None
+        run.echo(f"[seed {setup.seed}] robustness: {', '.join(run.cfg['attacks'])} against every model")
+        return robustness_table(models, evaluator, target_label, target_images=images, target_conditions=conditions,
+                                forget=setup.forget, attacks=run.cfg["attacks"], seeds=(setup.seed,),
+                                concept_word=word, sample_kw=sample_kw)
 
     # ---- the whole run
     def results(self, run: Run, per_seed: list[dict]) -> dict:
@@ -350,6 +387,7 @@ class DiffusionTask(ExperimentTask):
             "runs": {str(s["seed"]): s["runs"] for s in per_seed},
             "per_seed_metrics": {str(s["seed"]): s["metrics"] for s in per_seed},
             "cached_steps": {str(s["seed"]): s["cached"] for s in per_seed},
+            "robustness": {str(s["seed"]): s["robustness"] for s in per_seed if s["robustness"] is not None},
             "timings": {f"seed {s['seed']}: {k}": v for s in per_seed for k, v in s["timings"].items()},
             "_grids": first["grids"],  # image cells for the report; not stored in results.json
         }
@@ -366,6 +404,40 @@ class DiffusionTask(ExperimentTask):
         return (f"\n{results['name']}: erase {sc['kind']} {sc['target']!r} ({sc['n_forget']} of {sc['n_train']} "
                 f"training images); seeds {results['seeds']}\n" + render_markdown([("table", ["Model"] + cols, body)])
                 + (results["reading"] and results["reading"] + "\n"))
+
+
+def _validate_attacks(value, kind: str) -> dict | None:
+    """The config's `attacks` as {name: budget kwargs}, or None; ConfigError naming the entry."""
+    if value is None or value == []:
+        return None
+    from unlearnx.diffusion.attacks import ATTACKS, attack_applies
+
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key 'attacks': expected attack names or a mapping name -> budget, got {value!r}")
+        value = {v: {} for v in value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key 'attacks': expected a list of attack names or a mapping, got {value!r}")
+    out = {}
+    for name, budget in value.items():
+        if name not in ATTACKS or name == "none":
+            raise ConfigError(f"config key 'attacks.{name}': unknown attack (available: "
+                              f"{', '.join(n for n in ATTACKS if n != 'none')})")
+        if not attack_applies(name, kind):
+            raise ConfigError(f"config key 'attacks.{name}': does not apply to a {kind}-conditional model")
+        if budget is not None and not isinstance(budget, dict):
+            raise ConfigError(f"config key 'attacks.{name}': expected a mapping of budget arguments, got {budget!r}")
+        import inspect
+
+        fixed = {"model", "evaluator", "target_label", "target_images", "target_conditions", "forget", "concept_word",
+                 "seeds", "sample_kw"}
+        allowed = [p for p in inspect.signature(ATTACKS[name]).parameters if p not in fixed]
+        for key in budget or {}:
+            if key not in allowed:
+                raise ConfigError(f"unknown config key 'attacks.{name}.{key}' (budget arguments: "
+                                  f"{', '.join(allowed) or 'none'})")
+        out[name] = dict(budget or {})
+    return out
 
 
 def _grid_cells(images, prompts, setup: _Setup, ev) -> list:
@@ -402,6 +474,7 @@ def _write_report(results: dict, out) -> None:
     grids = results.get("_grids")
     rows, std = results["rows"], results.get("std", {})
     cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in rows.values())]
+    asr_cols = list(dict.fromkeys(k for r in rows.values() for k in r if k.startswith("ASR/")))
     figures = {}
     if grids:
         figures["grid.png"] = ("Generations (first sample of each prompt, same noise for every model): rows are "
@@ -427,6 +500,13 @@ def _write_report(results: dict, out) -> None:
                                      for n, r in rows.items()]),
         ("table", ["Column", "meaning"], [[c, DIFFUSION_COLUMNS[c]] for c in cols]),
     ]
+    if asr_cols:
+        blocks += [("h", 2, "Robustness: attack success rate (%) under each attack"),
+                   ("p", "ASR = share of attacked generations the evaluator classifies as the erased concept "
+                         "(docs/diffusion_robustness.md); Retrain never learned it, so its ASR is the floor."),
+                   ("table", ["Model", "UA"] + [c.removeprefix("ASR/") for c in asr_cols],
+                    [[n, format_value(r.get("UA"))] + [format_value(r.get(c), std.get(n, {}).get(c)) for c in asr_cols]
+                     for n, r in rows.items()])]
     if results["skipped"]:
         blocks.append(("p", "Not run: " + "; ".join(f"{s['method']} ({s['reason']})" for s in results["skipped"])
                        + "."))
