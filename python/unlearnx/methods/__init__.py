@@ -105,7 +105,9 @@ def unlearn(
         for name, part in (("forget", forget), ("retain", retain)):
             if name in cls.requires and part is None:
                 raise ValueError(f"method {cls.name!r} needs {name}= samples (a Dataset or tensor of images)")
-        return gan.run_gan(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress, device=device)
+        gan.check_gan(model)
+        return _timed(algo, model, inplace=inplace, seed=seed, device=device,
+                      body=lambda m: (m, algo.run(m, forget=forget, retain=retain, seed=seed, progress=progress)))
     data = {"forget": forget, "retain": retain}
     for name in cls.requires:
         if data[name] is None:
@@ -113,47 +115,29 @@ def unlearn(
     if task == "diffusion":
         if not is_diffusion_model(model):
             raise TypeError(f"task 'diffusion' needs an unlearnx.diffusion.DiffusionModel, got {type(model).__name__}")
-        return _unlearn_diffusion(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress,
-                                  device=device)
+        # forget/retain go to the method as given (Datasets of (image, condition, ...)).
+        return _timed(algo, model, inplace=inplace, seed=seed, device=device,
+                      body=lambda m: (m, algo.run(m, forget=forget, retain=retain, seed=seed, progress=progress)))
     if task == "causal_lm":
-        return _unlearn_lm(algo, model, forget, retain, inplace=inplace, seed=seed, progress=progress,
-                           device=device, tokenizer=tokenizer)
-    if not inplace:
-        model = copy.deepcopy(model)
-    if device is not None:
-        model = model.to(device)
+        return _timed(algo, model, inplace=inplace, seed=seed, device=device,
+                      body=lambda m: llm.run_lm(algo, m, forget, retain, tokenizer=tokenizer, seed=seed,
+                                                progress=progress))
     loaders = method_loaders(algo.hparams, forget, retain, seed=seed)
-    with seeded(seed, model_device(model)):
-        start = time.perf_counter()
-        log = algo.run(model, forget=loaders["forget"], retain=loaders["retain"], seed=seed, progress=progress)
-        if model_device(model).type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=cls.name, hparams=dict(algo.hparams))
+    return _timed(algo, model, inplace=inplace, seed=seed, device=device,
+                  body=lambda m: (m, algo.run(m, forget=loaders["forget"], retain=loaders["retain"], seed=seed,
+                                              progress=progress)))
 
 
-def _unlearn_lm(algo, model, forget, retain, *, inplace, seed, progress, device, tokenizer) -> UnlearnResult:
+def _timed(algo, model, *, inplace: bool, seed: int, device, body) -> UnlearnResult:
+    """Copy (unless inplace) and move the model, then run `body(model) -> (model, log)` seeded and
+    timed (the RTE: the method alone, after a CUDA synchronize; not the copy)."""
     if not inplace:
         model = copy.deepcopy(model)
     if device is not None:
         model = model.to(device)
     with seeded(seed, model_device(model)):
         start = time.perf_counter()
-        model, log = llm.run_lm(algo, model, forget, retain, tokenizer=tokenizer, seed=seed, progress=progress)
-        if model_device(model).type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=algo.name, hparams=dict(algo.hparams))
-
-
-def _unlearn_diffusion(algo, model, forget, retain, *, inplace, seed, progress, device) -> UnlearnResult:
-    if not inplace:
-        model = copy.deepcopy(model)
-    if device is not None:
-        model = model.to(device)
-    with seeded(seed, model_device(model)):
-        start = time.perf_counter()
-        log = algo.run(model, forget=forget, retain=retain, seed=seed, progress=progress)
+        model, log = body(model)
         if model_device(model).type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

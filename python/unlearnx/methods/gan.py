@@ -42,7 +42,6 @@ pretrained discriminator (unlearnx.models.gan.adversarial_steps).
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +49,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from unlearnx._modes import training_mode
-from unlearnx.methods.registry import UnlearningMethod, UnlearnResult, register_method
-from unlearnx.methods.training import model_device, seeded
+from unlearnx.methods.registry import UnlearningMethod, register_method
+from unlearnx.methods.training import model_device
 # A module import, not `from ... import`: unlearnx.models.gan uses unlearnx.methods.training, so it
 # may still be initialising when the methods package registers this module.
 from unlearnx.models import gan as gan_models
 
 __all__ = ["AdaptThenUnlearn", "REPULSIONS", "repulsion_loss", "squared_distance", "generator_fisher",
-           "ewc_penalty", "feedback_samples", "run_gan", "is_gan"]
+           "ewc_penalty", "feedback_samples", "check_gan", "is_gan"]
 
 
 def is_gan(model) -> bool:
@@ -209,21 +208,8 @@ class AdaptThenUnlearn(UnlearningMethod):
         return log
 
 
-def run_gan(algo: UnlearningMethod, model, forget, retain, *, inplace: bool, seed: int, progress: bool,
-            device) -> UnlearnResult:
-    """`unlearnx.unlearn` for task "gan": forget/retain passed to the method as given (Datasets of
-    images, or image tensors); the model must be a GAN bundle (`is_gan`)."""
+def check_gan(model) -> None:
+    """TypeError unless `model` is a GAN bundle (`unlearnx.models.gan.is_gan`), for task "gan"."""
     if not gan_models.is_gan(model):
         raise TypeError(f"task 'gan' needs a GAN bundle (.generator, .discriminator, .latent_dim; e.g. "
                         f"unlearnx.models.gan.DCGAN), got {type(model).__name__}")
-    if not inplace:
-        model = copy.deepcopy(model)
-    if device is not None:
-        model = model.to(device)
-    with seeded(seed, model_device(model)):
-        start = time.perf_counter()
-        log = algo.run(model, forget=forget, retain=retain, seed=seed, progress=progress)
-        if model_device(model).type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-    return UnlearnResult(model=model, seconds=seconds, log=dict(log), method=algo.name, hparams=dict(algo.hparams))
