@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -90,8 +91,8 @@ def test_qa_from_hf_dataset():
         texts_from_dataset(ds)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
-def test_qa_from_dataset_without_datasets_package():
+def test_qa_from_dataset_without_datasets_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the package were not installed
     with pytest.raises(ImportError, match="datasets"):
         qa_from_dataset([{"question": "Q?", "answer": "A."}])
 
