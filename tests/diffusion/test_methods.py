@@ -5,52 +5,17 @@ the forget-condition denoising behaviour: the L_simple loss of forget / retain i
 own prompts at fixed (t, ε), and `guidance_alignment` (the share of the original's guidance
 direction ε(c) − ε(∅) a model keeps for a prompt: 1 unchanged, 0 erased to the empty prompt).
 """
-import copy
 
 import pytest
 import torch
+from _diffusion_checks import RECIPE, _fixed, measure
 
 import unlearnx as ux
 from unlearnx.diffusion import diffusion_loss, train_diffusion
 from unlearnx.diffusion.attention import capture_cross_attention
-from unlearnx.eval.diffusion import change_storage, guidance_alignment
+from unlearnx.eval.diffusion import change_storage
 from unlearnx.methods.diffusion import concept_token_positions, uce_closed_form
 from unlearnx.methods.diffusion.fmn import concept_attention_loss
-
-RECIPE = {"steps": 120, "lr": 2e-3, "batch_size": 16, "warmup": 10}
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_text, tiny_canvas):
-    dm = copy.deepcopy(tiny_text)
-    train_diffusion(dm, tiny_canvas, seed=0, **RECIPE)
-    return dm
-
-
-@pytest.fixture(scope="module")
-def split(tiny_canvas):
-    return tiny_canvas.split_style("ocean")
-
-
-def _fixed(data, reps=3):
-    g = torch.Generator().manual_seed(0)
-    x = data.images.repeat(reps, 1, 1, 1)
-    return x, data.prompts * reps, torch.randint(50, 700, (len(x),), generator=g), torch.randn(x.shape, generator=g)
-
-
-@torch.no_grad()
-def measure(model, original, split):
-    out = {}
-    for name, d in zip(("forget", "retain"), split):
-        x, c, t, n = _fixed(d)
-        out[f"{name}_loss"] = float(diffusion_loss(model, x, c, t=t, noise=n).mean())
-        out[f"{name}_align"] = guidance_alignment(model, original, x, c, t=t, noise=n)
-    return out
-
-
-@pytest.fixture(scope="module")
-def base(trained, split):
-    return measure(trained, trained, split)
 
 
 def test_registry_has_the_diffusion_methods_and_unlearn_dispatches():

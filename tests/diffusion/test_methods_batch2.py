@@ -6,53 +6,18 @@ generic metrics cannot show it (CA / DoCo: distance to the frozen model's anchor
 the surrogate's likelihood under the forget prompt). Numbers measured when written are in
 docs/diffusion-erasure.md.
 """
-import copy
 
 import pytest
 import torch
+from _diffusion_checks import _fixed, measure
 
 import unlearnx as ux
-from unlearnx.diffusion import diffusion_loss, noisy_latents, train_diffusion
+from unlearnx.diffusion import diffusion_loss, noisy_latents
 from unlearnx.diffusion.adapters import cross_attention_modules
-from unlearnx.eval.diffusion import guidance_alignment
 from unlearnx.methods.diffusion.concept_ablation import concept_anchors
 from unlearnx.methods.diffusion.spm import spm_membranes
 
-RECIPE = {"steps": 120, "lr": 2e-3, "batch_size": 16, "warmup": 10}
 pytestmark = pytest.mark.slow  # one 120-step model + ~10 s per method on 2 cores
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_text, tiny_canvas):
-    dm = copy.deepcopy(tiny_text)
-    train_diffusion(dm, tiny_canvas, seed=0, **RECIPE)
-    return dm
-
-
-@pytest.fixture(scope="module")
-def split(tiny_canvas):
-    return tiny_canvas.split_style("ocean")
-
-
-def _fixed(data, reps=3):
-    g = torch.Generator().manual_seed(0)
-    x = data.images.repeat(reps, 1, 1, 1)
-    return x, data.prompts * reps, torch.randint(50, 700, (len(x),), generator=g), torch.randn(x.shape, generator=g)
-
-
-@torch.no_grad()
-def measure(model, original, split):
-    out = {}
-    for name, d in zip(("forget", "retain"), split):
-        x, c, t, n = _fixed(d)
-        out[f"{name}_loss"] = float(diffusion_loss(model, x, c, t=t, noise=n).mean())
-        out[f"{name}_align"] = guidance_alignment(model, original, x, c, t=t, noise=n)
-    return out
-
-
-@pytest.fixture(scope="module")
-def base(trained, split):
-    return measure(trained, trained, split)
 
 
 @torch.no_grad()
