@@ -17,9 +17,7 @@ import copy
 import hashlib
 import inspect
 import math
-import re
 import time
-import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from unlearnx.experiments.config import (
     validate_methods,
     validate_section,
 )
-from unlearnx.experiments.run import Run, aggregate_seeds, file_identity, loss_curves, step_key
+from unlearnx.experiments.run import Run, aggregate_seeds, file_identity, file_stem, loss_curves, step_key
 from unlearnx.experiments.tasks import ExperimentTask, register_task
 
 __all__ = ["SCHEMA", "SCENARIO_KEYS", "DISPLAY_NAMES", "DEMO_METHODS", "ClassificationTask", "build_data",
@@ -285,12 +283,6 @@ def _small_log(log: dict, limit: int = 2000) -> dict:
     return {k: (f"<{len(v)} values>" if isinstance(v, list) and len(v) > limit else v) for k, v in log.items()}
 
 
-def _slug(label: str, fallback: str) -> str:
-    # ASCII file names (ℓ1-sparse -> l1-sparse) so run folders travel across file systems.
-    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_label).strip("_") or fallback
-
-
 class _Setup:
     """One seed of a classification run: data, scenario, suite and the step keys."""
 
@@ -436,7 +428,7 @@ class ClassificationTask(ExperimentTask):
                                "seconds": float(res.seconds), "loss_curves": loss_curves(res.log),
                                "log": _small_log(to_jsonable(res.log or {}))}
 
-        stem = setup.dir / "methods" / _slug(entry["label"], entry["method"])
+        stem = setup.dir / "methods" / file_stem(entry["label"], entry["method"])
         model, rec = run.steps.run(entry["label"], key, stem, lambda: copy.deepcopy(original), compute)
         return model.to(run.device), rec
 

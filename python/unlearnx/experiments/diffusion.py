@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import torch
 
 from unlearnx.experiments.config import ConfigError, Field, check_range, validate_methods
-from unlearnx.experiments.run import Run, aggregate_seeds, loss_curves, step_key
+from unlearnx.experiments.run import Run, aggregate_seeds, file_stem, loss_curves, step_key
 from unlearnx.experiments.tasks import ExperimentTask, register_task
 
 __all__ = ["DiffusionTask", "DIFFUSION_DEMO_METHODS", "DIFFUSION_COLUMNS", "diffusion_demo_config"]
@@ -296,7 +296,7 @@ class DiffusionTask(ExperimentTask):
                                "peak_memory_bytes": peak, "loss_curves": loss_curves(res.log), "log": log}
 
         key = step_key(original_record["key"], entry["method"], entry["hparams"])
-        stem = setup.dir / "methods" / "".join(c if c.isalnum() or c in "._-" else "_" for c in entry["label"])
+        stem = setup.dir / "methods" / file_stem(entry["label"], entry["method"])
         model, rec = run.steps.run(entry["label"], key, stem, lambda: copy.deepcopy(original), compute)
         return model.to(run.device), rec
 
@@ -468,7 +468,7 @@ def _write_report(results: dict, out) -> None:
     from pathlib import Path
 
     from unlearnx.report import (atomic_write_bytes, atomic_write_text, format_value, image_grid, metric_bars,
-                                 render_html, render_markdown)
+                                 render_html, render_markdown, reproducibility_blocks)
 
     out = Path(out)
     grids = results.get("_grids")
@@ -485,7 +485,7 @@ def _write_report(results: dict, out) -> None:
                                                                                               errors=std))
     for name, (_, png) in figures.items():
         atomic_write_bytes(out / "plots" / name, png)
-    sc, cfg = results["scenario"], results["config"]
+    sc = results["scenario"]
     blocks: list[tuple] = [("h", 1, f"unlearnx report: {results['name']}")]
     if results.get("reading"):
         blocks.append(("p", f"**In short:** {results['reading']}"))
@@ -516,20 +516,15 @@ def _write_report(results: dict, out) -> None:
     if figures:
         blocks.append(("h", 2, "Figures"))
         blocks += [("img", name, png, caption) for name, (caption, png) in figures.items()]
-    blocks += [("h", 2, "Reproducibility"),
-               ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ". Machine: "
-                + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + "."),
-               ("p", "Timings (s): " + ", ".join(f"{k} {format_value(v)}" for k, v in results["timings"].items())
-                + "."),
-               ("p", "Configuration:"), ("pre", _json(cfg, indent=2))]
+    blocks += reproducibility_blocks(results)
     atomic_write_text(out / "report.md", render_markdown(blocks, figure_dir="plots"))
     atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
 
 
-def _json(value, indent=None) -> str:
+def _json(value) -> str:
     import json
 
-    return json.dumps(value, sort_keys=True, indent=indent, default=str)
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _accuracies(value) -> str:

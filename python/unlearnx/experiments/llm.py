@@ -1359,7 +1359,8 @@ def _pretrained_blocks(results: dict) -> list[tuple]:
 
 
 def _write_report(results: dict, out: Path) -> None:
-    from unlearnx.report import atomic_write_bytes, atomic_write_text, format_value, render_html, render_markdown
+    from unlearnx.report import (atomic_write_bytes, atomic_write_text, format_value, render_html, render_markdown,
+                                 reproducibility_blocks)
 
     figures = _figures(results)
     for name, (_, png) in figures.items():
@@ -1396,13 +1397,8 @@ def _write_report(results: dict, out: Path) -> None:
                 [[n, r.get("model_file") or (r["pretrained"]["dir"] if r.get("pretrained") else
                                              f"{len(r.get('targets', {}))} per-target models under models/{n}/"),
                   r.get("sha256") or "–"] for n, r in results["runs"].items()])]
-    blocks += [("h", 2, "Reproducibility"),
-               ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ". Machine: "
-                + ", ".join(f"{k} {v}" for k, v in results["machine"].items()) + "."),
-               ("p", "Reused from an earlier run: " + (", ".join(results["cached_steps"]) or "nothing") + "."),
-               ("p", "Timings (s): " + ", ".join(f"{k} {format_value(v)}" for k, v in results["timings"].items())
-                + "."),
-               ("p", "Configuration:"), ("pre", json.dumps(cfg, indent=2, sort_keys=True))]
+    blocks += reproducibility_blocks(results, extra=(
+        "Reused from an earlier run: " + (", ".join(results["cached_steps"]) or "nothing") + ".",))
     atomic_write_text(out / "report.md", render_markdown(blocks, figure_dir="plots"))
     atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
 

@@ -21,22 +21,31 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-__all__ = ["Run", "StepStore", "run_experiment", "step_key", "file_sha256", "file_identity", "versions", "machine",
+__all__ = ["Run", "StepStore", "run_experiment", "step_key", "file_stem", "file_sha256", "file_identity", "versions", "machine",
            "resolve_device", "loss_curves", "aggregate_seeds"]
 
 
 def step_key(*parts) -> str:
     """A short stable hash of `parts` (JSON with sorted keys): what a cached step depends on."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_stem(label: str, fallback: str) -> str:
+    """An ASCII file name for a step's label (ℓ1-sparse -> l1-sparse), so run folders travel across
+    file systems; `fallback` when nothing of the label is left."""
+    ascii_label = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_label).strip("_") or fallback
 
 
 def file_sha256(path) -> str:

@@ -15,6 +15,7 @@ from unlearnx.report.render import (
     render_html,
     render_markdown,
     report_blocks,
+    reproducibility_blocks,
     summary_table,
     write_report,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "MAIN_COLUMNS",
     "format_value",
     "report_blocks",
+    "reproducibility_blocks",
     "render_markdown",
     "render_html",
     "summary_table",

@@ -14,7 +14,8 @@ import html
 import json
 from collections.abc import Mapping
 
-__all__ = ["MAIN_COLUMNS", "report_blocks", "render_markdown", "render_html", "format_value", "summary_table",
+__all__ = ["MAIN_COLUMNS", "report_blocks", "reproducibility_blocks", "render_markdown", "render_html", "format_value",
+           "summary_table",
            "write_report"]
 
 MAIN_COLUMNS = ("UA", "RA", "TA", "MIA-Efficacy", "Avg.Gap", "RTE-s")
@@ -102,14 +103,20 @@ def report_blocks(results: Mapping, figures: Mapping[str, tuple[str, bytes]]) ->
         files = audit.get("models", {})
         blocks.append(("table", ["Seed / model", "file", "sha256"],
                        [[k, v["file"], v["sha256"]] for k, v in files.items()]))
+    return blocks + reproducibility_blocks(results)
+
+
+def reproducibility_blocks(results: Mapping, *, extra: tuple[str, ...] = ()) -> list[tuple]:
+    """The report's closing section, the same for every task: versions and machine, `extra`
+    paragraphs, timings, and the configuration as JSON."""
     versions, machine = results.get("versions", {}), results.get("machine", {})
-    blocks += [("h", 2, "Reproducibility"),
-               ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". Machine: "
-                + ", ".join(f"{k} {v}" for k, v in machine.items()) + "."),
-               ("p", "Timings (s): " + ", ".join(f"{k} {format_value(v)}"
-                                                 for k, v in results.get("timings", {}).items()) + "."),
-               ("p", "Configuration:"), ("pre", json.dumps(cfg, indent=2, sort_keys=True))]
-    return blocks
+    return [("h", 2, "Reproducibility"),
+            ("p", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". Machine: "
+             + ", ".join(f"{k} {v}" for k, v in machine.items()) + "."),
+            *(("p", text) for text in extra),
+            ("p", "Timings (s): " + ", ".join(f"{k} {format_value(v)}"
+                                              for k, v in results.get("timings", {}).items()) + "."),
+            ("p", "Configuration:"), ("pre", json.dumps(results.get("config", {}), indent=2, sort_keys=True))]
 
 
 def _md_cell(text: str) -> str:
