@@ -124,3 +124,47 @@ def test_stable_diffusion_shaped_pipeline_round_trip(tmp_path):
     # our own writer gives the same directory layout
     dm.save_pretrained(tmp_path / "own")
     assert load_pipeline(tmp_path / "own").latent_shape == (4, 8, 8)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_prediction_types_convert_to_the_same_noise_and_loss(kind):
+    """predict_noise returns ε for every prediction type (v -> sqrt(ᾱ) v + sqrt(1-ᾱ) x_t, x0 ->
+    (x_t - sqrt(ᾱ) x0) / sqrt(1-ᾱ)), training_target is what the native output should be, and
+    denoise_mse measures an ε difference in the native space."""
+    from unlearnx.diffusion import denoise_mse
+    from unlearnx.diffusion.training import noisy_latents
+
+    torch.manual_seed(0)
+    m = tiny_class_model(3, image_size=8, block_out_channels=(8, 16), prediction_type=kind)
+    assert m.prediction_type == kind
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    t = torch.tensor([5, 200, 600, 990])
+    x_t, t, eps = noisy_latents(m, x0, t)
+    target = m.training_target(x0, eps, t)
+    # A model whose native output is exactly its target predicts the true noise.
+    m.model_output = lambda x, tt, emb: target
+    assert torch.allclose(m.predict_noise(x_t, t, m.encode([0, 1, 2, 0])), eps, atol=2e-4)
+    # And the native-space error of an ε perturbation is s_t times it.
+    d = torch.randn_like(eps) * 1e-2
+    a = m.alpha_bar(t, x0)
+    scale = {"epsilon": torch.ones_like(a), "v_prediction": a.rsqrt(), "sample": ((1 - a) / a).sqrt()}[kind]
+    assert torch.allclose(denoise_mse(m, eps + d, eps, t), (scale * d).pow(2).mean(), rtol=1e-5)
+
+
+def test_v_prediction_trains_and_samples_and_rejects_unknown_types():
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(0)
+    m = tiny_class_model(2, image_size=8, block_out_channels=(8, 16), prediction_type="v_prediction")
+    x = torch.rand(16, 1, 8, 8)
+    data = ConditionedImages(x, [i % 2 for i in range(16)])
+    log = train_diffusion(m, data, steps=100, lr=3e-3, batch_size=8, seed=0)
+    assert log["loss"][-1] < log["loss"][0]
+    out = sample(m, [0, 1], steps=4)
+    assert out.shape == (2, 1, 8, 8) and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(ValueError, match="prediction_type"):
+        tiny_class_model(2, image_size=8, block_out_channels=(8, 16), prediction_type="velocity")
+    bad = DDPMScheduler(num_train_timesteps=10)
+    bad.register_to_config(prediction_type="flow")
+    with pytest.raises(ValueError, match="prediction_type"):
+        DiffusionModel(m.unet, bad, num_classes=2)

@@ -22,6 +22,7 @@ from unlearnx.diffusion.training import (
     ConditionedImages,
     conditions_of,
     ddim_partial_sample,
+    denoise_mse,
     diffusion_loader,
     diffusion_loss,
     drop_conditions,
@@ -31,5 +32,5 @@ from unlearnx.diffusion.training import (
 )
 
 __all__ = ["DiffusionModel", "is_diffusion_model", "load_pipeline", "tiny_class_model", "tiny_text_model",
-           "word_tokenizer", "ConditionedImages", "conditions_of", "ddim_partial_sample", "diffusion_loader",
+           "word_tokenizer", "ConditionedImages", "conditions_of", "denoise_mse", "ddim_partial_sample", "diffusion_loader",
            "diffusion_loss", "drop_conditions", "noisy_latents", "sample", "train_diffusion"]

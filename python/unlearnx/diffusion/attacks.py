@@ -40,7 +40,7 @@ import torch
 
 from unlearnx._modes import training_mode
 from unlearnx.diffusion.model import DiffusionModel
-from unlearnx.diffusion.training import noisy_latents, sample, train_diffusion
+from unlearnx.diffusion.training import denoise_mse, noisy_latents, sample, train_diffusion
 
 __all__ = ["AttackResult", "attack_success_rate", "no_attack", "unlearndiff_attack", "soft_prompt_attack",
            "concept_inversion", "gcg_prompt_attack", "random_token_attack", "seed_search", "relearning_probe",
@@ -241,7 +241,7 @@ def _denoise_loss(model, x, emb, gen):
     t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=gen).to(x0.device)
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     x_t, t, noise = noisy_latents(model, x0, t, noise)
-    return (model.predict_noise(x_t, t, emb) - noise).pow(2).mean()
+    return denoise_mse(model, model.predict_noise(x_t, t, emb), noise, t)
 
 
 def optimize_prefix(model, target_images, target_conditions, *, k, steps, lr, batch_size, seed, project,

@@ -13,6 +13,13 @@ Conditions are passed around as a list of prompts (text), or a list / LongTensor
 (class). ``model.encode(conditions)`` turns them into what the UNet consumes (``class_labels`` or
 ``encoder_hidden_states``), ``model.predict_noise(x_t, t, emb)`` is ε_θ(x_t, c, t).
 
+Prediction types: the UNet may be trained to predict ε ("epsilon", DDPM / Stable Diffusion 1.x), the
+velocity v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 ("v_prediction", Salimans & Ho 2022; Stable Diffusion 2.x)
+or x0 ("sample"), as its scheduler's ``prediction_type`` says. ``model_output`` is the UNet's native
+output and ``training_target`` its regression target (what ``diffusion_loss`` fits);
+``predict_noise`` always returns ε (converted with ᾱ_t), so every method and sampler works in ε-space
+on any of the three.
+
 Builders: :func:`tiny_class_model`, :func:`tiny_text_model` (random weights from small configs,
 with a word-level tokenizer built locally from the prompts: nothing is downloaded), and
 :func:`load_pipeline` / :meth:`DiffusionModel.save_pretrained` for a diffusers pipeline directory
@@ -29,8 +36,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["DiffusionModel", "word_tokenizer", "tiny_class_model", "tiny_text_model", "load_pipeline",
-           "is_diffusion_model"]
+__all__ = ["DiffusionModel", "PREDICTION_TYPES", "word_tokenizer", "tiny_class_model", "tiny_text_model",
+           "load_pipeline", "is_diffusion_model"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 class DiffusionModel(nn.Module):
@@ -87,7 +96,21 @@ class DiffusionModel(nn.Module):
             if frozen is not None:
                 frozen.requires_grad_(False)
                 frozen.eval()
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"scheduler.config.prediction_type must be one of {PREDICTION_TYPES}, "
+                             f"got {self.prediction_type!r}")
         self.register_buffer("_alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: "epsilon", "v_prediction" or "sample" (the scheduler's config)."""
+        return str(getattr(self.scheduler.config, "prediction_type", "epsilon"))
+
+    def alpha_bar(self, t, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t for timesteps t (int, 0-dim or [B] tensor), shaped to broadcast against `like` [B, ...]."""
+        t = torch.as_tensor(t, device=self._alphas_cumprod.device).long()
+        a = self._alphas_cumprod[t].to(like.device, like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1))) if a.dim() else a
 
     # ------------------------------------------------------------------ shapes and conditions
     @property
@@ -160,11 +183,44 @@ class DiffusionModel(nn.Module):
             return torch.tensor(conditions, dtype=torch.long, device=self.device)
         return self.text_encoder(self.tokenize(conditions)).last_hidden_state
 
-    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """ε_θ(x_t, c, t): x_t [B, C, H, W] (latents for a latent model), t [B] or scalar, emb from `encode`."""
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The UNet's native output (ε, v or x0 as `prediction_type` says) for x_t [B, C, H, W]
+        (latents for a latent model), t [B] or scalar, emb from `encode`."""
         if self.kind == "class":
             return self.unet(x_t, t, class_labels=emb).sample
         return self.unet(x_t, t, encoder_hidden_states=emb).sample
+
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, c, t) whatever the prediction type: v -> sqrt(ᾱ) v + sqrt(1 − ᾱ) x_t,
+        x0 -> (x_t − sqrt(ᾱ) x0) / sqrt(1 − ᾱ)."""
+        out = self.model_output(x_t, t, emb)
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return out
+        a = self.alpha_bar(t, x_t)
+        if kind == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x_t
+        return (x_t - a.sqrt() * out) / (1 - a).sqrt()
+
+    def output_scale(self, t, like: torch.Tensor):
+        """s_t with f_θ − f = s_t (ε_θ − ε) between native outputs and their ε-space values: 1 (epsilon),
+        1 / sqrt(ᾱ_t) (v_prediction), sqrt(1 − ᾱ_t) / sqrt(ᾱ_t) (sample); broadcast against `like`."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return 1.0
+        a = self.alpha_bar(t, like)
+        return a.rsqrt() if kind == "v_prediction" else ((1 - a) / a).sqrt()
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """What `model_output` regresses on for x_t = sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε: ε, v = sqrt(ᾱ) ε −
+        sqrt(1 − ᾱ) x0, or x0."""
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        a = self.alpha_bar(t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     def forward(self, x_t, t, emb):
         return self.predict_noise(x_t, t, emb)
@@ -215,22 +271,25 @@ def _positive(value, name):
     return value
 
 
-def _ddpm_scheduler(num_train_timesteps: int):
+def _ddpm_scheduler(num_train_timesteps: int, prediction_type: str = "epsilon"):
     from diffusers import DDPMScheduler
 
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     # Linear betas 1e-4..0.02 over 1000 steps (Ho et al. 2020); fewer steps keep the same end points.
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", beta_start=1e-4,
-                         beta_end=0.02, prediction_type="epsilon", clip_sample=True)
+                         beta_end=0.02, prediction_type=prediction_type, clip_sample=True)
 
 
 def tiny_class_model(num_classes: int = 10, *, image_size: int = 16, channels: int = 1,
                      block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1,
-                     num_train_timesteps: int = 1000) -> DiffusionModel:
+                     num_train_timesteps: int = 1000, prediction_type: str = "epsilon") -> DiffusionModel:
     """A small class-conditional pixel-space DDPM (random weights; call torch.manual_seed first).
 
     UNet2DModel with ``num_class_embeds = num_classes + 1`` (the last id is the null class for
     classifier-free guidance), down blocks DownBlock2D then AttnDownBlock2D (one self-attention
-    level), GroupNorm with 8 groups, linear DDPM betas.
+    level), GroupNorm with 8 groups, linear DDPM betas; `prediction_type` "epsilon" (default),
+    "v_prediction" or "sample".
     """
     from diffusers import UNet2DModel
 
@@ -246,7 +305,7 @@ def tiny_class_model(num_classes: int = 10, *, image_size: int = 16, channels: i
                        layers_per_block=_positive(layers_per_block, "layers_per_block"), block_out_channels=blocks,
                        down_block_types=down, up_block_types=up, norm_num_groups=8,
                        num_class_embeds=num_classes + 1, attention_head_dim=8)
-    return DiffusionModel(unet, _ddpm_scheduler(num_train_timesteps), num_classes=num_classes)
+    return DiffusionModel(unet, _ddpm_scheduler(num_train_timesteps, prediction_type), num_classes=num_classes)
 
 
 _SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -284,12 +343,13 @@ def word_tokenizer(prompts: Iterable[str], *, max_length: int = 12):
 def tiny_text_model(prompts: Iterable[str], *, image_size: int = 16, channels: int = 3,
                     block_out_channels: Sequence[int] = (32, 64), layers_per_block: int = 1,
                     text_dim: int = 32, text_layers: int = 2, max_length: int = 12,
-                    num_train_timesteps: int = 1000, latent: bool = False) -> DiffusionModel:
+                    num_train_timesteps: int = 1000, latent: bool = False,
+                    prediction_type: str = "epsilon") -> DiffusionModel:
     """A small text-conditional model with Stable Diffusion's components (random weights).
 
     UNet2DConditionModel (DownBlock2D then CrossAttnDownBlock2D, cross_attention_dim = text_dim),
     a CLIPTextModel (``text_layers`` layers, width ``text_dim``) over :func:`word_tokenizer` of
-    `prompts`, linear DDPM betas; ``latent=True`` adds a 2-level AutoencoderKL (4 latent channels,
+    `prompts`, linear DDPM betas, `prediction_type` as in :func:`tiny_class_model`; ``latent=True`` adds a 2-level AutoencoderKL (4 latent channels,
     the UNet runs at image_size / 2).
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -320,7 +380,7 @@ def tiny_text_model(prompts: Iterable[str], *, image_size: int = 16, channels: i
                                 block_out_channels=blocks, down_block_types=down, up_block_types=up,
                                 mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=text_dim,
                                 attention_head_dim=8, norm_num_groups=8)
-    return DiffusionModel(unet, _ddpm_scheduler(num_train_timesteps), text_encoder=text_encoder,
+    return DiffusionModel(unet, _ddpm_scheduler(num_train_timesteps, prediction_type), text_encoder=text_encoder,
                           tokenizer=tokenizer, vae=vae)
 
 

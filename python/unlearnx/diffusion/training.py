@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from unlearnx._modes import training_mode
 from unlearnx.diffusion.model import DiffusionModel
 
-__all__ = ["diffusion_loss", "diffusion_loader", "train_diffusion", "sample", "ddim_partial_sample",
+__all__ = ["diffusion_loss", "denoise_mse", "diffusion_loader", "train_diffusion", "sample", "ddim_partial_sample",
            "conditions_of", "drop_conditions", "noisy_latents"]
 
 
@@ -80,14 +80,16 @@ def noisy_latents(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor | Non
         t = torch.full((B,), int(t), device=x0.device, dtype=torch.long)
     if noise is None:
         noise = torch.randn_like(x0)
-    a = model._alphas_cumprod.to(x0.device)[t].view(B, 1, 1, 1)
+    a = model.alpha_bar(t, x0)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
 
 
 def diffusion_loss(model: DiffusionModel, images: torch.Tensor, conditions, *, t=None, noise=None,
                    emb: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample ε-prediction loss (Ho et al. 2020, Eq. 14, L_simple):
-    ℓ_i = mean over pixels of (ε − ε_θ(sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, c, t))².
+    """Per-sample denoising loss in the model's own parameterization (Ho et al. 2020, Eq. 14, L_simple,
+    for an ε-model): ℓ_i = mean over pixels of (y − f_θ(x_t, c, t))² with x_t = sqrt(ᾱ_t) x0 +
+    sqrt(1 − ᾱ_t) ε and y = ε (epsilon), v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x0 (v_prediction, Salimans &
+    Ho 2022, the objective Stable Diffusion 2 was trained with) or x0 (sample): `model.training_target`.
 
     images: [B, C, H, W] in [0, 1] (encoded by the VAE for a latent model); conditions: B
     conditions (or `emb`, already encoded); t / noise: fixed timesteps / noise (default random).
@@ -98,8 +100,18 @@ def diffusion_loss(model: DiffusionModel, images: torch.Tensor, conditions, *, t
     x_t, t, noise = noisy_latents(model, x0, t, noise)
     if emb is None:
         emb = model.encode(conditions)
-    eps = model.predict_noise(x_t, t, emb)
-    return (eps.float() - noise.float()).pow(2).flatten(1).mean(1)
+    out = model.model_output(x_t, t, emb)
+    target = model.training_target(x0, noise, t)
+    return (out.float() - target.float()).pow(2).flatten(1).mean(1)
+
+
+def denoise_mse(model: DiffusionModel, eps_pred: torch.Tensor, eps_target: torch.Tensor, t) -> torch.Tensor:
+    """Mean squared error between an ε prediction and an ε target, measured in the model's own output
+    space (ε, v or x0): mean((s_t (ε_pred − ε_target))²) with s_t = `model.output_scale(t)`. For an
+    ε-model it is the plain ε MSE; for a v-model it is the v MSE the model was trained with, as the
+    methods' reference implementations compute their losses on the UNet's output (an ε-space MSE would
+    down-weight step t by ᾱ_t, i.e. ignore the noisy steps that decide a sample's layout and colours)."""
+    return (model.output_scale(t, eps_pred) * (eps_pred - eps_target)).pow(2).mean()
 
 
 def train_diffusion(model: DiffusionModel, data, *, steps: int = 1500, lr: float = 1e-3, batch_size: int = 64,
@@ -165,7 +177,8 @@ def train_diffusion(model: DiffusionModel, data, *, steps: int = 1500, lr: float
 def _make_scheduler(model: DiffusionModel, kind: str):
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    cfg = dict(model.scheduler.config)
+    # The samplers are fed ε (DiffusionModel.predict_noise converts v / x0 outputs).
+    cfg = {**dict(model.scheduler.config), "prediction_type": "epsilon"}
     if kind == "ddim":
         return DDIMScheduler.from_config(cfg)
     if kind == "ddpm":

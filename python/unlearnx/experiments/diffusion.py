@@ -79,6 +79,9 @@ SCHEMA: dict = {
         "block_out_channels": Field("int_list", [32, 64], help="UNet widths of the built-in model"),
         "layers_per_block": Field("int", 1),
         "text_dim": Field("int", 32, help="width of the built-in CLIP text encoder"),
+        "prediction_type": Field("str", "v_prediction", choices=("epsilon", "v_prediction", "sample"),
+                                 help="what the built-in UNet predicts (v: learns a tiny model's colours in "
+                                      "far fewer steps than ε; docs/diffusion.md)"),
     },
     "train": {"steps": Field("int", 1200, help="optimizer steps of the original and of Retrain"),
               "lr": Field("number", 2e-3), "batch_size": Field("int", 64)},
@@ -138,9 +141,10 @@ class _Setup:
         torch.manual_seed(self.seed)
         if d["name"] == "canvas":
             return tiny_text_model(self.prompts, image_size=d["size"], block_out_channels=m["block_out_channels"],
-                                   layers_per_block=m["layers_per_block"], text_dim=m["text_dim"])
+                                   layers_per_block=m["layers_per_block"], text_dim=m["text_dim"],
+                                   prediction_type=m["prediction_type"])
         return tiny_class_model(10, image_size=d["size"], block_out_channels=m["block_out_channels"],
-                                layers_per_block=m["layers_per_block"])
+                                layers_per_block=m["layers_per_block"], prediction_type=m["prediction_type"])
 
 
 def _evaluator_specs(setup: _Setup, cfg: dict) -> dict:

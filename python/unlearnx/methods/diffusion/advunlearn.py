@@ -32,7 +32,7 @@ import os
 import torch
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import ddim_partial_sample, noisy_latents
+from unlearnx.diffusion import ddim_partial_sample, denoise_mse, noisy_latents
 from unlearnx.diffusion.adapters import TrainableUNet
 from unlearnx.diffusion.attacks import encode_prefixed, optimize_prefix
 from unlearnx.methods.diffusion.base import DiffusionMethod
@@ -143,7 +143,7 @@ class AdvUnlearn(DiffusionMethod):
                     target = esd_target(teacher_noise(x_t, tt, emb_00), teacher_noise(x_t, tt, emb_c0),
                                         hp["negative_guidance"])
                 emb_adv = encode_prefixed(model, conds, adv)
-                loss_u = (model.predict_noise(x_t, tt, emb_adv) - target).pow(2).mean()
+                loss_u = denoise_mse(model, model.predict_noise(x_t, tt, emb_adv), target, tt)
                 # utility retention on retain prompts: ε_θ(x_t^r, c_r) vs ε_o(x_t^r, c_r)
                 ridx = torch.randint(len(r_conds), (B,), generator=gen)
                 rc = [r_conds[i] for i in ridx.tolist()]
@@ -152,7 +152,7 @@ class AdvUnlearn(DiffusionMethod):
                 x_r, rt, _ = noisy_latents(model, x0, rt, torch.randn(x0.shape, generator=gen).to(x0.device))
                 with torch.no_grad():
                     ref = teacher_noise(x_r, rt, teacher_encode(rc))
-                loss_r = (model.predict_noise(x_r, rt, model.encode(rc)) - ref).pow(2).mean()
+                loss_r = denoise_mse(model, model.predict_noise(x_r, rt, model.encode(rc)), ref, rt)
                 loss = loss_u + hp["retain_weight"] * loss_r
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

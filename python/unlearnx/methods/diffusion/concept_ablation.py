@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import noisy_latents, sample
+from unlearnx.diffusion import denoise_mse, noisy_latents, sample
 from unlearnx.diffusion.adapters import TrainableUNet
 from unlearnx.methods.diffusion.base import LORA_DEFAULTS, DiffusionMethod, concept_words
 from unlearnx.methods.registry import register_method
@@ -92,8 +92,8 @@ class ConceptAblation(DiffusionMethod):
                     x_t, t, noise = noisy_latents(model, model.to_latents(x0))
                     emb_a = model.encode(anc)
                     target = tr.teacher_noise(x_t, t, emb_a)
-                    la = (model.predict_noise(x_t, t, model.encode(tgt)) - target).pow(2).mean()
-                    lr_ = (model.predict_noise(x_t, t, emb_a) - noise).pow(2).mean()
+                    la = denoise_mse(model, model.predict_noise(x_t, t, model.encode(tgt)), target, t)
+                    lr_ = denoise_mse(model, model.predict_noise(x_t, t, emb_a), noise, t)
                     loss = la + hp["reg_weight"] * lr_
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

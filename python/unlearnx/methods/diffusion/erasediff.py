@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import diffusion_loss, noisy_latents
+from unlearnx.diffusion import denoise_mse, diffusion_loss, noisy_latents
 from unlearnx.diffusion.adapters import TrainableUNet
 from unlearnx.methods.diffusion.base import LORA_DEFAULTS, DiffusionMethod
 from unlearnx.methods.diffusion.gradients import assign_flat_grad, cycle_batches, flat_grad
@@ -36,7 +36,7 @@ def erasediff_forget_loss(model, images, conds, generator=None):
     """f(θ) on one batch: ‖ε_f − ε_θ(x_t, c, t)‖² with ε_f ~ U[0, 1) (the lower-level objective)."""
     x_t, t, _ = noisy_latents(model, model.to_latents(images))
     eps_f = torch.rand(x_t.shape, generator=generator).to(x_t.device)
-    return (model.predict_noise(x_t, t, model.encode(conds)) - eps_f).pow(2).mean()
+    return denoise_mse(model, model.predict_noise(x_t, t, model.encode(conds)), eps_f, t)
 
 
 @register_method("erasediff", task="diffusion")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import ddim_partial_sample
+from unlearnx.diffusion import ddim_partial_sample, denoise_mse
 from unlearnx.diffusion.adapters import TrainableUNet
 from unlearnx.methods.diffusion.base import LORA_DEFAULTS, DiffusionMethod
 from unlearnx.methods.registry import register_method
@@ -72,7 +72,7 @@ class _ESD(DiffusionMethod):
                     tt = torch.full((B,), t, device=x_t.device, dtype=torch.long)
                     target = esd_target(tr.teacher_noise(x_t, tt, emb_0), tr.teacher_noise(x_t, tt, emb_c),
                                         hp["negative_guidance"])
-                    loss = (model.predict_noise(x_t, tt, emb_c) - target).pow(2).mean()
+                    loss = denoise_mse(model, model.predict_noise(x_t, tt, emb_c), target, tt)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

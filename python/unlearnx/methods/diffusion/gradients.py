@@ -47,7 +47,7 @@ def project_conflicting(g: torch.Tensor, r: torch.Tensor, *, eps: float = 1e-20)
 
 def predicted_x0(model, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """x̂_0 = (x_t − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t) (Ho et al. 2020, Eq. 4 solved for x_0)."""
-    a = model.scheduler.alphas_cumprod.to(x_t.device, torch.float32)[t].view(-1, 1, 1, 1)
+    a = model.alpha_bar(t, x_t)
     return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 

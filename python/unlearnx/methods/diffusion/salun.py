@@ -23,7 +23,7 @@ import itertools
 import torch
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import diffusion_loader, diffusion_loss, noisy_latents
+from unlearnx.diffusion import denoise_mse, diffusion_loader, diffusion_loss, noisy_latents
 from unlearnx.diffusion.adapters import TrainableUNet
 from unlearnx.methods.diffusion.base import DiffusionMethod
 from unlearnx.methods.masking import MaskedOptimizer, global_topk_masks, masks_by_param
@@ -78,7 +78,7 @@ class SalUnDiffusion(DiffusionMethod):
                     relabel = [others[i] for i in torch.randint(len(others), (len(cf),), generator=gen).tolist()]
                     with torch.no_grad():
                         target = model.predict_noise(x_t, t, model.encode(relabel))
-                    lf = (model.predict_noise(x_t, t, model.encode(cf)) - target).pow(2).mean()
+                    lf = denoise_mse(model, model.predict_noise(x_t, t, model.encode(cf)), target, t)
                     lr_ = diffusion_loss(model, xr.to(model.device), cr).mean()
                     loss = lf + hp["beta"] * lr_
                     opt.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from unlearnx._modes import training_mode
-from unlearnx.diffusion import noisy_latents
+from unlearnx.diffusion import denoise_mse, noisy_latents
 from unlearnx.diffusion.adapters import cross_attention_modules
 from unlearnx.methods.diffusion.base import DiffusionMethod, concept_token_positions, concept_words
 from unlearnx.methods.diffusion.esd import esd_target
@@ -140,8 +140,8 @@ class SPM(DiffusionMethod):
                                         hp["negative_guidance"])
                     anchor_target = model.predict_noise(xt_r, t_r, emb_r)
                 _set_mode(unet, "on")
-                le = (model.predict_noise(xt_f, t_f, emb_f) - target).pow(2).mean()
-                la = (model.predict_noise(xt_r, t_r, emb_r) - anchor_target).pow(2).mean()
+                le = denoise_mse(model, model.predict_noise(xt_f, t_f, emb_f), target, t_f)
+                la = denoise_mse(model, model.predict_noise(xt_r, t_r, emb_r), anchor_target, t_r)
                 loss = le + hp["anchor_weight"] * la
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
