@@ -130,7 +130,8 @@ def test_per_step_results(finished):
     runs = res["runs"]["0"]
     for label in ("uce", "esd_x"):
         # A method's cost of reaching step 2 is both its steps; Retrain's is its one training.
-        assert s2[label]["RTE-s"] == pytest.approx(runs[f"{label} step 1"]["seconds"] + runs[f"{label} step 2"]["seconds"])
+        both = runs[f"{label} step 1"]["seconds"] + runs[f"{label} step 2"]["seconds"]
+        assert s2[label]["RTE-s"] == pytest.approx(both)
         assert s2[label]["changed-params"] > 0
     assert s2["Retrain"]["RTE-s"] == pytest.approx(runs["Retrain step 2"]["seconds"])
     assert res["hparams"]["esd_x"]["resolved"]["iterations"] == 3
@@ -150,4 +151,20 @@ def test_report_has_the_sequential_table_and_a_rerun_reuses_every_step(finished)
     assert sorted(res["cached_steps"]["0"]) == sorted(
         ["style evaluator", "object evaluator", "Original", "Retrain step 1", "Retrain step 2",
          "uce step 1", "uce step 2", "esd_x step 1", "esd_x step 2"])
+    assert (out / "seed-0" / "methods" / "esd_x_step_2.safetensors").is_file()
+    assert (out / "seed-0" / "retrain_step_2.json").is_file()
     assert "erase styles ['ocean', 'crimson'] one after another" in get_task("diffusion").summary(res)
+
+
+def test_other_targets_reuse_the_steps_they_share(finished, tmp_path):
+    import shutil
+
+    out, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    cfg = tiny(copy, scenario={"kind": "sequential", "targets": ["ocean", "forest"]}, methods=[{"name": "uce"}])
+    res = run_experiment(cfg, quiet=True)
+    # Step 1 (erase ocean) is the same request: reused; step 2 erases another style: computed.
+    assert sorted(res["cached_steps"]["0"]) == sorted(["style evaluator", "object evaluator", "Original",
+                                                      "Retrain step 1", "uce step 1"])
+    assert res["runs"]["0"]["Retrain step 2"]["trained_on_styles"] == ["crimson"]

@@ -16,7 +16,9 @@ trained for it: the report says so and shows the metrics that need none).
 
 Run directory: results.json, report.md, report.html, plots/ (metric bars, the image grid of
 prompts x {Original, each method, Retrain}); seed-<s>/{original,retrain}.{json,safetensors},
-seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}.
+seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}. Sequential
+erasure (scenario.kind sequential: several styles erased one after another, docs/diffusion.md):
+seed-<s>/retrain_step_<k>.* and seed-<s>/methods/<label>_step_<k>.* per step k.
 """
 from __future__ import annotations
 
@@ -361,7 +363,7 @@ class DiffusionTask(ExperimentTask):
         model, rec, models, records = original, original_record, [], []
         for k, target in enumerate(setup.targets, start=1):
             forget, retain = setup.sequential_split(k)
-            stem = setup.dir / "methods" / file_stem(f"{entry['label']}-step{k}", f"{entry['method']}-step{k}")
+            stem = setup.dir / "methods" / file_stem(f"{entry['label']} step {k}", f"{entry['method']}_step_{k}")
             model, rec = self._unlearn_step(run, setup, entry, f"{entry['label']} step {k}", model, rec["key"], forget,
                                             retain, stem, fresh=original, key_extra=("erase", target))
             models.append(model)
@@ -558,10 +560,11 @@ class DiffusionTask(ExperimentTask):
         sc = results["scenario"]
         cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in results["rows"].values())]
         body = [[n] + [format_value(r.get(c)) for c in cols] for n, r in results["rows"].items()]
-        what = (f"erase styles {sc['targets']} one after another (after the last step" if sc["kind"] == "sequential"
-                else f"erase {sc['kind']} {sc['target']!r} (")
-        return (f"\n{results['name']}: {what}{sc['n_forget']} of {sc['n_train']} training images); seeds "
-                f"{results['seeds']}\n" + render_markdown([("table", ["Model"] + cols, body)])
+        seq = sc["kind"] == "sequential"
+        what = f"styles {sc['targets']} one after another" if seq else f"{sc['kind']} {sc['target']!r}"
+        return (f"\n{results['name']}: erase {what} ({sc['n_forget']} of {sc['n_train']} training images); seeds "
+                f"{results['seeds']}" + ("; after the last step:" if seq else "") + "\n"
+                + render_markdown([("table", ["Model"] + cols, body)])
                 + (results["reading"] and results["reading"] + "\n"))
 
 
