@@ -16,7 +16,7 @@ def tiny(out, **extra):
            "data": {"name": "canvas", "size": 8, "n_per_pair": 4, "n_styles": 3, "n_objects": 2},
            "scenario": {"kind": "sequential", "targets": ["ocean", "crimson"]},
            "model": {"block_out_channels": [16, 32], "text_dim": 16},
-           "train": {"steps": 20, "batch_size": 16},
+           "train": {"steps": 10, "batch_size": 16},
            "evaluator": {"epochs": 2},
            "methods": [{"name": "uce"}, {"name": "esd_x", "iterations": 3}],
            "eval": {"n_per_prompt": 2, "sample_steps": 3, "grid_prompts": 2}}
@@ -168,3 +168,15 @@ def test_other_targets_reuse_the_steps_they_share(finished, tmp_path):
     assert sorted(res["cached_steps"]["0"]) == sorted(["style evaluator", "object evaluator", "Original",
                                                       "Retrain step 1", "uce step 1"])
     assert res["runs"]["0"]["Retrain step 2"]["trained_on_styles"] == ["crimson"]
+
+
+def test_eval_only_reloads_every_step_and_reproduces_the_table(finished, tmp_path):
+    import shutil
+
+    out, res = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = run_experiment(tiny(copy), quiet=True, eval_only=True)
+    assert again["command"] == "eval"
+    # Same saved models, same sampling noise: the same per-step metrics.
+    assert again["sequential"]["steps"] == res["sequential"]["steps"]
