@@ -72,40 +72,53 @@ def canvas_prompt_grid(styles, objects, n_per_prompt: int) -> tuple[list[str], t
     return prompts, torch.tensor(sids), torch.tensor(oids)
 
 
-def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles, objects, target: str,
+def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles, objects, target,
                    domain: str = "style", n_per_prompt: int = 8, steps: int = 20, guidance_scale: float = 3.0,
-                   seed: int = 0, real=None, return_images: bool = False) -> dict:
+                   seed: int = 0, real=None, return_images: bool = False, images: torch.Tensor | None = None) -> dict:
     """UA / IRA / CRA (percent) of a text-conditional canvas model for erasing `target` (a style or an
     object name, `domain` "style" | "object"), from `n_per_prompt` generations of every prompt.
 
+    target: one name, or a list of names erased together (sequential erasure): then UA is over the
+    generations of every listed concept (equal counts: the mean of the per-concept UAs, given as
+    ``ua_per_target`` {name: UA}), and IRA / CRA / FID are over the generations of the others.
     real: optional CanvasDataset; then ``fid_evaluator`` = evaluator-feature FID (style evaluator for
     style erasure, object evaluator for object erasure) of the retained-concept generations vs the
     real images of the retained concepts. return_images adds "images", "prompts" to the result.
+    images: generations of `canvas_prompt_grid(styles, objects, n_per_prompt)` already sampled from
+    `model` (e.g. the "images" of an earlier call): scored again without sampling.
     """
     from unlearnx.diffusion import sample
 
     if domain not in ("style", "object"):
         raise ValueError(f"domain must be 'style' or 'object', got {domain!r}")
     names = list(styles) if domain == "style" else list(objects)
-    if target not in names:
-        raise ValueError(f"target {target!r} is not one of the {domain}s {names}")
+    targets = [target] if isinstance(target, str) else list(target)
+    if not targets or len(set(targets)) != len(targets) or any(t not in names for t in targets):
+        raise ValueError(f"target {target!r} is not one of (or a list of distinct) {domain}s {names}")
     prompts, sids, oids = canvas_prompt_grid(styles, objects, n_per_prompt)
-    images = sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed).cpu()
+    if images is None:
+        images = sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed).cpu()
+    elif len(images) != len(prompts):
+        raise ValueError(f"images: expected {len(prompts)} generations (n_per_prompt x styles x objects), "
+                         f"got {len(images)}")
     ps, po = evaluator_predict(style_clf, images), evaluator_predict(object_clf, images)
-    ti = names.index(target)
+    tis = torch.tensor([names.index(t) for t in targets])
     own_ids, own_pred = (sids, ps) if domain == "style" else (oids, po)
     other_ids, other_pred = (oids, po) if domain == "style" else (sids, ps)
-    forget = own_ids == ti
+    forget = torch.isin(own_ids, tis)
     out = {
-        "ua": 100.0 * float((own_pred[forget] != ti).float().mean()),
+        "ua": 100.0 * float((own_pred[forget] != own_ids[forget]).float().mean()),
         "ira": 100.0 * float((own_pred[~forget] == own_ids[~forget]).float().mean()),
         "cra": 100.0 * float((other_pred[~forget] == other_ids[~forget]).float().mean()),
         "n_generations": len(prompts),
     }
+    if not isinstance(target, str):
+        out["ua_per_target"] = {t: 100.0 * float((own_pred[own_ids == i] != i).float().mean())
+                                for t, i in zip(targets, tis.tolist())}
     if real is not None:
         real_own = real.style_ids if domain == "style" else real.object_ids
         clf = style_clf if domain == "style" else object_clf
-        out["fid_evaluator"] = fid_evaluator(clf, images[~forget], real.images[real_own != ti])
+        out["fid_evaluator"] = fid_evaluator(clf, images[~forget], real.images[~torch.isin(real_own, tis)])
     if return_images:
         out["images"], out["prompts"] = images, prompts
     return out

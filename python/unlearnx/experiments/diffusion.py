@@ -16,7 +16,9 @@ trained for it: the report says so and shows the metrics that need none).
 
 Run directory: results.json, report.md, report.html, plots/ (metric bars, the image grid of
 prompts x {Original, each method, Retrain}); seed-<s>/{original,retrain}.{json,safetensors},
-seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}.
+seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}. Sequential
+erasure (scenario.kind sequential: several styles erased one after another, docs/diffusion.md):
+seed-<s>/retrain_step_<k>.* and seed-<s>/methods/<label>_step_<k>.* per step k.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 
 import torch
 
-from unlearnx.experiments.config import ConfigError, Field, check_range, validate_methods
+from unlearnx.experiments.config import ConfigError, Field, check_range, check_value, validate_methods, validate_section
 from unlearnx.experiments.run import Run, aggregate_seeds, file_stem, loss_curves, step_key
 from unlearnx.experiments.tasks import ExperimentTask, register_task
 
@@ -48,6 +50,8 @@ DIFFUSION_DEMO_HPARAMS = {
 
 DIFFUSION_COLUMNS = {
     "UA": "erased concept's generations not classified as it, % (→ Retrain, ↑)",
+    "UA-last": "sequential: UA of the style erased at the last step, %",
+    "UA-earlier": "sequential: mean UA of the styles erased at earlier steps, % (retention of earlier erasures, ↑)",
     "IRA": "in-domain retain accuracy, % (other styles / classes; ↑)",
     "CRA": "cross-domain retain accuracy, % (objects when a style is erased; ↑)",
     "FID-eval": "Fréchet distance in the in-run evaluator's features, retained concepts vs real (↓)",
@@ -71,8 +75,8 @@ SCHEMA: dict = {
         "n_objects": Field("int", 4, help="canvas: number of objects"),
     },
     "scenario": {
-        "kind": Field("str", "style", choices=("style", "object", "class")),
-        "target": Field("any", None, help="the erased style / object name, or digit class (default: the first)"),
+        "kind": Field("str", "style", choices=("style", "object", "class", "sequential")),
+        # The other keys depend on the kind: SCENARIO_KEYS.
     },
     "model": {
         "pretrained": Field("str", None, help="a diffusers pipeline directory (the original; no Retrain)"),
@@ -99,6 +103,33 @@ SCHEMA: dict = {
 }
 
 
+# The keys of `scenario:` besides `kind`, per kind (the sequential kind erases styles one after another).
+SCENARIO_KEYS: dict[str, dict[str, Field]] = {
+    **{kind: {"target": Field("any", None, help="the erased style / object name, or digit class (default: the "
+                                                "first)")} for kind in ("style", "object", "class")},
+    "sequential": {"targets": Field("any", None, help="canvas styles erased one after another, each step from the "
+                                                      "previous step's model (default: the first 3, at most "
+                                                      "data.n_styles - 1)")},
+}
+
+# Sequential erasure: how many styles the default `scenario.targets` erases.
+SEQUENTIAL_DEFAULT_STEPS = 3
+
+
+def _validate_scenario(cfg) -> dict:
+    """The `scenario:` section: `kind` and the keys of that kind (SCENARIO_KEYS)."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"config key 'scenario': expected a mapping, got {cfg!r}")
+    kind = check_value("scenario.kind", cfg.get("kind", "style"), SCHEMA["scenario"]["kind"])
+    if kind == "sequential" and "target" in cfg:
+        raise ConfigError("config key 'scenario.target': scenario.kind 'sequential' takes 'scenario.targets' "
+                          "(a list of styles erased one after another)")
+    if kind != "sequential" and "targets" in cfg:
+        raise ConfigError(f"config key 'scenario.targets': only with scenario.kind 'sequential' (kind {kind!r} "
+                          "erases one 'scenario.target')")
+    return validate_section(cfg, {"kind": SCHEMA["scenario"]["kind"], **SCENARIO_KEYS[kind]}, "scenario.")
+
+
 class _Setup:
     """One seed of a diffusion run: data, the forget/retain split, the evaluators' data."""
 
@@ -117,10 +148,16 @@ class _Setup:
             # The evaluators are trained on canvas images of another seed: held out from the diffusion data.
             self.eval_data = canvas_dataset(n_per_pair=max(8, d["n_per_pair"] // 2), size=d["size"],
                                             n_styles=d["n_styles"], n_objects=d["n_objects"], seed=seed + 7919)
-            names = self.data.styles if self.kind == "style" else self.data.objects
-            self.target = sc["target"] if sc["target"] is not None else names[0]
-            self.forget, self.retain = (self.data.split_style(self.target) if self.kind == "style"
-                                        else self.data.split_object(self.target))
+            if self.kind == "sequential":
+                # forget / retain: every target's images / the rest (what the last step's Retrain sees).
+                self.targets, self.target = list(sc["targets"]), None
+                self.forget = self.data.subset(torch.isin(self.data.style_ids, self._style_ids(self.targets)))
+                self.retain = self.sequential_split(len(self.targets))[1]
+            else:
+                names = self.data.styles if self.kind == "style" else self.data.objects
+                self.target = sc["target"] if sc["target"] is not None else names[0]
+                self.forget, self.retain = (self.data.split_style(self.target) if self.kind == "style"
+                                            else self.data.split_object(self.target))
             self.prompts = list(dict.fromkeys(self.data.prompts))
         else:
             train, test = digits_upscaled(size=d["size"], seed=seed)
@@ -131,7 +168,19 @@ class _Setup:
             self.forget, self.retain = ConditionedImages(x[f], y[f].tolist()), ConditionedImages(x[~f], y[~f].tolist())
             self.eval_train, self.eval_test = train, test
             self.prompts = list(range(10))
-        self.base_key = step_key(cfg["data"], cfg["scenario"], cfg["model"], cfg["train"], seed)
+        # Sequential steps add their targets to their own keys: the original does not depend on them.
+        scenario_key = {"kind": "sequential"} if self.kind == "sequential" else cfg["scenario"]
+        self.base_key = step_key(cfg["data"], scenario_key, cfg["model"], cfg["train"], seed)
+
+    def _style_ids(self, styles) -> torch.Tensor:
+        return torch.tensor([self.data.styles.index(s) for s in styles])
+
+    def sequential_split(self, k: int):
+        """(forget, retain) of sequential step k (1-based): the images of style k, and the images of
+        the styles not erased in steps 1..k (what step k's Retrain is trained on)."""
+        ids = self._style_ids(self.targets[:k])
+        return (self.data.subset(self.data.style_ids == ids[-1]),
+                self.data.subset(~torch.isin(self.data.style_ids, ids)))
 
     def fresh(self, cfg: dict):
         """The built-in model of the config, with the seed's initial weights (same for Retrain)."""
@@ -175,6 +224,9 @@ class DiffusionTask(ExperimentTask):
     def schema(self) -> dict:
         return SCHEMA
 
+    def special_sections(self):
+        return {"scenario": _validate_scenario}
+
     def validate(self, cfg: dict) -> dict:
         d, sc, m = cfg["data"], cfg["scenario"], cfg["model"]
         check_range("threads", cfg["threads"], low=0)
@@ -190,8 +242,10 @@ class DiffusionTask(ExperimentTask):
                               f"2^(len(model.block_out_channels) - 1)")
         if (d["name"] == "digits") != (sc["kind"] == "class"):
             raise ConfigError(f"config key 'scenario.kind': {sc['kind']!r} does not go with data {d['name']!r} "
-                              "(canvas: style or object; digits: class)")
-        if sc["target"] is not None:
+                              "(canvas: style, object or sequential; digits: class)")
+        if sc["kind"] == "sequential":
+            _validate_targets(cfg)
+        elif sc["target"] is not None:
             if sc["kind"] == "class":
                 if isinstance(sc["target"], bool) or not isinstance(sc["target"], int) or not 0 <= sc["target"] <= 9:
                     raise ConfigError(f"config key 'scenario.target': expected a digit class 0-9, got {sc['target']!r}")
@@ -219,6 +273,9 @@ class DiffusionTask(ExperimentTask):
         check_range("eval.guidance_scale", cfg["eval"]["guidance_scale"], low=0)
         cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task)
         cfg["attacks"] = _validate_attacks(cfg["attacks"], "text" if d["name"] == "canvas" else "class")
+        if cfg["attacks"] and sc["kind"] == "sequential":
+            raise ConfigError("config key 'attacks': not available with scenario.kind 'sequential' (the attacks probe "
+                              "one erased concept; run them on a style scenario)")
         return cfg
 
     def demo_config(self, *, methods=None, quick=False, out_dir=None, device="cpu", options=None) -> dict:
@@ -259,7 +316,9 @@ class DiffusionTask(ExperimentTask):
             setup.evaluator_acc[name] = rec["heldout_accuracy"]
         return setup
 
-    def _train(self, run: Run, setup: _Setup, label: str, data):
+    def _train(self, run: Run, setup: _Setup, label: str, data, key_parts: tuple = (), info: dict | None = None):
+        """Train `label` on `data` (a cached step keyed by the base key, the lower-cased label or
+        `key_parts`); `info` joins its record."""
         from unlearnx.diffusion import train_diffusion
 
         t = run.cfg["train"]
@@ -270,28 +329,65 @@ class DiffusionTask(ExperimentTask):
             model = setup.fresh(run.cfg).to(run.device)
             log = train_diffusion(model, data, steps=t["steps"], lr=t["lr"], batch_size=t["batch_size"],
                                   seed=setup.seed, progress=False)
-            return model, {"seconds": log["seconds"], "loss_curves": loss_curves(log)}
+            return model, {"seconds": log["seconds"], "loss_curves": loss_curves(log), **(info or {})}
 
-        key = step_key(setup.base_key, label.lower())
-        model, rec = run.steps.run(label, key, setup.dir / label.lower(), lambda: setup.fresh(run.cfg), compute)
+        key = step_key(setup.base_key, *(key_parts or (label.lower(),)))
+        model, rec = run.steps.run(label, key, setup.dir / file_stem(label.lower(), "model"),
+                                   lambda: setup.fresh(run.cfg), compute)
         return model.to(run.device), rec
 
     def original(self, run: Run, setup: _Setup):
         return self._train(run, setup, "Original", setup.data)
 
     def oracle(self, run: Run, setup: _Setup):
-        return self._train(run, setup, "Retrain", setup.retain)
+        if setup.kind != "sequential":
+            return self._train(run, setup, "Retrain", setup.retain)
+        # One Retrain per step: step k's is trained on the data without the styles of steps 1..k.
+        setup.seq_models, setup.seq_records = {}, {}
+        models, records = [], []
+        for k in range(1, len(setup.targets) + 1):
+            erased = setup.targets[:k]
+            retain = setup.sequential_split(k)[1]
+            kept = sorted({setup.data.styles[i] for i in retain.style_ids.tolist()})
+            model, rec = self._train(run, setup, f"{self.oracle_label} step {k}", retain,
+                                     key_parts=("retrain", sorted(erased)),
+                                     info={"erased": erased, "trained_on_styles": kept, "n_train": len(retain)})
+            models.append(model)
+            records.append(rec)
+        setup.seq_models[self.oracle_label], setup.seq_records[self.oracle_label] = models, records
+        return models[-1], records[-1]
 
     def unlearn(self, run: Run, setup: _Setup, entry: dict, original, original_record: dict):
+        if setup.kind != "sequential":
+            stem = setup.dir / "methods" / file_stem(entry["label"], entry["method"])
+            return self._unlearn_step(run, setup, entry, entry["label"], original, original_record["key"],
+                                      setup.forget, setup.retain, stem, fresh=original)
+        # Step k erases style k from step k-1's model (step 1: the original); its key chains on the
+        # previous step's, so a longer list of targets reuses the steps it shares with a shorter one.
+        model, rec, models, records = original, original_record, [], []
+        for k, target in enumerate(setup.targets, start=1):
+            forget, retain = setup.sequential_split(k)
+            stem = setup.dir / "methods" / file_stem(f"{entry['label']} step {k}", f"{entry['method']}_step_{k}")
+            model, rec = self._unlearn_step(run, setup, entry, f"{entry['label']} step {k}", model, rec["key"], forget,
+                                            retain, stem, fresh=original, key_extra=("erase", target))
+            models.append(model)
+            records.append(rec)
+        setup.seq_models[entry["label"]], setup.seq_records[entry["label"]] = models, records
+        return model, rec
+
+    def _unlearn_step(self, run: Run, setup: _Setup, entry: dict, label: str, model, prev_key: str, forget, retain,
+                      stem, *, fresh, key_extra: tuple = ()):
+        """`entry`'s method on a copy of `model` (a cached step keyed by `prev_key`, the method, its
+        hyper-parameters and `key_extra`); `fresh`: a model of the same architecture to load into."""
         import unlearnx
         from unlearnx.report import to_jsonable
 
         def compute():
-            run.echo(f"[seed {setup.seed}] {entry['label']}: unlearning with {entry['method']} {entry['hparams'] or ''}")
+            run.echo(f"[seed {setup.seed}] {label}: unlearning with {entry['method']} {entry['hparams'] or ''}")
             if run.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(run.device)
-            res = unlearnx.unlearn(copy.deepcopy(original), method=entry["method"], forget=setup.forget,
-                                   retain=setup.retain, seed=setup.seed, progress=False, device=run.device,
+            res = unlearnx.unlearn(copy.deepcopy(model), method=entry["method"], forget=forget,
+                                   retain=retain, seed=setup.seed, progress=False, device=run.device,
                                    inplace=True, **entry["hparams"])
             peak = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
             log = to_jsonable({k: v for k, v in (res.log or {}).items() if k != "loss"})
@@ -299,14 +395,15 @@ class DiffusionTask(ExperimentTask):
                                "hparams_resolved": to_jsonable(res.hparams), "seconds": float(res.seconds),
                                "peak_memory_bytes": peak, "loss_curves": loss_curves(res.log), "log": log}
 
-        key = step_key(original_record["key"], entry["method"], entry["hparams"])
-        stem = setup.dir / "methods" / file_stem(entry["label"], entry["method"])
-        model, rec = run.steps.run(entry["label"], key, stem, lambda: copy.deepcopy(original), compute)
-        return model.to(run.device), rec
+        key = step_key(prev_key, entry["method"], entry["hparams"], *key_extra)
+        out, rec = run.steps.run(label, key, stem, lambda: copy.deepcopy(fresh), compute)
+        return out.to(run.device), rec
 
     def evaluate(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
         from unlearnx.eval.diffusion import canvas_metrics, change_storage, class_metrics
 
+        if setup.kind == "sequential":
+            return self._evaluate_sequential(run, setup, models, records, cached)
         ev, cfg = run.cfg["eval"], run.cfg
         t0 = time.perf_counter()
         metrics, grids = {}, {}
@@ -319,7 +416,7 @@ class DiffusionTask(ExperimentTask):
                                    domain=setup.kind, n_per_prompt=ev["n_per_prompt"], real=setup.eval_data,
                                    return_images=True, **common)
                 row = {"UA": m["ua"], "IRA": m["ira"], "CRA": m["cra"], "FID-eval": m.get("fid_evaluator")}
-                grids[label] = _grid_cells(m["images"], m["prompts"], setup, ev)
+                grids[label] = _grid_cells(m["images"], m["prompts"], [setup.target], ev)
             else:
                 m = class_metrics(model, classifier=setup.evaluators["digit"], forget_classes=[setup.target],
                                   n_per_class=4 * ev["n_per_prompt"], real=setup.eval_test, **common)
@@ -329,14 +426,7 @@ class DiffusionTask(ExperimentTask):
             if label not in (self.original_label, self.oracle_label):
                 row["changed-params"] = float(change_storage(models["Original"].unet, model.unet)["changed_params"])
             metrics[label] = row
-        ref = metrics["Retrain"]
-        gap_keys = [k for k in ("UA", "IRA", "CRA") if k in ref]
-        for label, row in metrics.items():
-            for k in gap_keys:
-                row[f"gap/{k}"] = abs(row[k] - ref[k])
-            row["Avg.Gap"] = sum(row[f"gap/{k}"] for k in gap_keys) / len(gap_keys)
-            if row.get("RTE-s") is not None and ref.get("RTE-s"):
-                row["RTE-ratio"] = row["RTE-s"] / ref["RTE-s"]
+        _add_gaps(metrics, metrics[self.oracle_label])
         robustness = None
         if cfg["attacks"]:
             robustness = self._robustness(run, setup, models)
@@ -348,6 +438,59 @@ class DiffusionTask(ExperimentTask):
                 "robustness": robustness,
                 "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in records.items()},
                 "evaluators": setup.evaluator_acc, "target": setup.target,
+                "sizes": {"n_train": len(setup.data), "n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
+
+    def _evaluate_sequential(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
+        """Metrics after every step k of a sequential scenario: UA of each style erased so far (their
+        mean is "UA"), IRA / CRA / FID on the styles not erased yet, gaps to step k's Retrain. The
+        original is sampled once and scored against each step's erased styles."""
+        from unlearnx.eval.diffusion import canvas_metrics, change_storage
+
+        ev, t0 = run.cfg["eval"], time.perf_counter()
+        common = {"style_clf": setup.evaluators["style"], "object_clf": setup.evaluators["object"],
+                  "styles": setup.data.styles, "objects": setup.data.objects, "domain": "style",
+                  "n_per_prompt": ev["n_per_prompt"], "steps": ev["sample_steps"],
+                  "guidance_scale": ev["guidance_scale"], "seed": setup.seed, "real": setup.eval_data,
+                  "return_images": True}
+        original, original_images = models[self.original_label], None
+        steps, grids = [], {}
+        for k in range(1, len(setup.targets) + 1):
+            erased, metrics = setup.targets[:k], {}
+            for label in models:
+                model = original if label == self.original_label else setup.seq_models[label][k - 1]
+                run.echo(f"[seed {setup.seed}] step {k}, {label}: sampling and classifying generations")
+                images = original_images if label == self.original_label else None
+                m = canvas_metrics(model, target=erased, images=images, **common)
+                if label == self.original_label:
+                    original_images = m["images"]
+                per = m["ua_per_target"]
+                row = {"UA": m["ua"], "UA-last": per[erased[-1]]}
+                if k > 1:
+                    row["UA-earlier"] = sum(per[s] for s in erased[:-1]) / (k - 1)
+                row.update({"IRA": m["ira"], "CRA": m["cra"], "FID-eval": m.get("fid_evaluator")})
+                row.update({f"UA/{s}": per[s] for s in erased})
+                if label != self.original_label:
+                    # Retrain trains once per step; a method's cost of reaching step k is all its steps.
+                    recs = setup.seq_records[label][k - 1:k] if label == self.oracle_label \
+                        else setup.seq_records[label][:k]
+                    secs = [r.get("seconds") for r in recs]
+                    row["RTE-s"] = None if None in secs else sum(secs)
+                if label not in (self.original_label, self.oracle_label):
+                    row["changed-params"] = float(change_storage(original.unet, model.unet)["changed_params"])
+                metrics[label] = row
+                if k == len(setup.targets):
+                    grids[label] = _grid_cells(m["images"], m["prompts"], erased, ev)
+            _add_gaps(metrics, metrics[self.oracle_label])
+            steps.append(metrics)
+        runs = {self.original_label: records[self.original_label]}
+        for label, recs in setup.seq_records.items():
+            runs.update({r["label"]: r for r in recs})
+        timings = {f"{label}_s": rec.get("seconds") for label, rec in runs.items()}
+        timings["evaluation_s"] = time.perf_counter() - t0
+        return {"seed": setup.seed, "metrics": steps[-1], "steps": steps, "grids": grids, "cached": cached,
+                "timings": timings, "robustness": None,
+                "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in runs.items()},
+                "evaluators": setup.evaluator_acc, "target": None, "targets": setup.targets,
                 "sizes": {"n_train": len(setup.data), "n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
 
     def _robustness(self, run: Run, setup: _Setup, models: dict) -> dict:
@@ -375,17 +518,33 @@ class DiffusionTask(ExperimentTask):
         cfg = run.cfg
         rows, std = aggregate_seeds([s["metrics"] for s in per_seed])
         first = per_seed[0]
+        sequential = cfg["scenario"]["kind"] == "sequential"
+        extra = {}
+        if sequential:
+            targets = first["targets"]
+            steps = []
+            for k in range(1, len(targets) + 1):
+                step_rows, step_std = aggregate_seeds([s["steps"][k - 1] for s in per_seed])
+                steps.append({"step": k, "erased": targets[:k], "rows": step_rows, "std": step_std})
+            extra["sequential"] = {"targets": targets, "steps": steps}
+            scenario = {"data": cfg["data"]["name"], "kind": "sequential", "targets": targets, **first["sizes"]}
+            reading = _sequential_reading(targets, [s["rows"] for s in steps])
+        else:
+            scenario = {"data": cfg["data"]["name"], "kind": cfg["scenario"]["kind"], "target": first["target"],
+                        **first["sizes"]}
+            reading = _reading(rows)
         return {
             "format": "unlearnx-diffusion-results/1",
             "seeds": cfg["seeds"],
-            "scenario": {"data": cfg["data"]["name"], "kind": cfg["scenario"]["kind"], "target": first["target"],
-                         **first["sizes"]},
+            "scenario": scenario,
             "rows": rows,
             "std": std,
-            "reading": _reading(rows),
+            **extra,
+            "reading": reading,
             "evaluators": {str(s["seed"]): s["evaluators"] for s in per_seed},
             "hparams": {e["label"]: {"method": e["method"], "hparams": e["hparams"],
-                                     "resolved": first["runs"][e["label"]].get("hparams_resolved", {})}
+                                     "resolved": first["runs"][e["label"] + (" step 1" if sequential else "")]
+                                     .get("hparams_resolved", {})}
                         for e in cfg["_methods"]},
             "skipped": cfg["_skipped"],
             "runs": {str(s["seed"]): s["runs"] for s in per_seed},
@@ -405,9 +564,38 @@ class DiffusionTask(ExperimentTask):
         sc = results["scenario"]
         cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in results["rows"].values())]
         body = [[n] + [format_value(r.get(c)) for c in cols] for n, r in results["rows"].items()]
-        return (f"\n{results['name']}: erase {sc['kind']} {sc['target']!r} ({sc['n_forget']} of {sc['n_train']} "
-                f"training images); seeds {results['seeds']}\n" + render_markdown([("table", ["Model"] + cols, body)])
+        seq = sc["kind"] == "sequential"
+        what = f"styles {sc['targets']} one after another" if seq else f"{sc['kind']} {sc['target']!r}"
+        return (f"\n{results['name']}: erase {what} ({sc['n_forget']} of {sc['n_train']} training images); seeds "
+                f"{results['seeds']}" + ("; after the last step:" if seq else "") + "\n"
+                + render_markdown([("table", ["Model"] + cols, body)])
                 + (results["reading"] and results["reading"] + "\n"))
+
+
+def _validate_targets(cfg: dict) -> None:
+    """scenario.targets of a sequential scenario: distinct canvas styles, at least 2, at least one style
+    left for IRA; the default (the first SEQUENTIAL_DEFAULT_STEPS styles) is filled in."""
+    from unlearnx.data.canvas import CANVAS_STYLES
+
+    n_styles, sc = cfg["data"]["n_styles"], cfg["scenario"]
+    styles = [s.name for s in CANVAS_STYLES[:n_styles]]
+    if n_styles < 3:
+        raise ConfigError(f"config key 'data.n_styles': sequential erasure needs at least 3 styles (2 erased one "
+                          f"after another, 1 kept for IRA), got {n_styles}")
+    if sc["targets"] is None:
+        sc["targets"] = styles[:min(SEQUENTIAL_DEFAULT_STEPS, n_styles - 1)]
+        return
+    targets = sc["targets"]
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise ConfigError(f"config key 'scenario.targets': expected a list of style names, got {targets!r}")
+    for i, t in enumerate(targets):
+        if t not in styles:
+            raise ConfigError(f"config key 'scenario.targets[{i}]': expected one of the styles {styles}, got {t!r}")
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"config key 'scenario.targets': repeated styles in {targets}")
+    if not 2 <= len(targets) <= n_styles - 1:
+        raise ConfigError(f"config key 'scenario.targets': expected 2 to {n_styles - 1} styles (data.n_styles - 1: "
+                          f"one style must stay for IRA), got {len(targets)}")
 
 
 def _validate_attacks(value, kind: str) -> dict | None:
@@ -444,12 +632,26 @@ def _validate_attacks(value, kind: str) -> dict | None:
     return out
 
 
-def _grid_cells(images, prompts, setup: _Setup, ev) -> list:
-    """The first generation of up to `grid_prompts` prompts: the erased concept's first, then others."""
-    want = [p for p in dict.fromkeys(prompts) if setup.target in p.split()][: max(1, ev["grid_prompts"] // 2)]
-    # The retained concepts' rows: prompts without the erased word (other styles / objects).
-    want += [p for p in dict.fromkeys(prompts) if setup.target not in p.split()][: ev["grid_prompts"] - len(want)]
+def _grid_cells(images, prompts, erased: list, ev) -> list:
+    """The first generation of up to `grid_prompts` prompts: the erased concepts' first, then others."""
+    def shows_erased(p):
+        return any(str(e) in p.split() for e in erased)
+
+    want = [p for p in dict.fromkeys(prompts) if shows_erased(p)][: max(1, ev["grid_prompts"] // 2)]
+    # The retained concepts' rows: prompts without an erased word (other styles / objects).
+    want += [p for p in dict.fromkeys(prompts) if not shows_erased(p)][: ev["grid_prompts"] - len(want)]
     return [(p, images[prompts.index(p)]) for p in want]
+
+
+def _add_gaps(metrics: dict, ref: Mapping) -> None:
+    """gap/UA, gap/IRA, gap/CRA to the reference row `ref` (Retrain), their mean Avg.Gap, RTE-ratio."""
+    gap_keys = [k for k in ("UA", "IRA", "CRA") if k in ref]
+    for row in metrics.values():
+        for k in gap_keys:
+            row[f"gap/{k}"] = abs(row[k] - ref[k])
+        row["Avg.Gap"] = sum(row[f"gap/{k}"] for k in gap_keys) / len(gap_keys)
+        if row.get("RTE-s") is not None and ref.get("RTE-s"):
+            row["RTE-ratio"] = row["RTE-s"] / ref["RTE-s"]
 
 
 def _reading(rows: Mapping[str, Mapping[str, float]]) -> str:
@@ -468,6 +670,52 @@ def _reading(rows: Mapping[str, Mapping[str, float]]) -> str:
     return text
 
 
+def _sequential_reading(targets: list, step_rows: list[Mapping]) -> str:
+    """After the last step: who is closest to that step's Retrain; and whether an earlier erasure came
+    back (the largest fall of a style's UA between the step that erased it and the last step)."""
+    last = step_rows[-1]
+    text = _reading(last)
+    if text:
+        text = f"After the last step ({len(targets)} styles erased): " + text[0].lower() + text[1:]
+    worst = None
+    for label in (n for n in last if n not in ("Retrain", "Original")):
+        for i, style in enumerate(targets[:-1]):
+            then, now = step_rows[i][label].get(f"UA/{style}"), last[label].get(f"UA/{style}")
+            if then is not None and now is not None and (worst is None or then - now > worst[0]):
+                worst = (then - now, label, style, i + 1, then, now)
+    if worst is not None:
+        drop, label, style, k, then, now = worst
+        if drop > 0:
+            text += (f" Retention: the largest return of an earlier erasure is {label}'s {style} (UA {then:.0f}% "
+                     f"after step {k}, {now:.0f}% after step {len(targets)}).")
+        else:
+            text += " Retention: no method's UA of an earlier erased style fell in later steps."
+    return text.strip()
+
+
+def _sequential_blocks(results: dict) -> list:
+    """The report's sequential section: one row per model, per step UA of that step's style, mean UA
+    of every style erased so far and IRA (mean ± std over seeds)."""
+    from unlearnx.report import format_value
+
+    seq = results["sequential"]
+    header, cells = ["Model"], {}
+    for st in seq["steps"]:
+        k, style = st["step"], st["erased"][-1]
+        header += [f"{k}: UA {style}", f"{k}: mean UA", f"{k}: IRA"]
+        for label, row in st["rows"].items():
+            sd = st["std"].get(label, {})
+            cells.setdefault(label, []).extend(format_value(row.get(c), sd.get(c)) for c in ("UA-last", "UA", "IRA"))
+    return [("h", 2, "Sequential erasure: after each step"),
+            ("p", f"Styles {', '.join(seq['targets'])} are erased one after another, each step from the previous "
+                  "step's model (Original: the model before any step; Retrain at step k: trained without the "
+                  "styles of steps 1..k). Per step k: **UA <style>** = UA of the style erased at step k; **mean "
+                  "UA** = mean UA over every style erased so far (an earlier erasure that comes back lowers it); "
+                  "**IRA** = accuracy on the styles not erased yet. results.json (`sequential.steps`) also holds "
+                  "each erased style's UA, CRA, FID and the gaps per step."),
+            ("table", header, [[label] + row for label, row in cells.items()])]
+
+
 def _write_report(results: dict, out) -> None:
     from pathlib import Path
 
@@ -482,7 +730,9 @@ def _write_report(results: dict, out) -> None:
     figures = {}
     if grids:
         figures["grid.png"] = ("Generations (first sample of each prompt, same noise for every model): rows are "
-                               "prompts, columns Original, each method and Retrain.", image_grid(_grid_columns(grids)))
+                               "prompts, columns Original, each method and Retrain"
+                               + (" (after the last step)." if results["scenario"]["kind"] == "sequential" else "."),
+                               image_grid(_grid_columns(grids)))
     bar_metrics = [m for m in ("UA", "IRA", "CRA", "FID-eval") if any(m in r for r in rows.values())]
     if len(rows) > 1 and bar_metrics:
         figures["metrics.png"] = ("Each metric per model; dashed line: Retrain.", metric_bars(rows, bar_metrics,
@@ -493,13 +743,18 @@ def _write_report(results: dict, out) -> None:
     blocks: list[tuple] = [("h", 1, f"unlearnx report: {results['name']}")]
     if results.get("reading"):
         blocks.append(("p", f"**In short:** {results['reading']}"))
+    sequential = sc["kind"] == "sequential"
+    what = (f"the styles **{', '.join(sc['targets'])}** one after another" if sequential
+            else f"the {sc['kind']} **{sc['target']}**")
     blocks += [
-        ("p", f"Erasing the {sc['kind']} **{sc['target']}** from a diffusion model trained on the built-in "
-              f"**{sc['data']}** data ({sc['n_forget']} of {sc['n_train']} training images show it). **Retrain** is "
+        ("p", f"Erasing {what} from a diffusion model trained on the built-in "
+              f"**{sc['data']}** data ({sc['n_forget']} of {sc['n_train']} training images show "
+              f"{'them' if sequential else 'it'}). **Retrain** is "
               f"the same model trained from scratch without those images (the oracle no published diffusion "
               f"benchmark has); generations are classified by evaluators trained in the same run (held-out "
               f"accuracy: {_accuracies(results['evaluators'])}). Seeds {results['seeds']}."),
-        ("h", 2, "Results"),
+        *(_sequential_blocks(results) if sequential else []),
+        ("h", 2, "Results after the last step" if sequential else "Results"),
         ("table", ["Model"] + cols, [[n] + [format_value(r.get(c), std.get(n, {}).get(c)) for c in cols]
                                      for n, r in rows.items()]),
         ("table", ["Column", "meaning"], [[c, DIFFUSION_COLUMNS[c]] for c in cols]),
