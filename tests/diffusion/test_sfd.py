@@ -148,6 +148,16 @@ def test_sfd_runs_on_the_text_model_with_lora(trained, split):
     assert imgs.shape == (1, 3, 8, 8) and torch.isfinite(imgs).all()
 
 
+def test_sfd_class_model_defaults_and_teacher_guidance():
+    """Class model without retain: every other class is distilled unchanged and the override is
+    the first of them; the guided-teacher path (guidance_scale != 1) runs."""
+    dm = _class_model()
+    f0 = ConditionedImages(torch.rand(2, 1, 8, 8), [2, 2])
+    res = ux.unlearn(dm, "sfd", forget=f0, progress=False, iterations=2, batch_size=2, guidance_scale=2.0)
+    assert res.log["retain_conditions"] == 2 and res.log["anchors"] == ["0"] and res.log["targets"] == [2]
+    assert all(torch.isfinite(torch.tensor(res.log[k])).all() for k in ("fake_loss", "retain_loss", "forget_loss"))
+
+
 LEVELS = torch.tensor([0.85, 0.15, 0.5])  # class 0 bright, 1 dark, 2 mid-grey
 
 

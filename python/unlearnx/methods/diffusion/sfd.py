@@ -22,8 +22,10 @@ the second term is SFD's score-forgetting term: for the forget condition c_f the
 pulled toward the teacher's score of the OVERRIDE (safe) condition c_o ("cross-class score
 distillation"), while the retain conditions are distilled unchanged. The gradient flows into θ
 through x_g and x_t, i.e. through both score networks' inputs (their weights stay fixed in this
-step). ψ and θ are updated alternately, one step each per iteration (the paper's Algorithm 1 /
-reference code). t ~ U{t_min, …, t_max − 1}.
+step). ψ and θ are updated alternately, one step each per iteration (as in the authors' reference
+code). t ~ U{t_min, …, t_max − 1}. Equation numbers: the paper's own numbering was not available
+to re-check here; the losses follow its Sec. 3 (Fig. 2) and the authors' reference implementation
+(github.com/tqch/score-forgetting-distillation, read, not copied).
 
 What is returned: ``model.unet`` holds the generator's weights θ. G_θ is a one-step sampler at
 t_init: generate with :func:`one_step_sample` (the paper's use). θ is trained only at t = t_init,
