@@ -156,6 +156,10 @@ def test_sfd_class_model_defaults_and_teacher_guidance():
     res = ux.unlearn(dm, "sfd", forget=f0, progress=False, iterations=2, batch_size=2, guidance_scale=2.0)
     assert res.log["retain_conditions"] == 2 and res.log["anchors"] == ["0"] and res.log["targets"] == [2]
     assert all(torch.isfinite(torch.tensor(res.log[k])).all() for k in ("fake_loss", "retain_loss", "forget_loss"))
+    # reproducible from the seed alone
+    again = ux.unlearn(dm, "sfd", forget=f0, progress=False, iterations=2, batch_size=2, guidance_scale=2.0)
+    assert again.log["fake_loss"] == res.log["fake_loss"]
+    assert all(torch.equal(p, q) for p, q in zip(res.model.unet.parameters(), again.model.unet.parameters()))
 
 
 LEVELS = torch.tensor([0.85, 0.15, 0.5])  # class 0 bright, 1 dark, 2 mid-grey

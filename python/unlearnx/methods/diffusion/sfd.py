@@ -16,7 +16,7 @@ initialised from φ (Sec. 3; Fig. 2 of the paper):
 Generator loss: Score identity Distillation's (SiD; Zhou et al., ICML 2024, the α-weighted
 model-based loss SFD builds on), with f the x̂_0 predictions and per-sample normaliser
 ω = mean|f_φ − x_g| (stop-gradient):
-    L_SiD(x_g; c_φ, c_ψ) = (f_φ(x_t, c_φ) − f_ψ(x_t, c_ψ))ᵀ [(f_φ(x_t, c_φ) − x_g) − α (f_φ(x_t, c_φ) − f_ψ(x_t, c_ψ))] / ω
+    d = f_φ(x_t, c_φ) − f_ψ(x_t, c_ψ),   L_SiD(x_g; c_φ, c_ψ) = dᵀ [(f_φ(x_t, c_φ) − x_g) − α d] / ω
     L_θ = λ_r E_{c ∈ C_r} L_SiD(G_θ(z, c); c, c)  +  λ_f E_{c_f} L_SiD(G_θ(z, c_f); c_o, c_f)
 the second term is SFD's score-forgetting term: for the forget condition c_f the generator is
 pulled toward the teacher's score of the OVERRIDE (safe) condition c_o ("cross-class score
