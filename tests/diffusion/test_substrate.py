@@ -168,3 +168,16 @@ def test_v_prediction_trains_and_samples_and_rejects_unknown_types():
     bad.register_to_config(prediction_type="flow")
     with pytest.raises(ValueError, match="prediction_type"):
         DiffusionModel(m.unet, bad, num_classes=2)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_frozen_teacher_returns_noise_for_a_v_model(lora):
+    """The teacher copy (full fine-tuning) and the disabled adapter (LoRA) both give ε, like predict_noise."""
+    from unlearnx.diffusion.adapters import TrainableUNet
+
+    torch.manual_seed(0)
+    m = tiny_class_model(2, image_size=8, block_out_channels=(8, 16), prediction_type="v_prediction")
+    tr = TrainableUNet(m, lora=lora, teacher=True)
+    x_t, t, emb = torch.randn(3, 1, 8, 8), torch.tensor([10, 500, 900]), m.encode([0, 1, 2])
+    assert torch.allclose(tr.teacher_noise(x_t, t, emb), m.predict_noise(x_t, t, emb), atol=1e-5)
+    tr.finish()

@@ -108,24 +108,28 @@ class TrainableUNet:
 
         return [m for m in self.model.unet.modules() if isinstance(m, BaseTunerLayer)]
 
-    @torch.no_grad()
-    def teacher_noise(self, x_t: torch.Tensor, t, emb: torch.Tensor) -> torch.Tensor:
-        """ε_θ*(x_t, c, t) of the frozen original model (no gradient)."""
-        if self.lora:
-            layers = self._tuner_layers()
-            for m in layers:
-                m.enable_adapters(False)
-            try:
-                return self.model.predict_noise(x_t, t, emb)
-            finally:
+    def teacher_noise(self, x_t: torch.Tensor, t, emb: torch.Tensor, *, grad_input: bool = False) -> torch.Tensor:
+        """ε_θ*(x_t, c, t) of the frozen original model. No gradient by default; grad_input=True
+        keeps the graph to x_t (and emb) only (the teacher's weights stay frozen), for losses that
+        backpropagate through the teacher into its input (score distillation, SFD)."""
+        with torch.set_grad_enabled(grad_input):
+            if self.lora:
+                layers = self._tuner_layers()
                 for m in layers:
-                    m.enable_adapters(True)
-        if self._teacher_unet is None:
-            raise RuntimeError("TrainableUNet(teacher=False) keeps no teacher")
-        m = self.model
-        if m.kind == "class":
-            return self._teacher_unet(x_t, t, class_labels=emb).sample
-        return self._teacher_unet(x_t, t, encoder_hidden_states=emb).sample
+                    m.enable_adapters(False)
+                try:
+                    return self.model.predict_noise(x_t, t, emb)
+                finally:
+                    for m in layers:
+                        m.enable_adapters(True)
+            if self._teacher_unet is None:
+                raise RuntimeError("TrainableUNet(teacher=False) keeps no teacher")
+            m = self.model
+            if m.kind == "class":
+                out = self._teacher_unet(x_t, t, class_labels=emb).sample
+            else:
+                out = self._teacher_unet(x_t, t, encoder_hidden_states=emb).sample
+            return m.noise_from_output(out, x_t, t)
 
     @torch.no_grad()
     def finish(self) -> dict:

@@ -193,7 +193,11 @@ class DiffusionModel(nn.Module):
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, c, t) whatever the prediction type: v -> sqrt(ᾱ) v + sqrt(1 − ᾱ) x_t,
         x0 -> (x_t − sqrt(ᾱ) x0) / sqrt(1 − ᾱ)."""
-        out = self.model_output(x_t, t, emb)
+        return self.noise_from_output(self.model_output(x_t, t, emb), x_t, t)
+
+    def noise_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+        """ε from a native UNet output `out` at (x_t, t) (identity for an ε-model); for outputs of
+        another UNet of the same parameterization, e.g. a frozen teacher copy."""
         kind = self.prediction_type
         if kind == "epsilon":
             return out
