@@ -84,7 +84,8 @@ METHOD_HPARAMS = {
     # ULD: a 1-layer assistant of the 2-layer target; its reversed goals need ~60 epochs of 3 steps
     # (30 epochs: MU/target 0.58; 60: 0.86, forget probability 0.36 -> 0.01; quick demo, 2-core CPU).
     "uld": {"layers": 1, "lr": 1e-2, "epochs": 60},
-    "rmu": {"lr": 1e-2, "epochs": 5, "steering_coeff": 20.0, "alpha": 100.0},  # needs >= 3 layers
+    # RMU: adaptive c (5 x the layer-l activation norm); alpha 30, not the 7B 1200 (docs/llm-methods.md)
+    "rmu": {"lr": 1e-2, "epochs": 20, "alpha": 30.0},
 }
 
 # Columns of the printed table / report, with how to read them.
