@@ -91,6 +91,24 @@ def test_tiny_llm_run_end_to_end_resume_and_eval(tmp_path, capsys):
     assert "no saved model" in capsys.readouterr().err
 
 
+def test_rmu_runs_in_the_llm_task_on_a_two_layer_model(tmp_path):
+    # RMU used to need >= 3 layers; the built-in model has 2 (adaptive c, METHOD_HPARAMS' alpha 30)
+    # measured: forget probability 0.944 -> 0.142 (MU/target 0.73 on this 4-author, hidden-32 model)
+    path = tmp_path / "rmu.yaml"
+    cfg = tiny(tmp_path / "out", methods=["rmu"], model={"name": "llama", "hidden": 32, "layers": 2, "heads": 2},
+               train={"epochs": 30, "lr": 1e-2, "batch_size": 16})  # a target that knows its forget set
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["runs"]["rmu"]["hparams"]["steering"] == "adaptive"
+    assert results["runs"]["rmu"]["hparams"]["alpha"] == 30.0
+    rows = results["rows"]
+    assert rows["target"]["forget_prob"] > 0.3
+    assert rows["rmu"]["forget_prob"] < 0.5 * rows["target"]["forget_prob"], rows
+    print(f"rmu forget probability {rows['target']['forget_prob']:.3f} -> {rows['rmu']['forget_prob']:.3f}, "
+          f"MU/target {rows['rmu']['MU/target']:.2f}")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_is_refused_before_any_work_without_a_gpu(tmp_path, capsys):
     out = tmp_path / "demo"

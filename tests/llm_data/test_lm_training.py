@@ -7,7 +7,7 @@ from unlearnx.data.authors import make_authors
 from unlearnx.data.lm_batches import QADataset, QATemplate
 from unlearnx.data.text import build_tokenizer
 from unlearnx.models.lm import build_lm
-from unlearnx.models.lm_training import answer_nll, finetune_lm, generate_answers, token_nll
+from unlearnx.models.lm_training import LengthGroupedBatches, answer_nll, finetune_lm, generate_answers, token_nll
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,34 @@ def test_finetune_validation(qa, tok):
             finetune_lm(model, ds, **args)
     with pytest.raises(ValueError, match="data"):
         finetune_lm(model, [], epochs=1, lr=1e-3, batch_size=2)
+
+
+def test_length_grouped_batches_cover_every_example_once_with_little_padding():
+    # 90 short items (length 20..29) and 10 long ones (length 180) in random positions
+    g = torch.Generator().manual_seed(1)
+    lengths = [20 + int(x) for x in torch.randint(0, 10, (90,), generator=g)] + [180] * 10
+    lengths = [lengths[i] for i in torch.randperm(100, generator=g).tolist()]
+    sampler = LengthGroupedBatches(lengths, 16, torch.Generator().manual_seed(0), chunk=4)  # chunks 64 + 36
+    epochs = [list(sampler) for _ in range(2)]
+    assert len(sampler) == 4 + 3 == len(epochs[0])
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(100))
+        padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        # the long items share at most 2 batches (one per chunk); uniform shuffling pads ~2.5x more
+        assert sum(any(lengths[i] == 180 for i in b) for b in batches) <= 2
+        assert padded < 1.2 * (90 * 30 + 10 * 180 + 2 * 16 * 180)
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    again = LengthGroupedBatches(lengths, 16, torch.Generator().manual_seed(0), chunk=4)
+    assert [list(again) for _ in range(2)] == epochs  # seeded
+
+
+def test_finetune_group_by_length(qa, tok):
+    ds = QADataset(qa["full"][:12], tok)
+    model = build_lm("llama", tokenizer=tok, hidden=32, layers=1)
+    losses = finetune_lm(model, ds, epochs=6, lr=1e-2, batch_size=4, group_by_length=True, progress=False)
+    assert len(losses) == 18 and sum(losses[-3:]) < 0.7 * sum(losses[:3])
+    with pytest.raises(ValueError, match="group_by_length"):
+        finetune_lm(model, ds, epochs=1, lr=1e-3, batch_size=4, group_by_length="yes", progress=False)
 
 
 def test_warmup_and_linear_decay(qa, tok):

@@ -93,7 +93,7 @@ def test_uoe_with_rmu_base_on_a_three_layer_moe(moe):
     three = copy.copy(moe)
     three._model = model
     f0, r0 = three.nll(model)
-    res = run(three, base="rmu", steering_coeff=20.0, alpha=100.0)
+    res = run(three, base="rmu", steering="fixed", steering_coeff=20.0, alpha=100.0)
     (layer, _), = res.log["uoe_experts"]
     before = dict(model.named_parameters())
     moved = {n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])}

@@ -98,7 +98,7 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
         "idkdpo": {"beta": (0.01, 1.0, "log")},
         "undial": {"beta": (1.0, 30.0, "log")},
         "wga": {"beta": (0.1, 10.0, "log")},
-        "rmu": {"steering_coeff": (1.0, 100.0, "log"), "alpha": (1.0, 1000.0, "log")},
+        "rmu": {"steering_scale": (1.0, 50.0, "log"), "alpha": (1.0, 1000.0, "log")},  # adaptive c = scale x ||h_l||
         "uld": {"weight": (0.2, 2.0, "float")},
     },
     "diffusion": {},

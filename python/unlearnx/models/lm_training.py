@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unlearnx._modes import training_mode
 from unlearnx.data.lm_batches import IGNORE_INDEX, QATemplate
 
-__all__ = ["token_nll", "answer_nll", "finetune_lm", "generate_answers"]
+__all__ = ["token_nll", "answer_nll", "finetune_lm", "generate_answers", "LengthGroupedBatches"]
 
 
 def _logits(output) -> torch.Tensor:
@@ -84,9 +84,47 @@ def _check_number(name: str, value, *, low: float, integer: bool = False, strict
         raise ValueError(f"{name}: must be {kind} {'>' if strict else '>='} {low}, got {value!r}")
 
 
+class LengthGroupedBatches(Sampler):
+    """Batches of examples of similar length, in random order (Hugging Face's `group_by_length`).
+
+    Each epoch: a random permutation of the examples is cut into chunks of `chunk` batches; each
+    chunk is sorted by length (stable, so equal lengths keep their random order) and cut into
+    batches; the epoch's batches are then shuffled. A batch is padded to its longest example, so
+    a data set that mixes short QA items with a few long texts (biographies) costs a few long
+    batches per epoch instead of padding most batches to the long length.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, chunk: int = 50):
+        self.lengths, self.batch_size, self.generator, self.chunk = list(lengths), batch_size, generator, chunk
+
+    def _chunks(self) -> list[int]:
+        size, n = self.batch_size * self.chunk, len(self.lengths)
+        return [min(size, n - start) for start in range(0, n, size)]
+
+    def __len__(self) -> int:
+        return sum(-(-c // self.batch_size) for c in self._chunks())
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        batches, start = [], 0
+        for c in self._chunks():
+            part = sorted(order[start:start + c], key=lambda i: self.lengths[i])
+            batches += [part[k:k + self.batch_size] for k in range(0, c, self.batch_size)]
+            start += c
+        for k in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[k]
+
+
+def _example_length(example) -> int:
+    if isinstance(example, dict) and "input_ids" in example:
+        return len(example["input_ids"])
+    raise ValueError("data: group_by_length needs examples that are dicts with input_ids (encoded items)")
+
+
 def finetune_lm(model: torch.nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int,
                 seed: int = 0, weight_decay: float = 0.01, warmup_steps: int | None = None,
-                max_grad_norm: float | None = 1.0, progress: bool = True) -> list[float]:
+                max_grad_norm: float | None = 1.0, group_by_length: bool = False,
+                progress: bool = True) -> list[float]:
     """Fine-tune `model` on `data` with AdamW and a linear warm-up / linear decay schedule.
 
     Loss per step: mean token NLL over every scored token of the batch (labels != -100), i.e.
@@ -101,6 +139,8 @@ def finetune_lm(model: torch.nn.Module, data: Dataset, *, epochs: int, lr: float
         seed: seeds the shuffling; on CPU the run is then deterministic.
         weight_decay: AdamW decoupled weight decay (TOFU: 0.01).
         max_grad_norm: global gradient-norm clip, None to disable.
+        group_by_length: batch examples of similar length (`LengthGroupedBatches`) instead of
+            uniform shuffling: far less padding when a few long texts sit among short QA items.
         progress: show a tqdm bar.
     Returns:
         the training loss of every step (len = epochs * ceil(len(data) / batch_size)).
@@ -119,8 +159,14 @@ def finetune_lm(model: torch.nn.Module, data: Dataset, *, epochs: int, lr: float
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed: must be an int, got {seed!r}")
 
+    if not isinstance(group_by_length, bool):
+        raise ValueError(f"group_by_length: must be a bool, got {group_by_length!r}")
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=data.collate)
+    if group_by_length:
+        batches = LengthGroupedBatches([_example_length(data[i]) for i in range(len(data))], batch_size, generator)
+        loader = DataLoader(data, batch_sampler=batches, collate_fn=data.collate)
+    else:
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=data.collate)
     total = epochs * len(loader)
     warmup_steps = len(loader) if warmup_steps is None else warmup_steps
     _check_number("warmup_steps", warmup_steps, low=0, integer=True)

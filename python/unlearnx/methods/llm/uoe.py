@@ -29,7 +29,8 @@ all-reduced over ranks.
 The fraction of parameters touched (trained expert slices / all parameters) goes to the log as
 "touched_fraction", with "uoe_experts" ([(layer index, expert)]).
 Full fine-tuning only (lora must be None). With base="rmu", RMU's layer is the (deepest) chosen MoE
-layer's decoder layer: forget activations there are steered to c*u, retain activations kept, and only
+layer's decoder layer: forget activations there are steered to c*u (c as RMU's `steering`: adaptive
+from that layer's forget activation norm, or fixed), retain activations kept, and only
 the chosen experts (and routers) train; the anchor takes its own forward if a base forward stops
 before the chosen router.
 """
@@ -110,12 +111,12 @@ class _UOEMixin:
             names += [f"{blk.name}.gate.weight" for blk in self._blocks]
         self.param_names = names  # also what RMU's train() unfreezes
         if isinstance(self, RMU):
-            self._setup_rmu(model, self._blocks)
+            self._setup_rmu(model, self._blocks, forget)
         total = sum(p.numel() for p in model.parameters())
         touched = sum(int(self.masks[p].sum()) if p in self.masks else p.numel() for p in self._trainable)
         self.touched_fraction = touched / total
 
-    def _setup_rmu(self, model, chosen_blocks):
+    def _setup_rmu(self, model, chosen_blocks, forget):
         """RMU's state for the chosen experts: steer at the (deepest) chosen MoE layer's decoder output."""
         from unlearnx.methods.llm.rmu import decoder_layers, steering_control
 
@@ -125,7 +126,7 @@ class _UOEMixin:
         self.module_names = []
         wanted = set(self.param_names)
         self.frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n in wanted}
-        self.control = steering_control(model, self.hparams["steering_coeff"])
+        self.control = steering_control(model, self.steering_coefficient(model, forget, layers[self.layer_index]))
 
     def trainable_parameters(self, model):
         return list(self._trainable)
