@@ -51,3 +51,36 @@ def test_canvas_evaluators_reach_95_percent_and_metrics_run(tiny_text):
     assert out["fid_evaluator"] >= 0
     prompts, sids, oids = canvas_prompt_grid(small.styles, small.objects, 2)
     assert prompts[0] == "a circle in crimson style" and sids.tolist()[:6] == [0] * 6
+
+
+def test_metrics_generate_with_the_methods_sampler():
+    """A one-step generator (SFD's log: one_step, t_init) is evaluated with its own sampler; other
+    methods with guided DDIM (sampler None)."""
+    from unlearnx.diffusion import tiny_class_model
+    from unlearnx.eval.diffusion import class_metrics
+    from unlearnx.experiments.diffusion import method_sampler
+
+    assert method_sampler({"log": {"forget_loss": [1.0]}}) is None and method_sampler({}) is None
+    one = method_sampler({"log": {"one_step": True, "t_init": 7}})
+    assert one.keywords == {"t_init": 7}
+    torch.manual_seed(0)
+    m = tiny_class_model(2, image_size=8, block_out_channels=(8, 16))
+    calls = []
+
+    def sampler(model, conditions, *, seed):
+        calls.append((list(conditions), seed))
+        return torch.stack([torch.full((1, 8, 8), float(c)) for c in conditions])
+
+    class ByBrightness(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))  # evaluators are real modules with weights
+
+        def forward(self, x):
+            b = x.mean((1, 2, 3))
+            return self.scale * torch.stack([-b, b], 1)
+
+    out = class_metrics(m, classifier=ByBrightness(), forget_classes=[0], n_per_class=3, seed=5, sampler=sampler)
+    assert calls == [([0, 0, 0, 1, 1, 1], 5)]
+    assert out["ua"] == 0.0 and out["retain_acc"] == 100.0  # the sampler's images, classified
+    assert one(m, [0, 1], seed=0).shape == (2, 1, 8, 8)

@@ -74,7 +74,8 @@ def canvas_prompt_grid(styles, objects, n_per_prompt: int) -> tuple[list[str], t
 
 def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles, objects, target,
                    domain: str = "style", n_per_prompt: int = 8, steps: int = 20, guidance_scale: float = 3.0,
-                   seed: int = 0, real=None, return_images: bool = False, images: torch.Tensor | None = None) -> dict:
+                   seed: int = 0, real=None, return_images: bool = False, images: torch.Tensor | None = None,
+                   sampler=None) -> dict:
     """UA / IRA / CRA (percent) of a text-conditional canvas model for erasing `target` (a style or an
     object name, `domain` "style" | "object"), from `n_per_prompt` generations of every prompt.
 
@@ -86,6 +87,8 @@ def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles
     real images of the retained concepts. return_images adds "images", "prompts" to the result.
     images: generations of `canvas_prompt_grid(styles, objects, n_per_prompt)` already sampled from
     `model` (e.g. the "images" of an earlier call): scored again without sampling.
+    sampler: how to generate, ``sampler(model, conditions, seed=seed) -> images`` (default: guided
+    DDIM `sample` with `steps` and `guidance_scale`; e.g. SFD's one-step generator).
     """
     from unlearnx.diffusion import sample
 
@@ -97,7 +100,8 @@ def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles
         raise ValueError(f"target {target!r} is not one of (or a list of distinct) {domain}s {names}")
     prompts, sids, oids = canvas_prompt_grid(styles, objects, n_per_prompt)
     if images is None:
-        images = sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed).cpu()
+        images = (sample(model, prompts, steps=steps, guidance_scale=guidance_scale, seed=seed) if sampler is None
+                  else sampler(model, prompts, seed=seed)).cpu()
     elif len(images) != len(prompts):
         raise ValueError(f"images: expected {len(prompts)} generations (n_per_prompt x styles x objects), "
                          f"got {len(images)}")
@@ -125,11 +129,11 @@ def canvas_metrics(model, *, style_clf: nn.Module, object_clf: nn.Module, styles
 
 
 def class_metrics(model, *, classifier: nn.Module, forget_classes, n_per_class: int = 32, steps: int = 20,
-                  guidance_scale: float = 3.0, seed: int = 0, real=None) -> dict:
+                  guidance_scale: float = 3.0, seed: int = 0, real=None, sampler=None) -> dict:
     """Class-wise forgetting on a class-conditional model: UA = % of generations for the forgotten
     classes not classified as their class; retain_acc = % of generations of the other classes
     classified as their class; per_class accuracies; fid_evaluator vs `real` (TensorDataset of
-    images, labels) of the retained classes when given."""
+    images, labels) of the retained classes when given; `sampler` as in `canvas_metrics`."""
     from unlearnx.diffusion import sample
 
     forget_classes = sorted({int(c) for c in forget_classes})
@@ -137,7 +141,8 @@ def class_metrics(model, *, classifier: nn.Module, forget_classes, n_per_class: 
     if not forget_classes or not set(forget_classes) <= set(classes):
         raise ValueError(f"forget_classes must be a non-empty subset of {classes}, got {forget_classes}")
     labels = torch.tensor([c for c in classes for _ in range(n_per_class)])
-    images = sample(model, labels.tolist(), steps=steps, guidance_scale=guidance_scale, seed=seed).cpu()
+    images = (sample(model, labels.tolist(), steps=steps, guidance_scale=guidance_scale, seed=seed)
+              if sampler is None else sampler(model, labels.tolist(), seed=seed)).cpu()
     pred = evaluator_predict(classifier, images)
     f = torch.isin(labels, torch.tensor(forget_classes))
     out = {"ua": 100.0 * float((pred[f] != labels[f]).float().mean()),

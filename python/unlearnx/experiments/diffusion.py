@@ -23,6 +23,7 @@ seed-<s>/retrain_step_<k>.* and seed-<s>/methods/<label>_step_<k>.* per step k.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Mapping
 
@@ -194,6 +195,17 @@ class _Setup:
                                    prediction_type=m["prediction_type"])
         return tiny_class_model(10, image_size=d["size"], block_out_channels=m["block_out_channels"],
                                 layers_per_block=m["layers_per_block"], prediction_type=m["prediction_type"])
+
+
+def method_sampler(record: Mapping):
+    """How a method's model generates: None (guided DDIM, every method) or, for a distilled one-step
+    generator (SFD: its log has one_step and t_init), its one-step sampler."""
+    log = record.get("log") or {}
+    if not log.get("one_step"):
+        return None
+    from unlearnx.methods.diffusion.sfd import one_step_sample
+
+    return functools.partial(one_step_sample, t_init=int(log["t_init"]))
 
 
 def _evaluator_specs(setup: _Setup, cfg: dict) -> dict:
@@ -409,7 +421,8 @@ class DiffusionTask(ExperimentTask):
         metrics, grids = {}, {}
         for label, model in models.items():
             run.echo(f"[seed {setup.seed}] {label}: sampling and classifying generations")
-            common = {"steps": ev["sample_steps"], "guidance_scale": ev["guidance_scale"], "seed": setup.seed}
+            common = {"steps": ev["sample_steps"], "guidance_scale": ev["guidance_scale"], "seed": setup.seed,
+                      "sampler": method_sampler(records.get(label, {}))}
             if cfg["data"]["name"] == "canvas":
                 m = canvas_metrics(model, style_clf=setup.evaluators["style"], object_clf=setup.evaluators["object"],
                                    styles=setup.data.styles, objects=setup.data.objects, target=setup.target,
