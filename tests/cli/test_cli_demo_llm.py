@@ -70,3 +70,29 @@ def test_demo_llm_quick_end_to_end_and_resume(tmp_path, capsys):
     third = json.loads((out / "results.json").read_text())
     assert "target" in third["cached_steps"] and list(third["rows"]) == ["Retrain", "target", "ga"]
     print(f"llm demo --quick wall time {wall:.1f} s")
+
+
+def test_llm_demo_uses_the_tuned_presets():
+    from unlearnx.experiments.config import validate_config
+    from unlearnx.experiments.llm import BASE_HPARAMS, METHOD_HPARAMS, llm_demo_config
+    from unlearnx.methods.presets import LLM_QUICK_TUNED
+
+    assert {"ga", "graddiff", "npo", "simnpo"} <= set(LLM_QUICK_TUNED)
+    # The default panel (quick) and explicitly named methods carry the tuned values.
+    quick = validate_config(llm_demo_config(quick=True))["_methods"]
+    named = validate_config(llm_demo_config(quick=True, methods=sorted(LLM_QUICK_TUNED)))["_methods"]
+    assert [e["method"] for e in named] == sorted(LLM_QUICK_TUNED)
+    for e in quick + named:
+        preset = LLM_QUICK_TUNED.get(e["method"])
+        if preset is not None:
+            assert {k: e["hparams"][k] for k in preset} == preset, e["method"]
+    assert any(e["method"] in LLM_QUICK_TUNED for e in quick)
+    # The full size keeps the tiny-model values (the tuned ones were measured on the quick setting only).
+    full = validate_config(llm_demo_config(methods=sorted(LLM_QUICK_TUNED)))["_methods"]
+    for e in full:
+        expected = {**BASE_HPARAMS, **METHOD_HPARAMS.get(e["method"], {})}
+        assert all(e["hparams"][k] == v for k, v in expected.items() if k in e["hparams"]), e["method"]
+    # The CLI's demo path builds the same config.
+    from unlearnx.experiments import get_task
+
+    assert get_task("llm").demo_config(quick=True) == llm_demo_config(quick=True)

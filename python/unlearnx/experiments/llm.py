@@ -23,8 +23,10 @@ Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 3. Unlearning: GA, GradDiff, NPO, SimNPO, ULD (`LLM_DEMO_METHODS`; any method not registered is
    skipped with a note) from the target on forget10, with the tiny-model hyper-parameters of
    tests/methods_llm (`METHOD_HPARAMS`: lr 1e-3, i.e. ~100x the 7B defaults, 3 epochs, batch 8;
-   SimNPO gamma 1 and 6 epochs; ULD a 1-layer assistant, lr 1e-2, 60 epochs). A method whose result
-   is a wrapper (ULD's target + assistant) is reloaded through its `result_skeleton`.
+   SimNPO gamma 1 and 6 epochs; ULD a 1-layer assistant, lr 1e-2, 60 epochs); the quick demo runs
+   the methods of `unlearnx.methods.presets.LLM_QUICK_TUNED` with the values `unlearnx tune
+   configs/tune/llm_quick.yaml` chose. A method whose result is a wrapper (ULD's target + assistant)
+   is reloaded through its `result_skeleton`.
 4. Evaluation: `evaluate_tofu` (Maini et al. 2024, TOFU) against the retain oracle of the same run:
    forget quality = p-value of the two-sample KS test between the forget-set truth ratios of the
    model and of the oracle (so the oracle's own forget quality is 1), model utility (harmonic
@@ -74,7 +76,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from unlearnx.experiments.config import ConfigError, Field, check_range, check_value, suggest, validate_methods
+from unlearnx.experiments.config import (ConfigError, Field, check_range, check_value, normalise_name, suggest,
+                                        validate_methods)
 from unlearnx.experiments.run import Run, step_key
 from unlearnx.experiments.tasks import ExperimentTask, register_task
 
@@ -777,21 +780,28 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
                     out_dir: str = "runs/demo-llm", device: str = "cpu", dtype: str = "float32") -> dict:
     """The demo's configuration (an LLM experiment config, see `LLMTask.validate`).
 
-    quick: fewer authors (12: still 40 forget QA) and a smaller evaluation (about 1 minute on 2 CPU cores).
+    quick: fewer authors (12: still 40 forget QA) and a smaller evaluation (about 1 minute on 2 CPU cores);
+    the methods of `unlearnx.methods.presets.LLM_QUICK_TUNED` run with its tuned values.
     methods: unlearning methods to run (default `LLM_DEMO_METHODS`, each skipped with a note when
     not registered; explicitly named methods must be registered for task "causal_lm").
     device, dtype: where and in which precision it runs (see the module docstring).
     """
     if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
         raise ValueError(f"methods: expected a list of method names, got {methods!r}")
+    from unlearnx.methods.presets import LLM_QUICK_TUNED
+
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed: must be an int, got {seed!r}")
     size = ({"authors": 12, "epochs": 30, "n_real_authors": 4, "n_world_facts": 8, "eval_retain": 20,
              "max_new_tokens": 24} if quick else
             {"authors": 20, "epochs": 30, "n_real_authors": 8, "n_world_facts": 18, "eval_retain": 60,
              "max_new_tokens": 48})
-    entries = ([{"name": m} for m in methods] if methods is not None
-               else [{"name": m, "optional": True} for m in LLM_DEMO_METHODS])
+    # quick: the values `unlearnx tune configs/tune/llm_quick.yaml` chose for this setting (presets.py);
+    # the full size keeps METHOD_HPARAMS: the tuned values were not measured there (the full demo has
+    # 20 authors, a 60-QA utility subset and 48-token answers, and its forget set is the same 40 QA).
+    tuned = {normalise_name(k): v for k, v in LLM_QUICK_TUNED.items()} if quick else {}
+    entries = ([{"name": m, **tuned.get(normalise_name(m), {})} for m in methods] if methods is not None
+               else [{"name": m, "optional": True, **tuned.get(normalise_name(m), {})} for m in LLM_DEMO_METHODS])
     return {
         "task": "llm",
         "name": f"LLM demo: forget10 of {size['authors']} fictitious authors, tiny Llama"
