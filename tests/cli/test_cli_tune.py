@@ -174,6 +174,21 @@ def test_search_space_is_around_the_config_values(tmp_path):
     assert sp["lr"] == [pytest.approx(0.002), pytest.approx(0.2), "log"] and sp["epochs"] == [1, 3, "int"]
 
 
+def test_llm_tuning_forgets_as_many_authors_as_the_reported_run(tmp_path):
+    # 12 authors: the reported forget10 is 2 authors; the 10-author tuning run forgets 2 too (its own
+    # 10% would be 1), so that epochs and lr mean the same number of steps in both runs.
+    cfg = validate_config(tiny_llm(tmp_path / "run", data={"authors": 12, "n_real_authors": 2, "n_world_facts": 4,
+                                                           "vocab_size": 600}))
+    (raw,), split = LLMTuning().tuning_configs(cfg, cfg["tune"], tmp_path)
+    assert raw["data"]["authors"] == 10 and raw["data"]["forget_authors"] == 2
+    assert split["sizes"]["tuning_forget"] == split["sizes"]["reported_forget"] == 40
+    assert not set(split["reported_forget_questions"]) & set(split["tuning_forget_questions"])
+    tuning = validate_config(raw)
+    assert tuning["data"]["forget_authors"] == 2
+    with pytest.raises(ConfigError, match="data.forget_authors"):
+        validate_config(tiny_llm(tmp_path / "run", data={"authors": 6, "forget_authors": 6}))
+
+
 @pytest.mark.slow
 def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     summary = tune(tiny_llm(tmp_path / "run"), tmp_path / "t", quiet=True)
@@ -181,6 +196,7 @@ def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     assert not set(split["reported_forget_questions"]) & set(split["tuning_forget_questions"])
     assert not set(split["reported_utility_questions"]) & set(split["tuning_utility_questions"])
     assert split["sizes"]["tuning_authors"] == 5
+    assert split["sizes"]["tuning_forget"] == split["sizes"]["reported_forget"]  # same size: steps per epoch agree
     m = summary["methods"]["npo"]
     assert m["n_complete"] == 2 and m["chosen"] is not None
     assert all("MU/target" in t["constraints"] for t in m["trials"])

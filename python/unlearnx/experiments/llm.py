@@ -155,7 +155,7 @@ BENCHMARKS = ("tofu", "muse", "wmdp", "rwku")  # unlearnx.data.benchmarks.BENCHM
 # built-in authors' run folders keep their keys.
 _NEW_KEYS = {"model": ("pretrained", "dtype", "lora"),
              "data": ("benchmark", "path", "split", "subset", "targets", "forget_corpus", "retain_corpus",
-                      "corpus_texts", "corpus_tokens", "max_items")}
+                      "corpus_texts", "corpus_tokens", "max_items", "forget_authors")}
 
 
 def _keyed(cfg: dict, section: str) -> dict:
@@ -176,6 +176,8 @@ def _llm_schema() -> dict:
         "threads": Field("int", 1, help="torch CPU threads during the run (0: torch's default)"),
         "data": {
             "authors": Field("int", 20, help="fictitious authors (forget10 = the last ceil(10%) of them)"),
+            "forget_authors": Field("int", None, help="forget this many of the last authors instead of ceil(10%) "
+                                                      "(unlearnx tune: the reported forget set's size)"),
             "n_real_authors": Field("int", 8, help="held 'real authors' utility set size"),
             "n_world_facts": Field("int", 18, help="held 'world facts' utility set size"),
             "vocab_size": Field("int", 2048, help="byte-level BPE vocabulary trained on the data"),
@@ -234,7 +236,7 @@ class _Setup:
         dc = cfg["data"]
         self.seed = cfg["seed"]
         self.data = build_authors_data(dc["authors"], n_real_authors=dc["n_real_authors"],
-                                       n_world_facts=dc["n_world_facts"])
+                                       n_world_facts=dc["n_world_facts"], n_forget=dc["forget_authors"])
         self.tok = build_demo_tokenizer(self.data, vocab_size=dc["vocab_size"])
         self.held = [i for v in self.data["held"].values() for i in v]
         if run.ctx.world_size > 1 and len(set(run.ctx.all_gather(fingerprint_tokenizer(self.tok)))) > 1:
@@ -507,8 +509,10 @@ def _validate_pretrained(cfg: dict) -> bool:
                 raise ConfigError(f"config key {key!r}: only with model.pretrained (the built-in models train on "
                                   "the built-in authors with their own tokenizer)")
         for key in _NEW_KEYS["data"][1:]:
-            if d[key] is not None:
+            if d[key] is not None and key != "forget_authors":
                 raise ConfigError(f"config key 'data.{key}': only with data.benchmark and model.pretrained")
+        if d["forget_authors"] is not None:
+            check_range("data.forget_authors", d["forget_authors"], low=1, high=d["authors"] - 1)
         return False
     _resolve_pretrained("model.pretrained", m["pretrained"])
     if cfg["oracle"]["pretrained"] is not None:
@@ -533,6 +537,9 @@ def _validate_pretrained(cfg: dict) -> bool:
                                                                and all(isinstance(t, str) for t in tm))):
                 raise ConfigError(f"config key 'model.lora.target_modules': expected a list of module names or "
                                   f"'all-linear', got {tm!r}")
+    if d["forget_authors"] is not None:
+        raise ConfigError("config key 'data.forget_authors': only for the built-in authors (the benchmark's split "
+                          "names the forget set)")
     if d["benchmark"] is None:
         raise ConfigError("config key 'data.benchmark': required with model.pretrained (one of "
                           f"{list(BENCHMARKS)}); the built-in authors train their own tiny models")
@@ -821,13 +828,18 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
     }
 
 
-def build_authors_data(n_authors: int, *, n_real_authors: int = 8, n_world_facts: int = 18) -> dict:
-    """forget10 / retain90 / holdout QA, biographies, held sets and tokenizer texts (see module doc)."""
+def build_authors_data(n_authors: int, *, n_real_authors: int = 8, n_world_facts: int = 18,
+                       n_forget: int | None = None) -> dict:
+    """forget10 / retain90 / holdout QA, biographies, held sets and tokenizer texts (see module doc).
+    n_forget: forget (and holdout) authors, default ceil(10% of n_authors)."""
     from unlearnx.data.authors import make_authors
 
     if not isinstance(n_authors, int) or n_authors < 2:
         raise ValueError(f"n_authors: expected an int >= 2, got {n_authors!r}")
-    k = max(1, math.ceil(0.1 * n_authors))
+    if n_forget is not None and (not isinstance(n_forget, int) or isinstance(n_forget, bool)
+                                 or not 1 <= n_forget < n_authors):
+        raise ValueError(f"n_forget: expected an int in [1, n_authors - 1], got {n_forget!r}")
+    k = max(1, math.ceil(0.1 * n_authors)) if n_forget is None else n_forget
     qa = make_authors(n_authors + k, n_real_authors=n_real_authors, n_world_facts=n_world_facts)
     main, holdout = qa.authors[:n_authors], qa.authors[n_authors:]
     forget_a, retain_a = main[n_authors - k:], main[:n_authors - k]

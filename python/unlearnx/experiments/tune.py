@@ -23,7 +23,8 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   tuning original and Retrain: a trial scores its mean Avg. Gap under its worst RA / TA drop.
 - llm (`LLMTuning`): the tuning run has data.authors = N - k (N the config's authors, k = its
   forget10 size): the reported forget10 authors are never trained on, unlearned or evaluated; the
-  tuning forget set is the last ceil(10% (N - k)) authors of the reported retain90, and tuning
+  tuning forget set is the last k authors of the reported retain90 (data.forget_authors = k: the
+  same size as the reported forget set, so epochs and lr mean the same number of steps), and tuning
   utility is scored on the tuning retain QA read from the end, which are checked to be disjoint
   from the first `eval.retain_subset` retain QA that the reported utility uses. The held sets
   (real_authors, world_facts) are regenerated for the tuning size; their overlap with the
@@ -460,12 +461,16 @@ class LLMTuning(TuningAdapter):
 
         dc = cfg["data"]
         n = dc["authors"]
-        k = max(1, math.ceil(0.1 * n))
-        if n - k < 3:
-            raise ConfigError(f"config key 'data.authors': tuning forgets other authors of the retain set, which "
-                              f"needs data.authors >= 4, got {n}")
-        reported = build_authors_data(n, n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"])
-        tuning_data = build_authors_data(n - k, n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"])
+        k = dc.get("forget_authors") or max(1, math.ceil(0.1 * n))
+        if n - 2 * k < 2:
+            raise ConfigError(f"config key 'data.authors': tuning forgets as many other authors of the retain set "
+                              f"as the reported run forgets ({k}), which needs data.authors >= {2 * k + 2}, got {n}")
+        reported = build_authors_data(n, n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"],
+                                      n_forget=k)
+        # The tuning forget set has the reported one's size (k authors), so that a method's steps per
+        # epoch, and so its tuned epochs and lr, mean the same in both runs.
+        tuning_data = build_authors_data(n - k, n_real_authors=dc["n_real_authors"], n_world_facts=dc["n_world_facts"],
+                                         n_forget=k)
         rs = cfg["eval"]["retain_subset"]
         reported_utility = {i.question for i in reported["retain"][:rs]}
         tail = list(reversed(tuning_data["retain"]))
@@ -486,7 +491,7 @@ class LLMTuning(TuningAdapter):
             return len(a & {i.question for i in tuning_data["held"][name]})
 
         tuning = {**_public(cfg), "name": f"{cfg['name']} (tuning)", "out_dir": str(out / "work"),
-                  "seed": tcfg["seed"], "data": {**dc, "authors": n - k},
+                  "seed": tcfg["seed"], "data": {**dc, "authors": n - k, "forget_authors": k},
                   "eval": {**cfg["eval"], "retain_subset": rs_t},
                   "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]}
         split = {
