@@ -189,6 +189,20 @@ def test_llm_tuning_forgets_as_many_authors_as_the_reported_run(tmp_path):
         validate_config(tiny_llm(tmp_path / "run", data={"authors": 6, "forget_authors": 6}))
 
 
+def test_llm_tuning_seeds_score_the_geometric_mean_under_the_worst_utility(tmp_path):
+    cfg = validate_config(tiny_llm(tmp_path / "run", tune={"trials": 1, "scenarios": 3, "seed": 4}))
+    raws, split = LLMTuning().tuning_configs(cfg, cfg["tune"], tmp_path)
+    assert [r["seed"] for r in raws] == split["tuning_seeds"] == [4, 5, 6]
+    assert len({r["out_dir"] for r in raws}) == 3 and len({json.dumps(r["data"]) for r in raws}) == 1
+    rows = [{"forget_quality": 0.1, "MU/target": 0.95}, {"forget_quality": 0.001, "MU/target": 0.92},
+            {"forget_quality": 1.0, "MU/target": 1.0}]
+    sc = LLMTuning().score(rows, [], cfg["tune"])
+    assert sc["feasible"] and math.isclose(sc["value"], 10 ** (-4 / 3)) and sc["constraints"]["MU/target"] == 0.92
+    rows[1]["MU/target"] = 0.8
+    sc = LLMTuning().score(rows, [], cfg["tune"])
+    assert not sc["feasible"] and math.isclose(sc["violation"], 0.1) and sc["objective"] < -PENALTY
+
+
 @pytest.mark.slow
 def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     summary = tune(tiny_llm(tmp_path / "run"), tmp_path / "t", quiet=True)

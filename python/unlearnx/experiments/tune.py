@@ -31,6 +31,8 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   reported ones is measured and written to tune.json.
   Objective: maximise forget quality (KS p-value against the tuning Retrain; the study optimises
   its log10) subject to model utility >= `tune.utility_ratio` (0.9) x the tuning target's.
+  `tune.scenarios: n` runs the tuning data with n seeds (seed, seed+1, ...; each its own tuning
+  target and Retrain): a trial scores the geometric mean forget quality under its worst MU ratio.
 - diffusion: register a `TuningAdapter` for the task (`register_tuning`), objective UA.
 
 Infeasible trials get the objective PENALTY + violation (minimise; -PENALTY - violation when
@@ -68,7 +70,8 @@ TUNE_SCHEMA: dict = {
                                               "at least 1)"),
     "methods": Field("any", None, help="labels or names of the config's methods to tune (default: all)"),
     "scenarios": Field("int", 1, help="classification: tuning forget sets averaged per trial (other classes, or "
-                                      "random draws with seeds seed, seed+1, ...); llm: 1"),
+                                      "random draws with seeds seed, seed+1, ...); llm: tuning runs with seeds "
+                                      "seed, seed+1, ... (models, data order, methods)"),
     "val_fraction": Field("number", 0.2, help="classification: share of D_r held out as the tuning test set"),
     "ra_drop": Field("number", 2.0, help="classification: largest allowed RA drop (points) vs the tuning original"),
     "ta_drop": Field("number", 2.0, help="classification: largest allowed TA drop (points) vs the tuning original"),
@@ -181,7 +184,7 @@ def validate_tune(section, cfg: dict) -> dict:
     if t["startup_trials"] is not None:
         check_range("tune.startup_trials", t["startup_trials"], low=1)
     check_range("tune.scenarios", t["scenarios"], low=1)
-    if cfg["task"] != "classification" and t["scenarios"] != 1:
+    if cfg["task"] not in ("classification", "llm") and t["scenarios"] != 1:
         raise ConfigError(f"config key 'tune.scenarios': task {cfg['task']!r} tunes on one scenario, got {t['scenarios']}")
     check_range("tune.val_fraction", t["val_fraction"], low=0, high=0.9, low_open=True)
     check_range("tune.ra_drop", t["ra_drop"], low=0)
@@ -490,10 +493,14 @@ class LLMTuning(TuningAdapter):
             a = {i.question for i in reported["held"][name]}
             return len(a & {i.question for i in tuning_data["held"][name]})
 
-        tuning = {**_public(cfg), "name": f"{cfg['name']} (tuning)", "out_dir": str(out / "work"),
-                  "seed": tcfg["seed"], "data": {**dc, "authors": n - k, "forget_authors": k},
-                  "eval": {**cfg["eval"], "retain_subset": rs_t},
-                  "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]}
+        # tune.scenarios > 1: the same tuning data with seeds seed, seed+1, ... (each its own target and
+        # Retrain): forget quality on 40 items moves by orders of magnitude between seeds.
+        tunings = [{**_public(cfg), "name": f"{cfg['name']} (tuning" + (f" {i})" if i else ")"),
+                    "out_dir": str(out / ("work" if i == 0 else f"work-{i}")),
+                    "seed": tcfg["seed"] + i, "data": {**dc, "authors": n - k, "forget_authors": k},
+                    "eval": {**cfg["eval"], "retain_subset": rs_t},
+                    "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]}
+                   for i in range(tcfg["scenarios"])]
         split = {
             "reported_forget_questions": sorted(reported_forget),
             "reported_utility_questions": sorted(reported_utility),
@@ -502,6 +509,7 @@ class LLMTuning(TuningAdapter):
             "sizes": {"reported_authors": n, "reported_forget": len(reported["forget"]),
                       "tuning_authors": n - k, "tuning_forget": len(tuning_data["forget"]),
                       "tuning_retain": len(tuning_data["retain"]), "tuning_utility_retain": rs_t},
+            "tuning_seeds": [t["seed"] for t in tunings],
             "held_overlap": {name: {"shared": held_overlap(name), "of": len(tuning_data["held"][name])}
                              for name in tuning_data["held"]},
             "disjoint": ("tuning runs the llm task on the first N - k authors (the reported retain90): the reported "
@@ -510,7 +518,7 @@ class LLMTuning(TuningAdapter):
                          "end, disjoint from the reported utility's first eval.retain_subset retain QA; the held sets "
                          "are regenerated for the tuning size (overlap in held_overlap)"),
         }
-        return [tuning], split
+        return tunings, split
 
     def budget(self, tcfg):
         return {"utility_ratio": tcfg["utility_ratio"]}
@@ -529,16 +537,19 @@ class LLMTuning(TuningAdapter):
         return rows
 
     def score(self, rows, references, tcfg):
-        row = rows[0]  # one tuning scenario
-        fq = row.get("forget_quality")
-        ratio = row.get("MU/target")
-        value = float(fq) if fq is not None else float("nan")
-        violation = max(0.0, tcfg["utility_ratio"] - float(ratio)) if ratio is not None else 1.0
+        # Several tuning seeds: the geometric mean forget quality (the mean of the log10 the study
+        # optimises) under the worst MU ratio.
+        fqs = [row.get("forget_quality") for row in rows]
+        ratios = [row.get("MU/target") for row in rows]
+        value = (10 ** (sum(math.log10(max(float(f), 1e-300)) for f in fqs) / len(fqs))
+                 if all(f is not None for f in fqs) else float("nan"))
+        ratio = min(float(r) for r in ratios) if all(r is not None for r in ratios) else None
+        violation = max(0.0, tcfg["utility_ratio"] - ratio) if ratio is not None else 1.0
         feasible = violation == 0.0 and math.isfinite(value)
         log_fq = math.log10(max(value, 1e-300)) if math.isfinite(value) else -300.0
         return {"value": value, "objective": log_fq if feasible else -PENALTY - violation,
                 "constraints": {"MU/target": ratio}, "violation": violation, "feasible": feasible,
-                "utility": float(row.get("model_utility") or 0.0)}
+                "utility": sum(float(row.get("model_utility") or 0.0) for row in rows) / len(rows)}
 
 
 # ------------------------------------------------------------------------------------------
