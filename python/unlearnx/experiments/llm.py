@@ -14,7 +14,8 @@ itself (`rwku_forget_corpus`, the zero-shot batch setting). `eval.lm_eval` (lm-e
 Pipeline (the reusable parts of benchmarks/bench_llm_eval.py):
 
 1. Data (`build_authors_data`): `make_authors(N + k)`; the first N authors are exactly those of
-   `make_authors(N)`, whose forget10 is the last k = ceil(10% N) of them and retain90 the rest;
+   `make_authors(N)`, whose forget10 is the last k = ceil(10% N) of them (`data.forget_authors`
+   overrides k; `unlearnx tune` uses it) and retain90 the rest;
    the k authors after them are a holdout never trained on. The held utility sets are the
    real_authors / world_facts splits; every author also has a biography (verbatim text).
 2. Models: a byte-level BPE tokenizer trained on the data, a tiny Llama "target" trained on
