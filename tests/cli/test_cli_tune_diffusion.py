@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 
 from unlearnx import cli  # noqa: E402
 from unlearnx.experiments import ConfigError, validate_config  # noqa: E402
-from unlearnx.experiments.tune import PENALTY, DiffusionTuning, search_space, tune  # noqa: E402
+from unlearnx.experiments.tune import PENALTY, DiffusionTuning, search_space  # noqa: E402
 
 
 def tiny(out, **extra):
