@@ -55,7 +55,7 @@ def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: 
         entries.append({"name": m, **BENCH_HPARAMS.get(m, {})})
     return {
         "task": "diffusion", "name": f"bench diffusion {scenario}", "out_dir": str(out / scenario),
-        "seeds": list(seeds), "device": device, "threads": 0,
+        "seeds": list(seeds), "device": device, "threads": 1,
         "data": data, "scenario": sc,
         "model": {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 32,
                   "prediction_type": "v_prediction"},

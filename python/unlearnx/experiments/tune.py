@@ -33,7 +33,15 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   its log10) subject to model utility >= `tune.utility_ratio` (0.9) x the tuning target's.
   `tune.scenarios: n` runs the tuning data with n seeds (seed, seed+1, ...; each its own tuning
   target and Retrain): a trial scores the geometric mean forget quality under its worst MU ratio.
-- diffusion: register a `TuningAdapter` for the task (`register_tuning`), objective UA.
+- diffusion (`DiffusionTuning`): the tuning run erases **other concepts** than the reported one
+  (the next `tune.scenarios` styles / objects / digit classes after the reported target, in the
+  data's order) on **other images**: its data, evaluators, initial weights and sampling noise come
+  from the tuning seed (1000 + `tune.seed`, moved past any reported seed s and s + 7919, the
+  evaluators' data seed), so no image, model or generation of the reported run is trained on,
+  unlearned or evaluated; the concepts themselves (the reported target among them) are the same
+  vocabulary, as in class-wise classification tuning. Objective: maximise UA subject to IRA and
+  CRA (digits: IRA) >= `tune.utility_ratio` (0.9) x the tuning original's, the issue's retain
+  budget. Sequential erasure is not tuned (tune its method on a single-target scenario).
 
 Infeasible trials get the objective PENALTY + violation (minimise; -PENALTY - violation when
 maximising), worse than every feasible trial; the chosen values are those of the best feasible
@@ -59,6 +67,7 @@ from unlearnx.experiments.config import ConfigError, Field, check_range, normali
 from unlearnx.experiments.run import step_key
 
 __all__ = ["TUNE_SCHEMA", "SEARCH_SPACES", "PENALTY", "TuningAdapter", "ClassificationTuning", "LLMTuning",
+           "DiffusionTuning",
            "register_tuning", "get_tuning", "validate_tune", "search_space", "tune", "methods_yaml"]
 
 PENALTY = 1000.0
@@ -70,12 +79,14 @@ TUNE_SCHEMA: dict = {
                                               "at least 1)"),
     "methods": Field("any", None, help="labels or names of the config's methods to tune (default: all)"),
     "scenarios": Field("int", 1, help="classification: tuning forget sets averaged per trial (other classes, or "
-                                      "random draws with seeds seed, seed+1, ...); llm: tuning runs with seeds "
-                                      "seed, seed+1, ... (models, data order, methods)"),
+                                      "random draws with seeds seed, seed+1, ...); diffusion: other concepts "
+                                      "erased per trial; llm: tuning runs with seeds seed, seed+1, ... (models, "
+                                      "data order, methods)"),
     "val_fraction": Field("number", 0.2, help="classification: share of D_r held out as the tuning test set"),
     "ra_drop": Field("number", 2.0, help="classification: largest allowed RA drop (points) vs the tuning original"),
     "ta_drop": Field("number", 2.0, help="classification: largest allowed TA drop (points) vs the tuning original"),
-    "utility_ratio": Field("number", 0.9, help="llm: smallest allowed model utility / the tuning target's"),
+    "utility_ratio": Field("number", 0.9, help="llm: smallest allowed model utility / the tuning target's; "
+                                               "diffusion: smallest allowed IRA and CRA / the tuning original's"),
     "space": Field("dict", {}, help="{method: {hparam: [low, high, 'log'|'float'|'int'] or {choices: [...]}}}"),
 }
 
@@ -105,7 +116,22 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
         "rmu": {"steering_scale": (1.0, 50.0, "log"), "alpha": (1.0, 1000.0, "log")},  # adaptive c = scale x ||h_l||
         "uld": {"weight": (0.2, 2.0, "float")},
     },
-    "diffusion": {},
+    # Diffusion: the iteration counts and each method's strength knob (lr: 10x either side).
+    "diffusion": {
+        "esd_x": {"iterations": (20, 300, "int"), "negative_guidance": (0.5, 3.0, "float")},
+        "esd_u": {"iterations": (20, 300, "int"), "negative_guidance": (0.5, 3.0, "float")},
+        "advunlearn": {"iterations": (20, 200, "int"), "negative_guidance": (0.5, 3.0, "float")},
+        "salun": {"steps": (20, 300, "int"), "mask_ratio": (0.1, 0.9, "float")},
+        "fmn": {"steps": (10, 100, "int")},
+        "uce": {"lam": (1e-3, 10.0, "log")},  # preservation weight of the closed form
+        "concept_ablation": {"steps": (20, 300, "int")},
+        "erasediff": {"steps": (20, 300, "int"), "lam": (0.1, 10.0, "log")},
+        "scissorhands": {"ratio": (1e-3, 0.1, "log"), "steps": (20, 300, "int")},
+        "selective_amnesia": {"steps": (20, 300, "int"), "ewc_lambda": (1.0, 1000.0, "log")},
+        "spm": {"steps": (20, 300, "int"), "anchor_weight": (0.1, 10.0, "log")},
+        "doco": {"steps": (20, 300, "int"), "retain_weight": (0.1, 10.0, "log")},
+        "sfd": {"iterations": (20, 200, "int"), "alpha": (0.5, 2.0, "float")},
+    },
 }
 _KINDS = ("log", "float", "int")
 
@@ -184,7 +210,7 @@ def validate_tune(section, cfg: dict) -> dict:
     if t["startup_trials"] is not None:
         check_range("tune.startup_trials", t["startup_trials"], low=1)
     check_range("tune.scenarios", t["scenarios"], low=1)
-    if cfg["task"] not in ("classification", "llm") and t["scenarios"] != 1:
+    if cfg["task"] not in ("classification", "diffusion", "llm") and t["scenarios"] != 1:
         raise ConfigError(f"config key 'tune.scenarios': task {cfg['task']!r} tunes on one scenario, got {t['scenarios']}")
     check_range("tune.val_fraction", t["val_fraction"], low=0, high=0.9, low_open=True)
     check_range("tune.ra_drop", t["ra_drop"], low=0)
@@ -550,6 +576,90 @@ class LLMTuning(TuningAdapter):
         return {"value": value, "objective": log_fq if feasible else -PENALTY - violation,
                 "constraints": {"MU/target": ratio}, "violation": violation, "feasible": feasible,
                 "utility": sum(float(row.get("model_utility") or 0.0) for row in rows) / len(rows)}
+
+
+@register_tuning("diffusion")
+class DiffusionTuning(TuningAdapter):
+    """Diffusion models: erase other concepts on the tuning seed's images (module docstring)."""
+
+    direction = "maximize"
+    objective_name = "UA"
+    plot_x, plot_y = "UA", "retain/orig"
+
+    @staticmethod
+    def tuning_seed(cfg: Mapping, tcfg: Mapping) -> int:
+        """1000 + tune.seed, moved past every reported seed s and s + 7919 (the evaluators' data)."""
+        used = {s for s in cfg["seeds"]} | {s + 7919 for s in cfg["seeds"]}
+        seed = 1000 + tcfg["seed"]
+        while seed in used or seed + 7919 in used:
+            seed += 1
+        return seed
+
+    def tuning_configs(self, cfg, tcfg, out):
+        from unlearnx.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
+
+        sc, d = cfg["scenario"], cfg["data"]
+        kind = sc["kind"]
+        if kind not in ("style", "object", "class"):
+            raise ConfigError(f"config key 'scenario.kind': tuning erases one style, object or class per scenario, not "
+                              f"{kind!r} (tune the method on a single-target scenario, then run it sequentially)")
+        if cfg["model"].get("pretrained"):
+            raise ConfigError("config key 'model.pretrained': tuning needs the built-in model (a tuning original and "
+                              "Retrain are trained on the tuning seed's data)")
+        if kind == "class":
+            names = list(range(10))
+        else:
+            names = ([s.name for s in CANVAS_STYLES[:d["n_styles"]]] if kind == "style"
+                     else list(CANVAS_OBJECTS[:d["n_objects"]]))
+        reported = sc["target"] if sc["target"] is not None else names[0]
+        if kind == "class":
+            reported = int(reported)
+        i = names.index(reported) if reported in names else 0
+        others = [names[(i + k) % len(names)] for k in range(1, len(names))]
+        n_sc = tcfg["scenarios"]
+        if len(others) < n_sc:
+            raise ConfigError(f"config key 'tune.scenarios': {n_sc} tuning scenarios need {n_sc} {kind}s besides the "
+                              f"reported {reported!r}; the data has {len(names)}")
+        targets = others[:n_sc]
+        seed = self.tuning_seed(cfg, tcfg)
+        methods = [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]
+        configs = [{**_public(cfg), "name": f"{cfg['name']} (tuning {k})", "attacks": None,
+                    "out_dir": str(out / ("work" if k == 0 else f"work-{k}")), "seeds": [seed],
+                    "scenario": {"kind": kind, "target": target}, "methods": methods}
+                   for k, target in enumerate(targets)]
+        split = {"reported_target": reported, "tuning_targets": targets, "reported_seeds": list(cfg["seeds"]),
+                 "tuning_seed": seed, "evaluator_data_seeds": {"reported": [s + 7919 for s in cfg["seeds"]],
+                                                               "tuning": seed + 7919},
+                 "disjoint": (f"the tuning run erases {targets} instead of {reported!r}, on the images, evaluators, "
+                              f"initial weights and sampling noise of seed {seed} (the reported run: seeds "
+                              f"{list(cfg['seeds'])}): no image, model or generation of the reported run is used")}
+        return configs, split
+
+    def budget(self, tcfg):
+        return {"utility_ratio": tcfg["utility_ratio"]}
+
+    def rows(self, seed_result):
+        metrics = seed_result["metrics"]
+        orig = metrics["Original"]
+        rows = {}
+        for label, r in metrics.items():
+            row = dict(r)
+            ratios = [(float(r[k]) / float(orig[k]) if float(orig[k]) > 0 else 1.0)
+                      for k in ("IRA", "CRA") if r.get(k) is not None and orig.get(k) is not None]
+            row["retain/orig"] = min(ratios) if ratios else None
+            rows[label] = row
+        return rows
+
+    def score(self, rows, references, tcfg):
+        worst = min((float(r["retain/orig"]) for r in rows if r.get("retain/orig") is not None), default=None)
+        value = sum(float(r["UA"]) for r in rows) / len(rows)
+        violation = max(0.0, tcfg["utility_ratio"] - worst) if worst is not None else 1.0
+        feasible = violation == 0.0 and math.isfinite(value)
+        keys = [k for k in ("IRA", "CRA") if rows[0].get(k) is not None]
+        utility = sum(float(r[k]) for r in rows for k in keys) / max(1, len(rows) * len(keys))
+        return {"value": value, "objective": value if feasible else -PENALTY - violation,
+                "constraints": {"retain/orig": worst}, "violation": violation, "feasible": feasible,
+                "utility": utility}
 
 
 # ------------------------------------------------------------------------------------------
