@@ -30,7 +30,30 @@ def test_change_storage_counts_changed_entries():
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
         b.weight[0, 1] += 1
-    assert change_storage(a, b) == {"changed_params": 1, "changed_tensors": 1, "changed_bytes": 4, "total_params": 8}
+    assert change_storage(a, b) == {"changed_params": 1, "changed_tensors": 1, "changed_bytes": 4, "total_params": 8,
+                                    "added_params": 0}
+
+
+def test_change_storage_counts_a_wrapped_layer_by_what_it_adds():
+    """SPM-style wrapping: the base Linear moves under a new name unchanged (nothing to store), the
+    added vectors count whole; a wrapped layer whose base weight also changed counts that too."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.u = torch.nn.Parameter(torch.zeros(2))
+
+    a = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    b.load_state_dict(a.state_dict())
+    b[0] = Wrapped(b[0])
+    ch = change_storage(a, b)
+    assert ch["changed_params"] == 2 and ch["added_params"] == 2 and ch["changed_tensors"] == 1
+    with torch.no_grad():
+        b[0].base.weight[0, 0] += 1
+    ch = change_storage(a, b)
+    assert ch["changed_params"] == 2 + 6 and ch["added_params"] == 2 + 6 and ch["changed_tensors"] == 2
 
 
 @pytest.mark.slow

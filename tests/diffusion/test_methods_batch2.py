@@ -14,6 +14,7 @@ from _diffusion_checks import _fixed, measure
 import unlearnx as ux
 from unlearnx.diffusion import diffusion_loss, noisy_latents
 from unlearnx.diffusion.adapters import cross_attention_modules
+from unlearnx.eval.diffusion import change_storage
 from unlearnx.methods.diffusion.concept_ablation import concept_anchors
 from unlearnx.methods.diffusion.spm import spm_membranes
 
@@ -117,6 +118,9 @@ def test_spm_erases_the_concept_and_leaves_retain_prompts_untouched(trained, spl
     res = ux.unlearn(trained, "spm", forget=forget, retain=retain, progress=False, steps=40)
     assert res.log["concept_words"] == ["ocean"]
     assert len(spm_membranes(res.model.unet)) == 2 * len(cross_attention_modules(trained.unet))  # to_k, to_v each
+    # what SPM stores is its membranes' u, v vectors: the wrapped base weights are the original's
+    membrane = sum(m.u.numel() + m.v.numel() for m in spm_membranes(res.model.unet))
+    assert change_storage(trained.unet, res.model.unet)["changed_params"] == membrane
     m = measure(res.model, trained, split)
     assert m["forget_align"] < 0.3, m
     # facilitated transport: retain prompts are below τ, so γ = 0 and the outputs are the original's

@@ -158,19 +158,35 @@ def class_metrics(model, *, classifier: nn.Module, forget_classes, n_per_class: 
 @torch.no_grad()
 def change_storage(original: nn.Module, unlearned: nn.Module) -> dict:
     """What storing the unlearning change costs: parameters that differ (count, tensors, bytes of
-    those values) between two modules with the same parameter names (e.g. two UNets)."""
+    those values) between two modules, e.g. two UNets.
+
+    Parameters are matched by name. A method may also wrap layers (SPM's membranes put a Linear under
+    ``.base`` and add small ``u``, ``v`` vectors): an unlearned parameter with no same-named, same-shaped
+    original is matched to an unclaimed original with the same shape and identical values (the weight
+    only moved, nothing to store) and otherwise counts whole, as added storage. ``total_params`` is the
+    original's size; ``added_params`` the part of ``changed_params`` that is new parameters."""
     a, b = dict(original.named_parameters()), dict(unlearned.named_parameters())
-    if a.keys() != b.keys():
-        raise ValueError("original and unlearned must have the same parameter names")
-    n = tensors = nbytes = 0
-    for k, p in a.items():
-        diff = int((p != b[k].to(p.device)).sum())
+    n = tensors = nbytes = added = 0
+    moved = []
+    for k, q in b.items():
+        p = a.get(k)
+        if p is not None and p.shape == q.shape:
+            diff = int((p != q.to(p.device)).sum())
+        else:
+            moved.append(k)
+            continue
         if diff:
-            n += diff
-            tensors += 1
-            nbytes += diff * p.element_size()
+            n, tensors, nbytes = n + diff, tensors + 1, nbytes + diff * q.element_size()
+    unclaimed = [k for k, p in a.items() if k not in b or b[k].shape != p.shape]
+    for k in moved:
+        q = b[k]
+        match = next((j for j in unclaimed if a[j].shape == q.shape and torch.equal(a[j], q.to(a[j].device))), None)
+        if match is not None:
+            unclaimed.remove(match)
+            continue
+        n, tensors, nbytes, added = n + q.numel(), tensors + 1, nbytes + q.numel() * q.element_size(), added + q.numel()
     return {"changed_params": n, "changed_tensors": tensors, "changed_bytes": nbytes,
-            "total_params": sum(p.numel() for p in a.values())}
+            "total_params": sum(p.numel() for p in a.values()), "added_params": added}
 
 
 def peak_memory_bytes(device) -> int | None:
