@@ -23,7 +23,8 @@ from unlearnx.methods.random_labels import RL
 from unlearnx.methods.registry import register_method
 from unlearnx.methods.training import as_loader, dataset_of, fit, make_optimizer, seeded
 
-__all__ = ["ConceptPoison", "PosthocCBM", "concept_bank", "fit_pcbm", "concept_attributions", "LABEL_MODES"]
+__all__ = ["ConceptPoison", "PosthocCBM", "concept_bank", "fit_pcbm", "concept_attributions", "forget_concepts",
+           "logits_without", "validate_concept_hparams", "LABEL_MODES"]
 
 LABEL_MODES = ("random", "targeted")
 
@@ -95,6 +96,51 @@ def concept_attributions(pcbm: PosthocCBM, scores: torch.Tensor, target: int, *,
     return attr.mean(0).detach()
 
 
+def validate_concept_hparams(hp: dict) -> None:
+    """The concept-inference hyper-parameters shared by the classifier and the LLM variants."""
+    if hp["labels"] not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {hp['labels']!r}")
+    for key in ("concepts_per_class", "top_concepts", "ig_steps", "pcbm_epochs"):
+        if hp[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {hp[key]!r}")
+    if hp["pcbm_lr"] <= 0:
+        raise ValueError(f"pcbm_lr must be > 0, got {hp['pcbm_lr']!r}")
+
+
+def forget_concepts(e_f: torch.Tensor, y_f: torch.Tensor, e_r: torch.Tensor, y_r: torch.Tensor, num_classes: int,
+                    *, hp: dict, seed: int):
+    """Steps 1-2 of the paper on embeddings: the concept bank and PCBM fitted on D = D_f ∪ D_r, then
+    per forget class c the `top_concepts` concepts with the largest mean IG attribution to c over its
+    forget rows. Returns (pcbm, concept scores of D_f [|D_f|, J], {c: [concept indices]}, log with
+    "concepts", "concept_owner_match" (fraction of the found concepts that came from c's own k-means),
+    "pcbm_accuracy")."""
+    emb, lab = torch.cat([e_f, e_r]), torch.cat([y_f, y_r])
+    concepts, mu, owner = concept_bank(emb, lab, per_class=hp["concepts_per_class"], seed=seed)
+    pcbm = PosthocCBM(concepts, mu, num_classes)
+    with seeded(seed):
+        pcbm.head.reset_parameters()
+    pcbm_acc = fit_pcbm(pcbm, emb, lab, epochs=hp["pcbm_epochs"], lr=hp["pcbm_lr"], l1=hp["pcbm_l1"], seed=seed)
+    s_f = pcbm.scores(e_f)
+    found, match = {}, []
+    for c in sorted(y_f.unique().tolist()):
+        rows = (y_f == c).nonzero().squeeze(1)
+        attr = concept_attributions(pcbm, s_f[rows], c, steps=hp["ig_steps"])
+        top = attr.argsort(descending=True)[: min(hp["top_concepts"], len(attr))]
+        found[c] = top.tolist()
+        match.append(float((owner[top] == c).float().mean()))
+    log = {"concepts": found, "concept_owner_match": float(np.mean(match)), "pcbm_accuracy": pcbm_acc}
+    return pcbm, s_f, found, log
+
+
+@torch.no_grad()
+def logits_without(pcbm: PosthocCBM, scores: torch.Tensor, concepts: list[int]) -> torch.Tensor:
+    """PCBM logits [B, K] with `concepts` set to their baseline 0: what the rows look like once the
+    concepts that make them forget-class rows are removed (the targeted label's class)."""
+    s = scores.clone()
+    s[:, concepts] = 0.0
+    return pcbm(s)
+
+
 @register_method("concept_poison")
 class ConceptPoison(RL):
     """Concept-based class unlearning by data poisoning:
@@ -125,14 +171,7 @@ class ConceptPoison(RL):
                 "pcbm_epochs": 300, "pcbm_lr": 0.05, "pcbm_l1": 1e-3}
 
     def validate(self):
-        hp = self.hparams
-        if hp["labels"] not in LABEL_MODES:
-            raise ValueError(f"labels must be one of {LABEL_MODES}, got {hp['labels']!r}")
-        for key in ("concepts_per_class", "top_concepts", "ig_steps", "pcbm_epochs"):
-            if hp[key] < 1:
-                raise ValueError(f"{key} must be >= 1, got {hp[key]!r}")
-        if hp["pcbm_lr"] <= 0:
-            raise ValueError(f"pcbm_lr must be > 0, got {hp['pcbm_lr']!r}")
+        validate_concept_hparams(self.hparams)
 
     def poison_labels(self, model, forget_ds, retain_ds, seed):
         """(poisoned labels [|D_f|], log) for D_f, steps 1-3 of the class docstring."""
@@ -142,37 +181,21 @@ class ConceptPoison(RL):
         e_r, y_r = model_outputs(extractor, retain_ds)
         e_f, e_r = e_f.flatten(1).float().cpu(), e_r.flatten(1).float().cpu()
         y_f, y_r = y_f.cpu(), y_r.cpu()
-        emb, lab = torch.cat([e_f, e_r]), torch.cat([y_f, y_r])
         num_classes = output_linear(model)[2].out_features
-        concepts, mu, owner = concept_bank(emb, lab, per_class=hp["concepts_per_class"], seed=seed)
-        pcbm = PosthocCBM(concepts, mu, num_classes)
-        with seeded(seed):
-            pcbm.head.reset_parameters()
-        pcbm_acc = fit_pcbm(pcbm, emb, lab, epochs=hp["pcbm_epochs"], lr=hp["pcbm_lr"], l1=hp["pcbm_l1"], seed=seed)
         forget_classes = sorted(y_f.unique().tolist())
         allowed = torch.tensor([k for k in range(num_classes) if k not in forget_classes])
         if len(allowed) == 0:
             raise ValueError("the forget set holds every class; nothing is left to poison towards")
-        s_f = pcbm.scores(e_f)
+        pcbm, s_f, found, log = forget_concepts(e_f, y_f, e_r, y_r, num_classes, hp=hp, seed=seed)
         new = torch.empty_like(y_f)
-        found, match = {}, []
         g = torch.Generator().manual_seed(seed)
         for c in forget_classes:
             rows = (y_f == c).nonzero().squeeze(1)
-            attr = concept_attributions(pcbm, s_f[rows], c, steps=hp["ig_steps"])
-            top = attr.argsort(descending=True)[: min(hp["top_concepts"], len(attr))]
-            found[c] = top.tolist()
-            match.append(float((owner[top] == c).float().mean()))
             if hp["labels"] == "random":
                 new[rows] = allowed[torch.randint(len(allowed), (len(rows),), generator=g)]
             else:
-                s = s_f[rows].clone()
-                s[:, top] = 0.0
-                with torch.no_grad():
-                    logits = pcbm(s)[:, allowed]
-                new[rows] = allowed[logits.argmax(1)]
-        log = {"concepts": found, "concept_owner_match": float(np.mean(match)), "pcbm_accuracy": pcbm_acc,
-               "poison_label_counts": torch.bincount(new, minlength=num_classes).tolist()}
+                new[rows] = allowed[logits_without(pcbm, s_f[rows], found[c])[:, allowed].argmax(1)]
+        log["poison_label_counts"] = torch.bincount(new, minlength=num_classes).tolist()
         return new, log
 
     def run(self, model, *, forget, retain, seed, progress):

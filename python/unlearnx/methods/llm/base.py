@@ -172,6 +172,13 @@ class LLMMethod(UnlearningMethod):
     def cache_reference(self, model, forget: Dataset, progress: bool) -> None:
         """Fill self.ref_cache with the reference statistics of every forget example (before training)."""
 
+    def substitute_answers(self, model, forget_items: list[QAItem], retain_items: list[QAItem] | None, *,
+                           tokenizer, template: QATemplate, seed: int) -> list[QAItem]:
+        """The "idk" side of methods with `uses_refusals`: the forget questions with other answers,
+        aligned with the forget items. Refusals by default (TOFU's IdkNLL / IdkDPO); concept
+        poisoning gives poisoned facts. Runs on the unmodified model, before LoRA."""
+        return refusal_items(forget_items, seed=seed)
+
     def setup(self, model, *, forget: Dataset, retain: Dataset | None, progress: bool) -> None:
         """Method-specific preparation on the unmodified model (reinforced models, caches)."""
 
@@ -377,9 +384,10 @@ def prepare_lm(algo: LLMMethod, model, forget, retain, *, tokenizer=None, templa
         if tokenizer is None or not hasattr(forget_ds, "pairs"):
             raise ValueError(f"method {algo.name!r} builds refusal answers for the forget questions: give "
                              "forget as QA items or a QADataset, and tokenizer=")
-        questions = [QAItem(q, a) for q, a in forget_ds.pairs]
-        named["idk"] = QADataset(refusal_items(questions, seed=seed), tokenizer,
-                                 template=getattr(forget_ds, "template", template))
+        tmpl = getattr(forget_ds, "template", template)
+        named["idk"] = QADataset(algo.substitute_answers(model, _qa_items(forget, forget_ds), _qa_items(retain, retain_ds),
+                                                         tokenizer=tokenizer, template=tmpl, seed=seed),
+                                 tokenizer, template=tmpl)
     algo.setup(model, forget=forget_ds, retain=retain_ds, progress=progress)
 
     if hp["gradient_checkpointing"]:
@@ -406,6 +414,16 @@ def prepare_lm(algo: LLMMethod, model, forget, retain, *, tokenizer=None, templa
         algo._ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     loader = ForgetRetainLoader(forget_paired, retain_ds, batch_size=hp["batch_size"], seed=seed)
     return model, _FlatLoader(loader)
+
+
+def _qa_items(raw, dataset) -> list[QAItem] | None:
+    """The caller's QA items when given as QAItems (their subject / fact / value kept), else the
+    dataset's (question, answer) pairs as bare QAItems; None without data."""
+    if raw is None or dataset is None:
+        return None
+    if isinstance(raw, Sequence) and not isinstance(raw, str) and raw and all(isinstance(x, QAItem) for x in raw):
+        return list(raw)
+    return [QAItem(q, a) for q, a in getattr(dataset, "pairs", [])]
 
 
 def finish_lm(algo: LLMMethod, model):
