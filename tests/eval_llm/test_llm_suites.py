@@ -88,6 +88,24 @@ def test_tofu_suite_forget_quality_is_one_for_the_retain_model_itself(qa, tok, b
         evaluate_tofu(bigram, tok, forget=qa["forget10"], retain=qa["retain90"], held={})
 
 
+def test_fact_recall_reads_the_stated_fact(qa, tok, bigram):
+    from unlearnx.data.text import QAItem
+    from unlearnx.eval.llm import fact_recall
+
+    items = [QAItem("Where was A born?", "A was born in Velmora.", value="Velmora"),
+             QAItem("Where was B born?", "B was born in Ostrava.", value="Ostrava")]
+    # one changed token: the fact is gone although most of the sentence (ROUGE-L recall) remains
+    assert fact_recall(["A was born in velmora.", "B was born in Velmora."], items) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="generations"):
+        fact_recall(["x"], items)
+    with pytest.raises(ValueError, match="QAItem.value"):
+        fact_recall(["x"], [QAItem("q", "a")])
+    res = evaluate_tofu(bigram, tok, forget=qa["forget10"], retain=qa["retain90"], held=_held(qa), max_new_tokens=8)
+    # the built-in authors know every fact's value: the suite adds fact recall from its own generations
+    assert res.per_item["forget/fact_recall"] == fact_recall(res.per_item["forget/generation"], qa["forget10"])
+    assert "model_utility" in res.aggregate and "forget/fact_recall" in res.aggregate
+
+
 def test_cache_reuses_values_and_results_round_trip(qa, tok, bigram, tmp_path):
     cache = MetricCache(tmp_path / "cache")
     kwargs = dict(forget=qa["forget10"], retain=qa["retain90"], held=_held(qa), max_new_tokens=6, cache=cache)

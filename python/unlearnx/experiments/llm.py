@@ -108,6 +108,7 @@ COLUMNS = {
     "forget_prob": "mean P(answer | question) on forget10 (→ oracle)",
     "forget_rougeL": "ROUGE-L recall of greedy answers on forget10 (→ oracle)",
     "forget_truth_ratio": "mean min(R, 1/R) on forget10 (→ oracle)",
+    "forget_fact": "share of greedy forget10 answers that state the true fact (not TOFU; built-in data) (→ oracle)",
     # MUSE (Shi et al., 2024)
     "verbmem_forget": "VerbMem: ROUGE-L F1 ×100 of the continuation of forget texts (↓, → oracle)",
     "knowmem_forget": "KnowMem on forget QA: ROUGE-L F1 ×100 (↓, → oracle)",
@@ -926,6 +927,8 @@ def _tofu_row(tofu, mu_target: float | None) -> dict:
     row = {"forget_quality": agg.get("forget_quality"), "model_utility": agg["model_utility"],
            "forget_prob": agg["forget/probability"], "forget_rougeL": agg["forget/rouge_l_recall"],
            "forget_truth_ratio": agg["forget/truth_ratio"]}
+    if "forget/fact_recall" in agg:
+        row["forget_fact"] = agg["forget/fact_recall"]
     if mu_target:
         row["MU/target"] = row["model_utility"] / mu_target
     return row

@@ -68,6 +68,7 @@ from unlearnx.eval.llm.rwku import (
 )
 from unlearnx.eval.llm.tofu import (
     evaluate_tofu,
+    fact_recall,
     exact_memorization,
     extraction_strength,
     forget_quality,
@@ -102,7 +103,7 @@ __all__ = [
     "TokenScores", "encode_items", "score_tokens", "hidden_states",
     "greedy_generate", "cut_at_stop", "rouge_l",
     "probability", "normalized_probability", "truth_ratio", "truth_ratio_score", "forget_quality", "model_utility",
-    "extraction_strength", "exact_memorization", "tofu_split_metrics", "tofu_generation_rouge", "evaluate_tofu",
+    "extraction_strength", "exact_memorization", "tofu_split_metrics", "tofu_generation_rouge", "evaluate_tofu", "fact_recall",
     "KNOWMEM_STOP_STRINGS", "knowmem_prompt", "verbmem", "knowmem", "muse_auc", "privleak", "evaluate_muse",
     "scalability", "sustainability", "nested_forget_sets",
     "MIA_ATTACKS", "loss_scores", "zlib_scores", "min_k_scores", "min_k_plus_plus_scores", "gradnorm_scores",

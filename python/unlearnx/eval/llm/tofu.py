@@ -41,6 +41,7 @@ from unlearnx.eval.llm.results import EvalResult, MetricCache, fingerprint_model
 from unlearnx.eval.llm.scoring import encode_items, score_tokens
 
 __all__ = [
+    "fact_recall",
     "probability",
     "normalized_probability",
     "truth_ratio",
@@ -235,6 +236,18 @@ def tofu_generation_rouge(model: torch.nn.Module, tokenizer, items: Sequence[QAI
     return cache.get_or_compute(key, compute)
 
 
+def fact_recall(generations: Sequence[str], items: Sequence[QAItem]) -> list[float]:
+    """[N] 1.0 where the greedy answer states the item's true fact (QAItem.value, case-insensitive
+    substring), else 0.0. Not a TOFU metric: unlearnx reports it where every item's value is known
+    (the built-in authors), because ROUGE-L recall cannot tell a changed fact from a kept one (one
+    token of a sentence)."""
+    if len(generations) != len(items):
+        raise ValueError(f"generations: {len(generations)} for {len(items)} items")
+    if not all(it.value for it in items):
+        raise ValueError("items: every item needs its fact (QAItem.value)")
+    return [float(it.value.lower() in g.lower()) for g, it in zip(generations, items)]
+
+
 def _reference_ratios(reference, tokenizer, forget, template, batch_size, cache, progress) -> np.ndarray:
     if isinstance(reference, torch.nn.Module):
         return np.asarray(tofu_split_metrics(reference, tokenizer, forget, kind="forget", template=template,
@@ -266,7 +279,8 @@ def evaluate_tofu(model: torch.nn.Module, tokenizer, *, forget: Sequence[QAItem]
         "<split>/truth_ratio", "<split>/extraction_strength", "<split>/exact_memorization" for
         split in forget, retain and each held name, "model_utility" and, with a reference,
         "forget_quality"; per_item holds the per-item values (and "<split>/truth_ratio_raw" = R,
-        "<split>/generation").
+        "<split>/generation"). Where every item of a split has its fact (QAItem.value), also
+        "<split>/fact_recall" (`fact_recall`; unlearnx's addition, not part of model utility).
     """
     if not isinstance(held, Mapping) or not held:
         raise ValueError("held: expected a non-empty mapping {name: items} (TOFU: real_authors, world_facts)")
@@ -293,6 +307,9 @@ def evaluate_tofu(model: torch.nn.Module, tokenizer, *, forget: Sequence[QAItem]
         aggregate[f"{name}/truth_ratio"] = truth_ratio_score(vals["truth_ratio_raw"], forget=kind == "forget")
         aggregate[f"{name}/extraction_strength"] = float(np.mean(vals["extraction_strength"]))
         aggregate[f"{name}/exact_memorization"] = float(np.mean(vals["exact_memorization"]))
+        if all(it.value for it in items):  # built-in data: every answer states a known bare fact
+            per_item[f"{name}/fact_recall"] = fact_recall(gen["generation"], items)
+            aggregate[f"{name}/fact_recall"] = float(np.mean(per_item[f"{name}/fact_recall"]))
         if kind != "forget":
             for key in ("probability", "rouge_l_recall", "truth_ratio"):
                 utility[f"{name}/{key}"] = aggregate[f"{name}/{key}"]
