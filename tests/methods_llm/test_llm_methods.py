@@ -289,3 +289,20 @@ def test_wagle_scores_formula(tiny):
         run(tiny, "wagle", lora=True)
     with pytest.raises(ValueError, match="base must be a training method"):
         run(tiny, "wagle", base="task_vector")
+
+
+def test_wagle_config_entries_take_the_base_methods_knobs():
+    """A `task: llm` methods entry and the tuner accept WAGLE's base hyper-parameters (NPO's beta,
+    SimNPO's delta) and still refuse a key no one has."""
+    from unlearnx.experiments.config import ConfigError, validate_methods
+
+    wagle = ux.methods.get("wagle", "causal_lm")
+    assert {"beta", "alpha", "fraction"} <= set(wagle.defaults_for({}))
+    assert "delta" in wagle.defaults_for({"base": "simnpo"}) and "delta" not in wagle.defaults_for({})
+    runnable, _ = validate_methods([{"name": "wagle", "beta": 0.2, "fraction": 0.3},
+                                    {"name": "wagle", "label": "wagle_simnpo", "base": "simnpo", "delta": 0.5}],
+                                   "causal_lm")
+    assert runnable[0]["hparams"] == {"beta": 0.2, "fraction": 0.3}
+    assert runnable[1]["hparams"]["delta"] == 0.5
+    with pytest.raises(ConfigError, match="unknown config key 'methods\\[0\\].delta' for method 'wagle'"):
+        validate_methods([{"name": "wagle", "delta": 0.5}], "causal_lm")

@@ -229,7 +229,7 @@ def validate_tune(section, cfg: dict) -> dict:
                               f"{suggest(str(mkey), [e['label'] for e in cfg['_methods']])}")
         if not isinstance(params, Mapping):
             raise ConfigError(f"config key {path!r}: expected a mapping of hyper-parameters to ranges, got {params!r}")
-        defaults = methods_mod.get(hits[0]["method"], task=task).defaults
+        defaults = methods_mod.get(hits[0]["method"], task=task).defaults_for(hits[0]["hparams"])
         space[str(mkey)] = {}
         for name, spec in params.items():
             if name not in defaults:
@@ -253,7 +253,7 @@ def search_space(entry: dict, method_task: str, overrides: Mapping | None = None
     overrides for the entry's label or method name. ConfigError when nothing is left to search."""
     from unlearnx import methods as methods_mod
 
-    defaults = methods_mod.get(entry["method"], task=method_task).defaults
+    defaults = methods_mod.get(entry["method"], task=method_task).defaults_for(entry["hparams"])
     base = {**defaults, **entry["hparams"]}
     space: dict[str, list] = {}
     lr = base.get("lr")
@@ -277,7 +277,7 @@ def _start_point(entry: dict, method_task: str, space: Mapping) -> dict | None:
     """The entry's own values of the searched hyper-parameters, when all lie in the space."""
     from unlearnx import methods as methods_mod
 
-    base = {**methods_mod.get(entry["method"], task=method_task).defaults, **entry["hparams"]}
+    base = {**methods_mod.get(entry["method"], task=method_task).defaults_for(entry["hparams"]), **entry["hparams"]}
     point = {}
     for name, spec in space.items():
         v = base.get(name)

@@ -77,6 +77,13 @@ class UnlearningMethod:
             _check_hparam(key, value, self.defaults[key])
         self.validate()
 
+    @classmethod
+    def defaults_for(cls, hparams: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The hyper-parameters (with defaults) accepted together with `hparams`: `defaults`, except
+        for methods whose knobs depend on a choice (WAGLE takes its `base` method's too). Config
+        validation and the tuner ask this rather than `defaults`."""
+        return cls.defaults
+
     def validate(self) -> None:
         """Method-specific checks beyond the type/sign checks done for every hyper-parameter."""
 

@@ -25,7 +25,7 @@ import torch
 from unlearnx._modes import training_mode
 from unlearnx.methods.llm.base import COMMON_DEFAULTS, LLMMethod, _to_device
 from unlearnx.methods.llm.losses import forward_logits, mean_nll
-from unlearnx.methods.registry import get, register_method
+from unlearnx.methods.registry import available, get, register_method
 
 __all__ = ["WAGLE", "wagle_scores"]
 
@@ -93,6 +93,13 @@ class WAGLE(LLMMethod):
              "and Modular Unlearning in Large Language Models', NeurIPS 2024")
     requires = ("forget", "retain")
     defaults = {**COMMON_DEFAULTS, **_WAGLE_DEFAULTS}
+
+    @classmethod
+    def defaults_for(cls, hparams):
+        base_name = hparams.get("base", _WAGLE_DEFAULTS["base"])
+        if not isinstance(base_name, str) or base_name == "wagle" or base_name not in available("causal_lm"):
+            return cls.defaults  # the instance refuses the base, naming it
+        return {**get(base_name, "causal_lm").defaults, **_WAGLE_DEFAULTS}
 
     def __new__(cls, **hparams):
         base_name = hparams.get("base", _WAGLE_DEFAULTS["base"])
