@@ -60,7 +60,7 @@ def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: 
         "model": {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 32,
                   "prediction_type": "v_prediction"},
         "train": {"steps": train_steps, "lr": 3e-3, "batch_size": 32},
-        "evaluator": {"epochs": 12},
+        "evaluator": {"epochs": 15, "n_per_pair": 32},
         "methods": entries,
         "eval": {"n_per_prompt": 6, "sample_steps": 20, "guidance_scale": 3.0, "grid_prompts": 4},
     }

@@ -33,6 +33,7 @@ def tiny(out, **extra):
     (lambda c: c.update(methods=["esd_x", "no_such_method"]), "no_such_method"),
     (lambda c: c.update(methods=[{"name": "esd_x", "iterashuns": 3}]), "methods[0].iterashuns"),
     (lambda c: c["model"].update(block_out_channels=[12, 24]), "model.block_out_channels"),
+    (lambda c: c["evaluator"].update(n_per_pair=2), "evaluator.n_per_pair"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, message):
     cfg = tiny(tmp_path / "out")
@@ -44,6 +45,19 @@ def test_config_errors_name_the_key(tmp_path, change, message):
 def test_demo_config_validates_and_skips_unregistered_methods():
     cfg = validate_config(get_task("diffusion").demo_config(quick=True))
     assert cfg["task"] == "diffusion" and cfg["_methods"]
+
+
+def test_a_weak_evaluator_is_reported(tmp_path, capsys):
+    """Evaluators below 95% held-out accuracy make UA / IRA / CRA unreliable: the run says so."""
+    cfg = tiny(tmp_path / "out", methods=[{"name": "uce"}])
+    cfg["evaluator"] = {"epochs": 1, "n_per_pair": 5}
+    res = run_experiment(cfg, quiet=False)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    weak = {k: a for k, a in res["evaluators"]["0"].items() if a < 0.95}
+    assert weak  # one epoch on 16 images per class does not reach 95% on this data
+    for name, acc in weak.items():
+        assert f"warning: the {name} evaluator reaches {acc:.0%} held-out accuracy" in out
 
 
 @pytest.fixture(scope="module")

@@ -52,12 +52,6 @@ def evaluator_predict(clf: nn.Module, images: torch.Tensor, batch_size: int = 51
                           for i in range(0, len(images), batch_size)])
 
 
-
-
-
-
-
-
 def canvas_prompt_grid(styles, objects, n_per_prompt: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Prompts "a {object} in {style} style" for every (style, object), each `n_per_prompt` times,
     with their style ids and object ids."""
