@@ -96,4 +96,13 @@ LLM_QUICK_TUNED: dict[str, dict] = {
     "rmu": {"lr": 0.02835, "epochs": 38, "alpha": 3.228, "steering_scale": 1.205},
     # trial #18: FQ 2.5e-6 / 0.90x (start 4.6e-7, below 0.9x): no UNDIAL trial reached FQ 0.001
     "undial": {"lr": 0.005765, "epochs": 2, "beta": 3.334},
+    # Second study (same config and tuning runs, 2026-12-05, 977 s for these four):
+    # trial #13: FQ 8.1e-7 / 0.95x (start 1.6e-6, below 0.9x): no FLAT trial within the budget forgets
+    "flat": {"lr": 0.0003708, "epochs": 4, "divergence": "tv"},
+    # trial #31: FQ 0.26 / 0.91x (start 1.1e-7): NPO at its tuned beta / alpha on the top 66% of weights
+    "wagle": {"lr": 0.004259, "epochs": 6, "fraction": 0.6571, "base": "npo", "beta": 0.1671, "alpha": 0.6916},
+    # trial #23: FQ 3.0e-5 / 0.91x (start 2.3e-6)
+    "idknll": {"lr": 0.001289, "epochs": 9, "alpha": 8.457},
+    # trial #37: FQ 2.3e-6 / 0.97x (start 9.4e-7): forget quality is not what it moves (docs/benchmarks.md)
+    "concept_poison": {"lr": 0.001078, "epochs": 6, "alpha": 0.3262, "labels": "targeted"},
 }
