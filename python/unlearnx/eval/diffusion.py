@@ -164,11 +164,10 @@ def change_storage(original: nn.Module, unlearned: nn.Module) -> dict:
     moved = []
     for k, q in b.items():
         p = a.get(k)
-        if p is not None and p.shape == q.shape:
-            diff = int((p != q.to(p.device)).sum())
-        else:
+        if p is None or p.shape != q.shape:
             moved.append(k)
             continue
+        diff = int((p != q.to(p.device)).sum())
         if diff:
             n, tensors, nbytes = n + diff, tensors + 1, nbytes + diff * q.element_size()
     unclaimed = [k for k, p in a.items() if k not in b or b[k].shape != p.shape]

@@ -189,8 +189,7 @@ def validate_methods(entries, task: str, *, display_names: Mapping[str, str] | N
             raise ConfigError(f"config key '{path}.label': the label {label!r} is used twice (a duplicate: set "
                               "'label' to tell the runs apart)")
         labels.add(label)
-        cls = methods_mod.get(registered, task=task)
-        defaults = dict(cls.defaults_for(entry) if hasattr(cls, "defaults_for") else getattr(cls, "defaults", {}))
+        defaults = dict(methods_mod.get(registered, task=task).defaults_for(entry))
         hparams = {}
         for key, value in entry.items():
             if key in _METHOD_ENTRY_KEYS:

@@ -24,7 +24,7 @@ from unlearnx.methods.registry import register_method
 from unlearnx.methods.training import as_loader, dataset_of, fit, make_optimizer, seeded
 
 __all__ = ["ConceptPoison", "PosthocCBM", "concept_bank", "fit_pcbm", "concept_attributions", "forget_concepts",
-           "logits_without", "validate_concept_hparams", "LABEL_MODES"]
+           "logits_without", "validate_concept_hparams", "CONCEPT_DEFAULTS", "LABEL_MODES"]
 
 LABEL_MODES = ("random", "targeted")
 
@@ -94,6 +94,11 @@ def concept_attributions(pcbm: PosthocCBM, scores: torch.Tensor, target: int, *,
     attr = IntegratedGradients(pcbm).attribute(scores, baselines=torch.zeros_like(scores), target=int(target),
                                                n_steps=steps)
     return attr.mean(0).detach()
+
+
+# The concept-inference hyper-parameters, shared by the classifier and the LLM variants.
+CONCEPT_DEFAULTS = {"labels": "random", "concepts_per_class": 5, "top_concepts": 5, "ig_steps": 50,
+                    "pcbm_epochs": 300, "pcbm_lr": 0.05, "pcbm_l1": 1e-3}
 
 
 def validate_concept_hparams(hp: dict) -> None:
@@ -167,8 +172,7 @@ class ConceptPoison(RL):
 
     paper = ("Chang, Zhu, Xu, Liu, Zhou, 'Class Machine Unlearning for Complex Data via Concepts Inference and "
              "Data Poisoning', arXiv:2405.15662, 2024")
-    defaults = {**RL.defaults, "labels": "random", "concepts_per_class": 5, "top_concepts": 5, "ig_steps": 50,
-                "pcbm_epochs": 300, "pcbm_lr": 0.05, "pcbm_l1": 1e-3}
+    defaults = {**RL.defaults, **CONCEPT_DEFAULTS}
 
     def validate(self):
         validate_concept_hparams(self.hparams)

@@ -36,7 +36,8 @@ import torch
 from unlearnx.data.lm_batches import QADataset
 from unlearnx.data.text import QAItem
 from unlearnx.eval.llm.scoring import hidden_states
-from unlearnx.methods.concept_poison import forget_concepts, logits_without, validate_concept_hparams
+from unlearnx.methods.concept_poison import (CONCEPT_DEFAULTS, forget_concepts, logits_without,
+                                             validate_concept_hparams)
 from unlearnx.methods.llm.base import COMMON_DEFAULTS
 from unlearnx.methods.llm.idk import IdkNLL
 from unlearnx.methods.registry import register_method
@@ -61,9 +62,7 @@ class ConceptPoisonLM(IdkNLL):
 
     paper = ("Chang, Zhu, Xu, Liu, Zhou, 'Class Machine Unlearning for Complex Data via Concepts Inference and "
              "Data Poisoning', arXiv:2405.15662, 2024")
-    defaults = {**COMMON_DEFAULTS, "gamma": 1.0, "alpha": 1.0, "retain_loss": "nll", "labels": "random",
-                "concepts_per_class": 5, "top_concepts": 5, "ig_steps": 50, "pcbm_epochs": 300, "pcbm_lr": 0.05,
-                "pcbm_l1": 1e-3}
+    defaults = {**COMMON_DEFAULTS, "gamma": 1.0, "alpha": 1.0, "retain_loss": "nll", **CONCEPT_DEFAULTS}
 
     def validate(self):
         super().validate()

@@ -109,6 +109,6 @@ class WAGLE(LLMMethod):
         if not base.trains:
             raise ValueError(f"base must be a training method; {base_name!r} edits weights without a loop")
         combined = type(f"WAGLE[{base_name}]", (_WagleMixin, base), {
-            "defaults": {**base.defaults, **_WAGLE_DEFAULTS}, "name": "wagle", "paper": cls.paper,
+            "defaults": cls.defaults_for(hparams), "name": "wagle", "paper": cls.paper,
             "requires": ("forget", "retain")})
         return combined(**hparams)
