@@ -102,6 +102,18 @@ def test_digits_classwise_run(tmp_path):
     assert "CRA" not in res["rows"]["Original"] and 0 <= res["rows"]["esd_u"]["UA"] <= 100
 
 
+@pytest.mark.parametrize("method", ["esd_x", "uce", "fmn", "spm", "advunlearn"])
+def test_text_only_methods_are_refused_on_the_digits_before_any_work(tmp_path, method):
+    # they act on prompts or on cross-attention, which a class-conditional UNet2DModel has not
+    cfg = tiny(tmp_path / "out", data={"name": "digits", "size": 8}, scenario={"kind": "class", "target": 3},
+               methods=[{"name": "esd_u", "iterations": 3}, {"name": method}])
+    with pytest.raises(ConfigError, match=r"methods\[1\]\.name.*needs a text-conditional model"):
+        validate_config(cfg)
+    assert not (tmp_path / "out").exists()
+    cfg["methods"] = [{"name": "esd_u"}, {"name": "sfd"}, {"name": "concept_ablation"}, {"name": "doco"}]
+    assert [e["method"] for e in validate_config(cfg)["_methods"]] == ["esd_u", "sfd", "concept_ablation", "doco"]
+
+
 def test_attacks_are_validated_by_name_kind_and_budget(tmp_path):
     with pytest.raises(ConfigError, match=r"attacks\.nope"):
         validate_config(tiny(tmp_path, attacks=["nope"]))

@@ -58,7 +58,7 @@ def test_split_erases_other_concepts_on_another_seed(tmp_path):
         assert v["seeds"] == [seed] and v["scenario"] == {"kind": "style", "target": target}
     # Digits: another class than the reported one.
     cfg = validate_config(tiny(tmp_path / "d", data={"name": "digits", "size": 8},
-                               scenario={"kind": "class", "target": 3}))
+                               scenario={"kind": "class", "target": 3}, methods=[{"name": "salun"}]))
     assert DiffusionTuning().tuning_configs(cfg, cfg["tune"], tmp_path / "t2")[1]["tuning_targets"] == [4]
 
 

@@ -101,7 +101,9 @@ SCHEMA: dict = {
     "eval": {
         "n_per_prompt": Field("int", 6, help="generations per prompt (canvas) or per class x 4 (digits)"),
         "sample_steps": Field("int", 20, help="DDIM steps when sampling"),
-        "guidance_scale": Field("number", 3.0, help="classifier-free guidance weight"),
+        "guidance_scale": Field("number", 1.0, help="classifier-free guidance weight w (1 = none: the built-in "
+                                "CPU-sized models render their styles at w = 1 and turn to noise at w = 3, "
+                                "docs/diffusion.md; raise it for models trained longer)"),
         "grid_prompts": Field("int", 4, help="prompts (rows) in the report's image grid"),
     },
 }
@@ -287,8 +289,18 @@ class DiffusionTask(ExperimentTask):
         for key in ("n_per_prompt", "sample_steps", "grid_prompts"):
             check_range(f"eval.{key}", cfg["eval"][key], low=1)
         check_range("eval.guidance_scale", cfg["eval"]["guidance_scale"], low=0)
-        cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task)
-        cfg["attacks"] = _validate_attacks(cfg["attacks"], "text" if d["name"] == "canvas" else "class")
+        from unlearnx import methods as ux_methods
+
+        kind = "text" if d["name"] == "canvas" else "class"
+        excluded = {}
+        for name in ux_methods.available(self.method_task):
+            cls = ux_methods.get(name, task=self.method_task)
+            if kind not in cls.model_kinds:
+                excluded[name] = (f"cannot run on data {d['name']!r}: it needs a {' or '.join(cls.model_kinds)}-"
+                                  f"conditional model ({cls.kind_reason}) and {d['name']!r} trains a "
+                                  f"{kind}-conditional one")
+        cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task, excluded=excluded)
+        cfg["attacks"] = _validate_attacks(cfg["attacks"], kind)
         if cfg["attacks"] and sc["kind"] == "sequential":
             raise ConfigError("config key 'attacks': not available with scenario.kind 'sequential' (the attacks probe "
                               "one erased concept; run them on a style scenario)")
@@ -847,6 +859,6 @@ def diffusion_demo_config(*, methods=None, quick: bool = False, out_dir: str = "
         "train": {"steps": steps, "lr": 2e-3, "batch_size": 32},
         "evaluator": {"epochs": 10 if quick else 15, "n_per_pair": 24 if quick else 32},
         "methods": entries,
-        "eval": {"n_per_prompt": 3 if quick else 4, "sample_steps": 10, "guidance_scale": 3.0, "grid_prompts": 4},
+        "eval": {"n_per_prompt": 3 if quick else 4, "sample_steps": 10, "guidance_scale": 1.0, "grid_prompts": 4},
     }
 

@@ -80,6 +80,9 @@ class AdvUnlearn(DiffusionMethod):
     """AdvUnlearn (see the module docstring): ESD on adversarial prompts found by an inner attack,
     with a retain-prompt utility regularizer; trains the text encoder (default) or the UNet."""
 
+    model_kinds = ("text",)
+    kind_reason = "it attacks and trains prompts"
+
     paper = "Zhang et al., 'Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models', NeurIPS 2024"
     requires = ("forget", "retain")
     defaults = {"iterations": 100, "lr": 1e-4, "batch_size": 4, "negative_guidance": 1.0, "start_guidance": 3.0,
@@ -95,8 +98,7 @@ class AdvUnlearn(DiffusionMethod):
                 raise ValueError(f"{key} must be >= 1, got {hp[key]!r}")
 
     def run(self, model, *, forget, retain, seed, progress):
-        if model.kind != "text":
-            raise ValueError("advunlearn needs a text-conditional DiffusionModel (it attacks and trains prompts)")
+        self.check_model_kind(model)
         hp = self.hparams
         concepts = self.forget_conditions(model, forget)
         f_images, f_conds = _images_conditions(forget)

@@ -24,6 +24,17 @@ class DiffusionMethod(UnlearningMethod):
     seed, progress)`` edits ``model`` (a DiffusionModel) in place and returns the log."""
 
     requires = ("forget",)
+    # The kinds of DiffusionModel the method can edit: "text" (UNet2DConditionModel + text encoder)
+    # and/or "class" (class-conditional UNet2DModel). Methods that act on prompts or on the
+    # cross-attention narrow it to ("text",); benchmarks and configs read it instead of a list.
+    model_kinds = ("text", "class")
+    kind_reason = "a class-conditional UNet2DModel has no prompts or cross-attention"
+
+    def check_model_kind(self, model) -> None:
+        """A clear error when ``model`` is of a kind this method cannot edit."""
+        if model.kind not in self.model_kinds:
+            raise ValueError(f"{self.name} needs a {' or '.join(self.model_kinds)}-conditional model; this one is "
+                             f"{model.kind}-conditional ({self.kind_reason})")
 
     @staticmethod
     def forget_conditions(model, forget) -> list:

@@ -51,6 +51,7 @@ class _ESD(DiffusionMethod):
             raise ValueError("ddim_steps and iterations must be >= 1")
 
     def run(self, model, *, forget, retain, seed, progress):
+        self.check_model_kind(model)
         hp = self.hparams
         concepts = self.forget_conditions(model, forget)
         tr = TrainableUNet(model, self.part, lora=hp["lora"], rank=hp["lora_rank"], teacher=True)
@@ -89,6 +90,8 @@ class ESDx(_ESD):
     """ESD-x: ESD training the cross-attention projections only (see the module docstring)."""
 
     part = "xattn"
+    model_kinds = ("text",)
+    kind_reason = "it trains the cross-attention projections; ESD-u trains the rest"
 
 
 @register_method("esd_u", task="diffusion")

@@ -47,6 +47,9 @@ def concept_attention_loss(maps: list[torch.Tensor], positions: list[list[int]])
 class ForgetMeNot(DiffusionMethod):
     """Forget-Me-Not attention re-steering (see the module docstring)."""
 
+    model_kinds = ("text",)
+    kind_reason = "it re-steers cross-attention to concept tokens"
+
     paper = ("Zhang et al., 'Forget-Me-Not: Learning to Forget in Text-to-Image Diffusion Models', "
              "CVPR Workshops 2024")
     requires = ("forget",)
@@ -54,8 +57,7 @@ class ForgetMeNot(DiffusionMethod):
 
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
-        if model.kind != "text":
-            raise ValueError("fmn needs a text-conditional model (it re-steers cross-attention to concept tokens)")
+        self.check_model_kind(model)
         prompts = self.forget_conditions(model, forget)
         if hp["concept"] is not None:
             if not isinstance(hp["concept"], str):

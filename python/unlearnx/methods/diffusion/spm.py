@@ -88,6 +88,9 @@ def _set_mode(unet, mode):
 class SPM(DiffusionMethod):
     """SPM (see the module docstring: 1-dim membrane, erasure + latent anchoring, facilitated transport)."""
 
+    model_kinds = ("text",)
+    kind_reason = "the membrane sits on the cross-attention"
+
     paper = "Lyu et al., 'One-dimensional Adapter to Rule Them All: Concepts, Diffusion Models and Erasing Applications', CVPR 2024"
     requires = ("forget", "retain")
     defaults = {"steps": 100, "lr": 1e-2, "batch_size": 8, "anchor_weight": 1.0, "negative_guidance": 1.0,
@@ -95,8 +98,7 @@ class SPM(DiffusionMethod):
 
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
-        if model.kind != "text":
-            raise ValueError("spm needs a text-conditional model (the membrane sits on the cross-attention)")
+        self.check_model_kind(model)
         targets = self.forget_conditions(model, forget)
         anchors = self.retain_conditions(model, retain, targets)
         if not anchors:

@@ -61,6 +61,9 @@ def uce_closed_form(w_old: torch.Tensor, edit: torch.Tensor, anchor: torch.Tenso
 class UCE(DiffusionMethod):
     """UCE closed-form erasure (see the module docstring)."""
 
+    model_kinds = ("text",)
+    kind_reason = "it edits the cross-attention key/value projections"
+
     paper = "Gandikota et al., 'Unified Concept Editing in Diffusion Models', WACV 2024"
     requires = ("forget",)
     defaults = {"lam": 0.1, "anchor": "", "concept": None, "preserve": True}
@@ -72,8 +75,7 @@ class UCE(DiffusionMethod):
     @torch.no_grad()
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
-        if model.kind != "text":
-            raise ValueError("uce needs a text-conditional model (it edits the cross-attention key/value projections)")
+        self.check_model_kind(model)
         prompts = self.forget_conditions(model, forget)
         kept = self.retain_conditions(model, retain, prompts) if hp["preserve"] else []
         words = hp["concept"].lower().split() if hp["concept"] else concept_words(prompts, kept)
