@@ -55,3 +55,13 @@ def test_attention_map():
     assert torch.allclose(at.norm(dim=1), torch.ones(4))
     assert torch.allclose(at, torch.nn.functional.normalize(a.pow(2).mean(1).flatten(1)))
     assert torch.equal(attention_map(torch.randn(4, 7)), torch.ones(4, 1))
+
+
+@pytest.mark.parametrize("name", ["blindspot", "gaussian_amnesiac"])
+def test_class_labels_are_refused_with_a_clear_error(name):
+    # integer class labels used to reach F.l1_loss and fail on a broadcasting error
+    x = torch.randn(8, 4)
+    forget = torch.utils.data.TensorDataset(x[:2], torch.tensor([0, 1]))
+    retain = torch.utils.data.TensorDataset(x[2:], torch.tensor([0, 1, 2, 0, 1, 2]))
+    with pytest.raises(ValueError, match=f"{name} is a regression method.*forget has torch.int64 targets"):
+        ux.unlearn(torch.nn.Linear(4, 3), name, forget=forget, retain=retain)

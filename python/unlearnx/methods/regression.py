@@ -26,6 +26,18 @@ def attention_map(a: torch.Tensor) -> torch.Tensor:
     return F.normalize(a.pow(2).mean(1).reshape(len(a), -1), dim=1)
 
 
+def _check_regression_targets(method: str, data, name: str) -> None:
+    """A clear error when `data` holds class labels (integer targets): these methods regress."""
+    ds = dataset_of(data, name)
+    if len(ds) == 0:
+        return
+    y = torch.as_tensor(ds[0][1])
+    if not (y.is_floating_point() or y.is_complex()):
+        raise ValueError(f"{method} is a regression method (L1 loss on real-valued targets) but {name} has "
+                         f"{y.dtype} targets, i.e. class labels; use a classification method (ft, rl, salun, "
+                         f"ssd, ...) or give float targets")
+
+
 def _combined_loader(forget, retain, batch_size: int, seed: int) -> DataLoader:
     data = ConcatDataset([FlaggedDataset(dataset_of(forget, "forget"), 1.0, keep_target=True),
                           FlaggedDataset(dataset_of(retain, "retain"), 0.0, keep_target=True)])
@@ -68,6 +80,8 @@ class Blindspot(UnlearningMethod):
     defaults = {"epochs": 1, "blind_epochs": 2, "lr": 1e-3, "beta": 50.0, "batch_size": 64}
 
     def run(self, model, *, forget, retain, seed, progress):
+        _check_regression_targets(self.name, forget, "forget")
+        _check_regression_targets(self.name, retain, "retain")
         hp = self.hparams
         blind = reinitialize(copy.deepcopy(model), seed + 1)
         log = {"blind_loss": train_classifier(blind, retain, epochs=hp["blind_epochs"], lr=hp["lr"],
@@ -121,6 +135,8 @@ class GaussianAmnesiac(UnlearningMethod):
     defaults = {"epochs": 1, "lr": 1e-3, "batch_size": 64}
 
     def run(self, model, *, forget, retain, seed, progress):
+        _check_regression_targets(self.name, forget, "forget")
+        _check_regression_targets(self.name, retain, "retain")
         hp = self.hparams
         y_f, y_r = _targets(forget), _targets(retain)
         y_all = torch.cat([y_f, y_r])
