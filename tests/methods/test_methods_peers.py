@@ -73,6 +73,24 @@ def test_ssd_budget_picks_the_most_aggressive_setting_within_the_budget(classwis
     assert m["RA"] >= orig["RA"] - 3.0 and m["TA"] >= orig["TA"] - 4.0, m
 
 
+def test_ssd_budget_checks_on_a_given_clean_set(classwise):
+    # check=: the budget reads the caller's trusted set instead of a D_r split (corrective unlearning,
+    # where D_r holds unidentified poison); the test split stands in for it here.
+    from unlearnx.eval.classification import accuracy
+
+    scenario, model, _, _ = classwise
+    res = ux.unlearn(model, "ssd_budget", forget=scenario.forget, retain=scenario.retain, seed=0, progress=False,
+                     check=scenario.test)
+    assert res.log["check_set"] == "given"
+    assert res.log["check_accuracy"] == pytest.approx(accuracy(model, scenario.test))
+    damp = ux.unlearn(model, "ssd", forget=scenario.forget, retain=scenario.retain, seed=0, progress=False,
+                      alpha=res.log["trials"][0][0], lam=res.log["trials"][0][1])
+    assert res.log["trials"][0][2] == pytest.approx(accuracy(damp.model, scenario.test))
+    assert _run("ssd_budget", scenario, model, None)[0].log["check_set"] == "retain"
+    with pytest.raises(ValueError, match="check"):
+        ux.unlearn(model, "ssd_budget", forget=scenario.forget, retain=scenario.retain, check="clean.pt")
+
+
 def test_lipschitz_loss_of_a_linear_map():
     # f(x) = W x: the ratio is ‖W ξ‖ / ‖ξ‖ for every perturbation, independent of x.
     torch.manual_seed(0)

@@ -250,34 +250,49 @@ class SSDBudget(SSD):
     dampened model keeps the accuracy on a check set within `max_ra_drop` points of the undampened
     model's, walking the grid until the first entry over the budget. The check set is a seeded
     `check_fraction` of D_r (the only data an unlearner holds besides D_f; the test set is never
-    read). A request whose forget importance is weak thus still gets dampened as far as the budget
+    read), or `check=`, a labelled Dataset the caller trusts to be clean (Python API). Corrective
+    unlearning needs the latter: there D_r still holds the unidentified poison, so removing a
+    backdoor *lowers* the accuracy on a D_r split and a D_r budget stops the dampening early
+    (docs/benchmarks.md, BadNets). A request whose forget importance is weak thus still gets dampened as far as the budget
     allows. Importances and dampening are SSD's; each trial is one elementwise pass plus one forward
     pass over the check set. When even the mildest entry breaks the budget, it is used anyway and
     log["budget_met"] is False. log["alpha"], log["lam"]; log["trials"]: [(α, λ, check accuracy)];
-    log["check_accuracy"]: before dampening.
+    log["check_accuracy"]: before dampening; log["check_set"]: "retain" or "given".
     """
 
     paper = ("Foster, Schoepf, Brintrup, 'Fast Machine Unlearning Without Retraining Through Selective "
              "Synaptic Dampening', AAAI 2024; (α, λ) by a retain-accuracy budget (unlearnx)")
-    defaults = {"batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2}
+    defaults = {"batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2, "check": None}
 
     def validate(self):
         if not 0.0 < self.hparams["check_fraction"] <= 1.0:
             raise ValueError(f"check_fraction must be in (0, 1], got {self.hparams['check_fraction']!r}")
+        check = self.hparams["check"]
+        if check is not None:
+            from torch.utils.data import DataLoader, Dataset
+
+            if not isinstance(check, (Dataset, DataLoader)):
+                raise ValueError(f"check must be a labelled torch Dataset or DataLoader (a clean set the caller "
+                                 f"trusts), got {type(check).__name__}")
+            dataset_of(check, "check")
 
     def run(self, model, *, forget, retain, seed, progress):
         from torch.utils.data import Subset
 
         from unlearnx.eval.classification import accuracy
 
-        retain_ds = dataset_of(retain, "retain")
-        g = torch.Generator().manual_seed(seed)
-        n = max(1, round(self.hparams["check_fraction"] * len(retain_ds)))
-        check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
+        if self.hparams["check"] is not None:
+            check, source = dataset_of(self.hparams["check"], "check"), "given"
+        else:
+            retain_ds = dataset_of(retain, "retain")
+            g = torch.Generator().manual_seed(seed)
+            n = max(1, round(self.hparams["check_fraction"] * len(retain_ds)))
+            check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
+            source = "retain"
         self._trial = (model, check, accuracy)
         log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
         return {**log, "lam": self._lam, "trials": self._trials, "budget_met": self._met,
-                "check_accuracy": self._base}
+                "check_accuracy": self._base, "check_set": source}
 
     def dampening_lam(self) -> float:
         return self._lam
