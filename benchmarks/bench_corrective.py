@@ -52,12 +52,31 @@ RUNS = (
     ("RL", "rl", {}),
     ("SalUn", "salun", {}),
 )
+# --sweep: Boundary Expanding's learning rate (10 epochs), to show how narrow its working range is;
+# a sweep read on the reported seeds, not a tuned choice (tuning: configs/tune/digits_badnets.yaml).
+SWEEP = tuple((f"BE (lr {lr:g})", "boundary_expand", {"lr": lr, "epochs": 10}) for lr in (1e-3, 1.5e-3, 2e-3, 2.5e-3))
 MODELS = {"small_cnn": lambda width: small_cnn(width=width),
           "resnet_tiny": lambda width: resnet_tiny(in_channels=1, width=width)}
 
 
+def tuned_runs(path: str) -> tuple:
+    """(label, method, hparams) rows of a `unlearnx tune configs/tune/digits_badnets.yaml` result: its
+    tune.json, or the `methods:` snippet of `--write-presets` (benchmarks/results/tuned_digits_badnets.yaml);
+    each method at its chosen values, labelled '<label> (tuned)'."""
+    import json
+
+    import yaml
+
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        return tuple((f"{label} (tuned)", m["method"], dict(m["chosen"]["hparams"]))
+                     for label, m in json.loads(text)["methods"].items() if m.get("chosen"))
+    return tuple((f"{e.get('label', e['name'])} (tuned)", e["name"],
+                  {k: v for k, v in e.items() if k not in ("name", "label")}) for e in yaml.safe_load(text)["methods"])
+
+
 def run_seed(train, test, seed: int, fractions, progress: bool, model: str = "small_cnn",
-             width: int = 32) -> dict[float, dict[str, dict[str, float]]]:
+             width: int = 32, runs=RUNS) -> dict[float, dict[str, dict[str, float]]]:
     base = badnets_poison(train, test, poison_fraction=0.1, identified_fraction=1.0, seed=seed)
     torch.manual_seed(seed)
     original = MODELS[model](width)
@@ -67,7 +86,7 @@ def run_seed(train, test, seed: int, fractions, progress: bool, model: str = "sm
         sc = badnets_poison(train, test, poison_fraction=0.1, identified_fraction=frac, seed=seed)
         assert torch.equal(sc.meta["poison_indices"], base.meta["poison_indices"])  # same poisoned model
         rows = {"Original": ux.evaluate(original, suite="corrective", scenario=sc)}
-        for label, method, hp in RUNS:
+        for label, method, hp in runs:
             ux.methods.ssd.clear_importance_cache()  # time SSD's full-data pass in every run
             res = ux.unlearn(original, method, forget=sc.forget, retain=sc.retain, seed=seed, progress=progress, **hp)
             rows[label] = {**ux.evaluate(res.model, suite="corrective", scenario=sc), "seconds": res.seconds}
@@ -84,11 +103,21 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
     parser.add_argument("--width", type=int, default=32, help="channels of the first stage")
+    parser.add_argument("--tuned", default=None, help="tune.json of `unlearnx tune configs/tune/digits_badnets.yaml`: "
+                        "adds each tuned method as a row (tuned on other poisonings of other data, never these)")
+    parser.add_argument("--only-tuned", action="store_true", help="with --tuned: the tuned rows only")
+    parser.add_argument("--sweep", action="store_true", help="Boundary Expanding at four learning rates instead of "
+                        "the method rows (written to corrective_sweep.md)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        runs = SWEEP
+    else:
+        runs = (() if args.only_tuned else RUNS) + (tuned_runs(args.tuned) if args.tuned else ())
     torch.set_num_threads(args.threads)
     train, test = digits_dataset(seed=0)
     start = time.perf_counter()
-    per_seed = [run_seed(train, test, s, args.fractions, args.progress, args.model, args.width) for s in args.seeds]
+    per_seed = [run_seed(train, test, s, args.fractions, args.progress, args.model, args.width, runs)
+                for s in args.seeds]
     text, records = io.StringIO(), []
     for frac in args.fractions:
         text.write(f"### identified fraction {frac:g} of the poisoned samples, seeds {args.seeds}\n\n")
@@ -110,7 +139,7 @@ def main(argv=None) -> int:
     # The issue's target, checked per seed at the smallest identified fraction.
     frac = min(args.fractions)
     verdicts = []
-    for label, method, _ in RUNS:
+    for label, method, _ in runs:
         ok = [r[frac][label]["ASR"] <= 5.0 and r[frac]["Original"]["Acc_retain"] - r[frac][label]["Acc_retain"] <= 2.0
               for r in per_seed]
         verdicts.append(f"{label} at {frac:g} identified: target (ASR <= 5 %, clean-accuracy drop <= 2 points) met "
@@ -123,6 +152,7 @@ def main(argv=None) -> int:
     print(text.getvalue() + footer)
     if not args.no_write:
         stem = "corrective" if args.model == "small_cnn" else f"corrective_{args.model}"
+        stem += "_sweep" if args.sweep else "_tuned" if args.only_tuned else ""
         write_table_files(stem, f"Corrective unlearning: BadNets on digits ({args.model})", text.getvalue() + footer,
                           ["identified_fraction", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std", "worst")],
                           records)

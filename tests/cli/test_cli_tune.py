@@ -104,6 +104,31 @@ def test_infeasible_trials_are_marked_in_a_real_search(tmp_path):
     assert summary["methods"]["GA"]["n_feasible"] == 0 and not summary["methods"]["GA"]["chosen"]["feasible"]
 
 
+def test_corrective_tuning_minimises_asr_on_fresh_poisonings_of_clean_data(tmp_path):
+    # scenario.kind badnets: objective ASR under a clean-accuracy budget; the tuning data are the clean
+    # samples of the reported training set (its poisoned samples left out), poisoned afresh.
+    cfg = tiny_cls(tmp_path / "run", scenario={"kind": "badnets", "poison_fraction": 0.1, "identified_fraction": 0.1},
+                   methods=[{"name": "boundary_expand", "lr": 1e-3, "epochs": 2}], eval={"suite": "corrective"},
+                   tune={"trials": 2, "seed": 100, "scenarios": 2})
+    summary = tune(cfg, tmp_path / "t", quiet=True)
+    assert summary["objective"]["name"] == "ASR" and summary["objective"]["budget"] == {"clean_accuracy_drop": 2.0}
+    for t in summary["methods"]["BE"]["trials"]:
+        assert set(t["constraints"]) == {"Acc_retain_drop"} and 0.0 <= t["value"] <= 100.0
+    split = summary["split"]
+    v = validate_config(cfg)
+    (train, test), _ = build_data(v["data"], 0)
+    reported = build_scenario(v["scenario"], train, test, 0)
+    poison = set(reported.meta["poison_indices"].tolist())
+    val, fit = set(split["validation_indices"]), set(split["tuning_train_indices"])
+    assert split["reported_poison_indices"] == sorted(poison) and set(split["reported_forget_indices"]) <= poison
+    assert not val & fit and not (val | fit) & poison and val | fit == set(range(len(train))) - poison
+    assert split["tuning_seeds"] == [100, 101] and len(summary["references"]) == 2
+    assert summary["reference"]["Original"]["ASR"] > 50.0  # the tuning originals carry the fresh backdoor
+    cfg_bad = tiny_cls(tmp_path / "run2", scenario={"kind": "confusion", "classes": [1, 7]}, eval={"suite": "corrective"})
+    with pytest.raises(ConfigError, match="scenario.kind"):
+        tune(cfg_bad, tmp_path / "t2", quiet=True)
+
+
 def test_two_tuning_scenarios_forget_two_other_classes(tmp_path):
     summary = tune(tiny_cls(tmp_path / "run", tune={"trials": 1, "scenarios": 2}), tmp_path / "t", quiet=True)
     split = summary["split"]
@@ -152,8 +177,8 @@ def test_bad_tune_config_names_the_key(tmp_path, tune_section, message):
 
 def test_cli_exit_2_on_bad_tune_input(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(tiny_cls(tmp_path / "run", scenario={"kind": "badnets"})))
-    assert cli.main(["tune", str(path), "--out", str(tmp_path / "t")]) == 2
+    path.write_text(yaml.safe_dump(tiny_cls(tmp_path / "run", scenario={"kind": "confusion", "classes": [1, 7]})))
+    assert cli.main(["tune", str(path), "--out", str(tmp_path / "t")]) == 2  # no tuning objective for confusion
     assert "scenario.kind" in capsys.readouterr().err
     path.write_text(yaml.safe_dump(tiny_cls(tmp_path / "run")))
     assert cli.main(["tune", str(path), "--methods", "nope", "--out", str(tmp_path / "t")]) == 2

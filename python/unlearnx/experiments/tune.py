@@ -68,7 +68,7 @@ from unlearnx.experiments.run import step_key
 
 __all__ = ["TUNE_SCHEMA", "SEARCH_SPACES", "PENALTY", "TuningAdapter", "ClassificationTuning", "LLMTuning",
            "DiffusionTuning",
-           "register_tuning", "get_tuning", "validate_tune", "search_space", "tune", "methods_yaml"]
+           "CorrectiveTuning", "register_tuning", "get_tuning", "validate_tune", "search_space", "tune", "methods_yaml"]
 
 PENALTY = 1000.0
 
@@ -343,6 +343,11 @@ class TuningAdapter:
         """{plot_x: ..., plot_y: ...} of a row, for the trade-off figure."""
         return {self.plot_x: row.get(self.plot_x), self.plot_y: row.get(self.plot_y)}
 
+    def for_config(self, cfg: Mapping) -> TuningAdapter:
+        """The adapter for this config (default: this one; a task whose scenarios have different
+        objectives returns another, e.g. classification -> corrective for BadNets)."""
+        return self
+
 
 _ADAPTERS: dict[str, TuningAdapter] = {}
 
@@ -366,6 +371,43 @@ def _public(cfg: Mapping) -> dict:
     return {k: copy.deepcopy(v) for k, v in cfg.items() if not str(k).startswith("_") and k != "tune"}
 
 
+def _split_pool(pool: torch.Tensor, tcfg: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, fit) indices: a seeded `tune.val_fraction` of `pool` and the rest, sorted."""
+    g = torch.Generator().manual_seed(tcfg["seed"])
+    perm = pool[torch.randperm(len(pool), generator=g)]
+    n_val = max(1, round(tcfg["val_fraction"] * len(pool)))
+    return perm[:n_val].sort().values, perm[n_val:].sort().values
+
+
+def _write_tuning_data(train, fit: torch.Tensor, val: torch.Tensor, out: Path) -> Path:
+    """<out>/tuning_data.pt (atomically): rows `fit` of `train` as the tuning training set, `val` as
+    its test set, in the format of the classification task's `data.path`."""
+    from unlearnx.data import inputs_of, labels_of
+    from unlearnx.report import atomic_write_bytes
+
+    x, y = inputs_of(train), labels_of(train)
+    buf = io.BytesIO()
+    torch.save({"x_train": x[fit].clone(), "y_train": y[fit].clone(), "x_test": x[val].clone(),
+                "y_test": y[val].clone()}, buf)
+    data_file = out / "tuning_data.pt"
+    atomic_write_bytes(data_file, buf.getvalue())
+    return data_file
+
+
+def _tuning_model(cfg: Mapping, num_classes: int) -> dict:
+    """The config's model section for a tuning run: trained from scratch, with the reported model's
+    output layer (num_classes) even when a class is missing from the tuning data."""
+    import inspect
+
+    from unlearnx import models as models_mod
+
+    model = copy.deepcopy(cfg["model"])
+    model["path"] = None
+    if "num_classes" in inspect.signature(getattr(models_mod, model["name"])).parameters:
+        model["kwargs"].setdefault("num_classes", num_classes)
+    return model
+
+
 @register_tuning("classification")
 class ClassificationTuning(TuningAdapter):
     """Classifiers: tuning scenario carved out of the reported D_r (module docstring)."""
@@ -375,28 +417,19 @@ class ClassificationTuning(TuningAdapter):
     plot_x, plot_y = "gap/UA", "TA"
 
     def tuning_configs(self, cfg, tcfg, out):
-        from unlearnx.data import inputs_of, labels_of
+        from unlearnx.data import labels_of
         from unlearnx.experiments.classification import build_data, build_scenario
-        from unlearnx.report import atomic_write_bytes
 
         kind = cfg["scenario"]["kind"]
         if kind not in ("random", "class", "subclass"):
-            raise ConfigError(f"config key 'scenario.kind': tuning supports random, class and subclass forgetting, "
-                              f"not {kind!r} (its objective is not Avg. Gap)")
+            raise ConfigError(f"config key 'scenario.kind': tuning supports random, class and subclass forgetting "
+                              f"and BadNets (corrective), not {kind!r} (its objective is not Avg. Gap)")
         rseed, tseed = cfg["seeds"][0], tcfg["seed"]
         (train, test), _ = build_data(cfg["data"], rseed)
         reported = build_scenario(cfg["scenario"], train, test, rseed)
-        pool = reported.retain_indices
-        g = torch.Generator().manual_seed(tseed)
-        perm = pool[torch.randperm(len(pool), generator=g)]
-        n_val = max(1, round(tcfg["val_fraction"] * len(pool)))
-        val, fit = perm[:n_val].sort().values, perm[n_val:].sort().values
-        x, y = inputs_of(train), labels_of(train)
-        buf = io.BytesIO()
-        torch.save({"x_train": x[fit].clone(), "y_train": y[fit].clone(), "x_test": x[val].clone(),
-                    "y_test": y[val].clone()}, buf)
-        data_file = out / "tuning_data.pt"
-        atomic_write_bytes(data_file, buf.getvalue())
+        val, fit = _split_pool(reported.retain_indices, tcfg)
+        data_file = _write_tuning_data(train, fit, val, out)
+        y = labels_of(train)
         present = sorted(int(c) for c in y[fit].unique())
         n_sc = tcfg["scenarios"]
         scenarios, seeds = [], [tseed + i for i in range(n_sc)]
@@ -417,14 +450,7 @@ class ClassificationTuning(TuningAdapter):
             seeds = [tseed] * n_sc
         else:
             scenarios = [dict(cfg["scenario"]) for _ in range(n_sc)]
-        model = copy.deepcopy(cfg["model"])
-        model["path"] = None
-        from unlearnx import models as models_mod
-        import inspect
-
-        # The same output layer as the reported model even when the forgotten class is the largest id.
-        if "num_classes" in inspect.signature(getattr(models_mod, model["name"])).parameters:
-            model["kwargs"].setdefault("num_classes", int(y.max()) + 1)
+        model = _tuning_model(cfg, int(y.max()) + 1)  # the reported output layer, even without its largest class
         configs, forget_sets = [], []
         for i, (scenario, seed) in enumerate(zip(scenarios, seeds)):
             configs.append({**_public(cfg), "name": f"{cfg['name']} (tuning {i})",
@@ -465,6 +491,9 @@ class ClassificationTuning(TuningAdapter):
     def rows(self, seed_result):
         return seed_result["metrics"]
 
+    def for_config(self, cfg):
+        return CorrectiveTuning() if cfg.get("scenario", {}).get("kind") == "badnets" else self
+
     def score(self, rows, references, tcfg):
         # Several tuning scenarios: the mean Avg. Gap under the worst RA and TA drops.
         ra_drop = max(ref["Original"]["RA"] - row["RA"] for row, ref in zip(rows, references))
@@ -475,6 +504,72 @@ class ClassificationTuning(TuningAdapter):
         return {"value": value, "objective": value if feasible else PENALTY + violation,
                 "constraints": {"RA_drop": ra_drop, "TA_drop": ta_drop}, "violation": violation,
                 "feasible": feasible, "utility": sum(float(row["TA"]) for row in rows) / len(rows)}
+
+
+class CorrectiveTuning(ClassificationTuning):
+    """Corrective unlearning of a BadNets backdoor (classification, scenario.kind badnets): the
+    tuning data are the reported training set's **clean** samples (every sample the reported run
+    poisoned is left out, identified or not), split into a tuning test set (`tune.val_fraction`) and
+    a tuning training set that is poisoned afresh with the tuning seed (same poison fraction,
+    trigger, target class and identified fraction); a tuning original is trained on it. The reported
+    forget set, its poison and the test set are never trained on, unlearned or evaluated. Objective:
+    minimise the attack success rate (ASR) subject to a clean-accuracy (Acc_retain) drop <=
+    `tune.ta_drop` points against the tuning original (Corrective Machine Unlearning's criterion)."""
+
+    direction = "minimize"
+    objective_name = "ASR"
+    plot_x, plot_y = "ASR", "Acc_retain"
+
+    def tuning_configs(self, cfg, tcfg, out):
+        from unlearnx.data import labels_of
+        from unlearnx.experiments.classification import build_data, build_scenario
+
+        rseed, tseed = cfg["seeds"][0], tcfg["seed"]
+        (train, test), _ = build_data(cfg["data"], rseed)
+        reported = build_scenario(cfg["scenario"], train, test, rseed)
+        poisoned = set(reported.meta["poison_indices"].tolist())
+        val, fit = _split_pool(torch.tensor([i for i in range(len(train)) if i not in poisoned]), tcfg)
+        data_file = _write_tuning_data(train, fit, val, out)
+        model = _tuning_model(cfg, int(labels_of(train).max()) + 1)
+        seeds = [tseed + i for i in range(tcfg["scenarios"])]
+        configs = [{**_public(cfg), "name": f"{cfg['name']} (tuning {i})",
+                    "out_dir": str(out / ("work" if i == 0 else f"work-{i}")), "seeds": [seed],
+                    "data": {"name": cfg["data"]["name"], "path": str(data_file), "kwargs": {}},
+                    "model": model, "scenario": dict(cfg["scenario"]),
+                    "eval": {**cfg["eval"], "suite": "corrective", "per_item": False},
+                    "methods": [{"name": e["method"], "label": e["label"], **e["hparams"]} for e in cfg["_methods"]]}
+                   for i, seed in enumerate(seeds)]
+        split = {
+            "pool": "the clean samples of the reported run's training set (seed %d; its poisoned samples, identified "
+                    "or not, left out); indices are into that training set" % rseed,
+            "reported_poison_indices": sorted(poisoned), "reported_forget_indices": reported.forget_indices.tolist(),
+            "validation_indices": val.tolist(), "tuning_train_indices": fit.tolist(),
+            "reported_scenario": cfg["scenario"], "tuning_scenario": cfg["scenario"], "tuning_seeds": seeds,
+            "sizes": {"reported_train": len(train), "reported_poisoned": len(poisoned),
+                      "reported_test": len(reported.test), "validation": len(val), "tuning_train": len(fit)},
+            "disjoint": ("tuning data = the clean part of the reported training set: the reported poisoned samples "
+                         "(hence its forget set) and its test set are never trained on, unlearned or evaluated in "
+                         "tuning; the tuning training set is poisoned afresh with the tuning seed(s) "
+                         f"{seeds} and the tuning test set is a held-out part of the pool"
+                         + (f"; each trial's ASR is the mean over {len(seeds)} tuning poisonings and its "
+                            "clean-accuracy drop the largest" if len(seeds) > 1 else "")),
+        }
+        return configs, split
+
+    def budget(self, tcfg):
+        return {"clean_accuracy_drop": tcfg["ta_drop"]}
+
+    def for_config(self, cfg):
+        return self
+
+    def score(self, rows, references, tcfg):
+        drop = max(ref["Original"]["Acc_retain"] - row["Acc_retain"] for row, ref in zip(rows, references))
+        violation = max(0.0, drop - tcfg["ta_drop"])
+        value = sum(float(row["ASR"]) for row in rows) / len(rows)
+        feasible = violation == 0.0 and math.isfinite(value)
+        return {"value": value, "objective": value if feasible else PENALTY + violation,
+                "constraints": {"Acc_retain_drop": drop}, "violation": violation, "feasible": feasible,
+                "utility": sum(float(row["Acc_retain"]) for row in rows) / len(rows)}
 
 
 @register_tuning("llm")
@@ -712,7 +807,7 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
 
     optuna = _optuna()
     cfg = validate_config(config)
-    adapter = get_tuning(cfg["task"])
+    adapter = get_tuning(cfg["task"]).for_config(cfg)
     tcfg = copy.deepcopy(cfg.get("tune")) or validate_tune({}, cfg)
     if trials is not None:
         check_range("--trials", trials, low=1)
@@ -916,7 +1011,7 @@ def write_tune_report(summary: Mapping, out: Path, adapter: TuningAdapter | None
     from unlearnx.report import (atomic_write_bytes, atomic_write_text, format_value, render_html,
                                  render_markdown, tradeoff_scatter)
 
-    adapter = adapter or get_tuning(summary["task"])
+    adapter = adapter or get_tuning(summary["task"]).for_config(summary.get("config", {}))
     obj = summary["objective"]
     budget = ", ".join(f"{k} {v}" for k, v in obj["budget"].items())
     blocks: list[tuple] = [
