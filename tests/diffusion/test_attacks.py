@@ -162,9 +162,11 @@ def test_class_embedding_attack_recovers_a_swapped_class():
     with A.class_embedding_override(weak, 1, res.embeddings[0]):
         attacked = loss_under(weak, ones, [1] * len(ones))
     assert attacked < erased - 0.5 * (erased - base), (base, erased, attacked)
+    weak.unet.requires_grad_(False)  # a frozen (e.g. reloaded) model: the attacker still fine-tunes every weight
     rel = A.relearning_probe(weak, Brightness(0.5), 1, ConditionedImages(ones, [1] * len(ones)), [1],
                              steps=(0, 2), n_per_condition=2, sample_kw=FAST)
     assert [s for s, _ in rel.curve] == [0, 2]
+    assert not any(p.requires_grad for p in weak.unet.parameters())  # on a copy: the model is left as it was
 
 
 def test_worst_case_selects_the_easy_conditions_not_random():

@@ -273,7 +273,7 @@ def optimize_prefix(model, target_images, target_conditions, *, k, steps, lr, ba
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if project and losses[-1] < best[0]:
                 best = (losses[-1], nearest_tokens(model, used.detach(), exclude_words))
     return soft.detach(), losses, best[1]
@@ -495,6 +495,7 @@ def relearning_probe(model, evaluator, target_label, forget, target_conditions, 
     curve = []
     for s in seeds:
         m = copy.deepcopy(model)
+        m.unet.requires_grad_(True)  # the attacker fine-tunes every UNet weight, whatever the unlearner froze
         done = 0
         for i, target in enumerate(steps):
             if target > done:

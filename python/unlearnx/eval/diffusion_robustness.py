@@ -11,16 +11,20 @@ Relearning speed = the first fine-tuning step count at which the relearning ASR 
 """
 from __future__ import annotations
 
+import time
+
 from unlearnx.diffusion.attacks import ATTACKS, attack_applies, run_attack
 
 __all__ = ["robustness_table", "robustness_markdown"]
 
 
 def robustness_table(models: dict, evaluator, target_label: int, *, target_images, target_conditions, forget=None,
-                     attacks=None, seeds=(0,), concept_word=None, sample_kw=None, relearn_level: float = 50.0) -> dict:
+                     attacks=None, seeds=(0,), concept_word=None, sample_kw=None, relearn_level: float = 50.0,
+                     progress=None) -> dict:
     """Per model label: {"ua", "asr": {attack: percent (mean over seeds)}, "asr_std", "relearning_curve",
     "relearning_speed"}; attacks: {name: budget kwargs} (default: every attack that applies to the
-    model kind with its default budget). Each attack runs once per seed (the seeds are passed on)."""
+    model kind with its default budget). Each attack runs once per seed (the seeds are passed on).
+    progress: optional callable receiving one line per finished (model, attack)."""
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict {label: DiffusionModel}")
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
@@ -38,7 +42,7 @@ def robustness_table(models: dict, evaluator, target_label: int, *, target_image
         plan.setdefault("none", {})
         row = {"asr": {}, "asr_std": {}}
         for name, budget in plan.items():
-            vals = []
+            vals, t0 = [], time.perf_counter()
             for s in seeds:
                 res = run_attack(name, model, evaluator, target_label, target_images=target_images,
                                  target_conditions=target_conditions, forget=forget, concept_word=concept_word,
@@ -49,6 +53,8 @@ def robustness_table(models: dict, evaluator, target_label: int, *, target_image
             mean = sum(vals) / len(vals)
             row["asr"][name] = mean
             row["asr_std"][name] = (sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1)) ** 0.5
+            if progress is not None:
+                progress(f"{label}: {name} ASR {mean:.1f} ({time.perf_counter() - t0:.0f} s)")
         row["ua"] = 100.0 - row["asr"]["none"]
         if "relearning_curves" in row:
             curves = row["relearning_curves"]

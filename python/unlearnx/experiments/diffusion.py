@@ -544,7 +544,8 @@ class DiffusionTask(ExperimentTask):
         run.echo(f"[seed {setup.seed}] robustness: {', '.join(run.cfg['attacks'])} against every model")
         return robustness_table(models, evaluator, target_label, target_images=images, target_conditions=conditions,
                                 forget=setup.forget, attacks=run.cfg["attacks"], seeds=(setup.seed,),
-                                concept_word=word, sample_kw=sample_kw)
+                                concept_word=word, sample_kw=sample_kw,
+                                progress=lambda line: run.echo(f"[seed {setup.seed}] {line}"))
 
     # ---- the whole run
     def results(self, run: Run, per_seed: list[dict]) -> dict:
