@@ -3,6 +3,8 @@ saved with save_pretrained: what `configs/llm/*_files.yaml` read, written to a t
 import json
 from pathlib import Path
 
+import torch
+
 from unlearnx.data.authors import make_authors
 from unlearnx.data.lm_batches import QATemplate
 from unlearnx.data.text import build_tokenizer
@@ -89,7 +91,7 @@ def write_rwku(root: Path, targets=("Ann Velmora", "Bob Kora")) -> Path:
         (d / "forget_level2.json").write_text(json.dumps([probe(f"Where was {name} born?", "Velmora city", "2")]))
         (d / "forget_level3.json").write_text(json.dumps([
             probe(f"Tell me: where was {name} born?", "Velmora", "3", type="prefix injection"),
-            probe(f"Who was born in Velmora?", name, "3", type="reverse query")]))
+            probe("Who was born in Velmora?", name, "3", type="reverse query")]))
         (d / "neighbor_level1.json").write_text(json.dumps([probe("Cara was born in ___.", "Kora", "1")]))
         (d / "forget_mia.json").write_text(json.dumps([{"text": f"{name} wrote books about rivers.", "subject": name},
                                                        {"text": f"{name} lived in Velmora.", "subject": name}]))
@@ -101,9 +103,16 @@ def write_rwku(root: Path, targets=("Ann Velmora", "Bob Kora")) -> Path:
 def fill_placeholders(raw: dict, folder: Path) -> list[str]:
     """Overrides that replace a shipped `*_files.yaml` config's placeholder paths (data.path,
     model.pretrained, oracle.pretrained) by tiny files of its benchmark and a tiny saved Llama in
-    `folder`; [] for a config without model.pretrained."""
+    `folder` (a diffusion config: a tiny saved pipeline); [] for a config without model.pretrained."""
     if not (raw.get("model") or {}).get("pretrained"):
         return []
+    if raw.get("task") == "diffusion":  # a tiny Stable-Diffusion-shaped pipeline saved as a diffusers directory
+        from unlearnx.diffusion import tiny_text_model
+
+        torch.manual_seed(0)
+        tiny_text_model(raw["data"]["forget"] + raw["data"]["retain"], image_size=8, block_out_channels=(16, 32),
+                        text_dim=16, latent=True).save_pretrained(folder / "pipeline")
+        return [f"model.pretrained={folder / 'pipeline'}"]
     bench = raw["data"]["benchmark"]
     writer = {"tofu": write_tofu, "muse": write_muse, "wmdp": write_wmdp, "rwku": write_rwku}[bench]
     out = [f"data.path={writer(folder / bench)}", f"model.pretrained={save_tiny_llama(folder / 'model')}"]

@@ -251,7 +251,9 @@ class DiffusionModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes a diffusers pipeline directory (unet/, scheduler/, text_encoder/, tokenizer/, vae/)
-        plus unlearnx.json ({kind, num_classes}); `load_pipeline` reads it back."""
+        plus unlearnx.json ({kind, num_classes}); `load_pipeline` reads it back. A latent text model
+        (Stable Diffusion's layout) also gets model_index.json, so that
+        ``StableDiffusionPipeline.from_pretrained(path)`` loads it (no safety checker)."""
         from unlearnx.report import atomic_write_json
 
         os.makedirs(path, exist_ok=True)
@@ -262,6 +264,18 @@ class DiffusionModel(nn.Module):
             self.tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
         if self.vae is not None:
             self.vae.save_pretrained(os.path.join(path, "vae"))
+        if self.kind == "text" and self.vae is not None:
+            # Stable Diffusion's layout: StableDiffusionPipeline.from_pretrained(path) reads it too.
+            import diffusers
+
+            atomic_write_json(os.path.join(path, "model_index.json"), {
+                "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+                "unet": ["diffusers", type(self.unet).__name__],
+                "scheduler": ["diffusers", type(self.scheduler).__name__],
+                "text_encoder": ["transformers", type(self.text_encoder).__name__],
+                "tokenizer": ["transformers", type(self.tokenizer).__name__],
+                "vae": ["diffusers", type(self.vae).__name__],
+                "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False})
         atomic_write_json(os.path.join(path, "unlearnx.json"), {"kind": self.kind, "num_classes": self.num_classes})
 
 

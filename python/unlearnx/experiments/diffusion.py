@@ -11,17 +11,28 @@ Built-in benchmark (nothing downloaded; unlearnx.data.canvas):
 - digits: scikit-learn's digits upscaled, a class-conditional UNet2DModel; class-wise forgetting
   with a digit evaluator: UA and retain accuracy.
 
-`model: {pretrained: DIR}` loads a diffusers pipeline directory as the original (no Retrain can be
-trained for it: the report says so and shows the metrics that need none).
+Your own pipeline: `model: {pretrained: DIR}` loads a text-to-image diffusers pipeline directory
+(e.g. Stable Diffusion) as the original, with `data: {name: prompts, forget: [...], retain: [...],
+n_per_prompt}` and `scenario: {kind: concept}` (the default then). The methods' forget / retain
+images are the original's own generations of those prompts (as SalUn does for Stable Diffusion;
+ESD and UCE read only the prompts). No Retrain oracle exists for it and there are no evaluators:
+every model is scored against the original on those generations at one fixed t and noise per image
+(align-forget / align-retain: the share of the original's guidance direction kept,
+`guidance_alignment`; loss-forget / loss-retain: the denoising loss), with its time and changed
+parameters; the report says so.
 
 Run directory: results.json, report.md, report.html, plots/ (metric bars, the image grid of
 prompts x {Original, each method, Retrain}); seed-<s>/{original,retrain}.{json,safetensors},
 seed-<s>/evaluator-*.{json,safetensors}, seed-<s>/methods/<label>.{json,safetensors}. Sequential
 erasure (scenario.kind sequential: several styles erased one after another, docs/diffusion.md):
-seed-<s>/retrain_step_<k>.* and seed-<s>/methods/<label>_step_<k>.* per step k.
+seed-<s>/retrain_step_<k>.* and seed-<s>/methods/<label>_step_<k>.* per step k. A pretrained run
+has no original / Retrain / evaluator files but seed-<s>/prompt-images.{json,safetensors} (the
+generated forget / retain images) and seed-<s>/pipelines/<label>/, each unlearned model as a
+diffusers pipeline directory (`load_pipeline`, `StableDiffusionPipeline.from_pretrained`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
@@ -57,7 +68,14 @@ DIFFUSION_COLUMNS = {
     "CRA": "cross-domain retain accuracy, % (objects when a style is erased; ↑)",
     "FID-eval": "Fréchet distance in the in-run evaluator's features, retained concepts vs real (↓)",
     "Avg.Gap": "mean |metric − Retrain's| over UA, IRA, CRA (↓)",
+    "align-forget": "pretrained: share of the original's guidance direction ε(x_t, c) − ε(x_t, ∅) the model keeps for "
+                    "the forget prompts (1 = unchanged, 0 = they act like the empty prompt, < 0 = pushed away; ↓)",
+    "align-retain": "pretrained: the same for the retain prompts (1 = unchanged; ↑)",
+    "loss-forget": "pretrained: denoising loss on the original's generations of the forget prompts (↑: the model no "
+                   "longer reproduces them)",
+    "loss-retain": "pretrained: denoising loss on the original's generations of the retain prompts (→ Original's)",
     "RTE-s": "unlearning wall time, s (↓)",
+    "peak-mem-GiB": "peak CUDA memory allocated while unlearning, GiB (GPU runs only)",
     "changed-params": "parameters that differ from the original (storage of the change)",
 }
 
@@ -69,14 +87,20 @@ SCHEMA: dict = {
     "device": Field("str", "cpu", choices=("cpu", "cuda", "auto")),
     "threads": Field("int", 1, help="torch CPU threads during the run (0: torch's default)"),
     "data": {
-        "name": Field("str", "canvas", choices=("canvas", "digits"), help="built-in data set"),
+        "name": Field("str", "canvas", choices=("canvas", "digits", "prompts"),
+                      help="built-in data set, or prompts (with model.pretrained: data.forget / data.retain)"),
         "size": Field("int", 16, help="image side in pixels (canvas 16 or 32; digits upscaled to it)"),
         "n_per_pair": Field("int", 24, help="canvas: images per (style, object) pair"),
         "n_styles": Field("int", 4, help="canvas: number of styles"),
         "n_objects": Field("int", 4, help="canvas: number of objects"),
+        "forget": Field("any", None, help="prompts: the prompts that show the concept to erase (list of strings)"),
+        "retain": Field("any", None, help="prompts: the prompts whose generations must be kept (list of strings)"),
+        "n_per_prompt": Field("int", 4, help="prompts: images the original generates per prompt (the methods' "
+                                             "forget / retain images, and what every model is scored on)"),
     },
     "scenario": {
-        "kind": Field("str", "style", choices=("style", "object", "class", "sequential")),
+        "kind": Field("str", "style", choices=("style", "object", "class", "sequential", "concept"),
+                      help="default: concept with model.pretrained (the concept of data.forget), else style"),
         # The other keys depend on the kind: SCENARIO_KEYS.
     },
     "model": {
@@ -116,24 +140,47 @@ SCENARIO_KEYS: dict[str, dict[str, Field]] = {
     "sequential": {"targets": Field("any", None, help="canvas styles erased one after another, each step from the "
                                                       "previous step's model (default: the first 3, at most "
                                                       "data.n_styles - 1)")},
+    "concept": {},  # model.pretrained: the concept is what data.forget's prompts show
 }
+
+# The keys of `data:` that only data.name "prompts" reads; the built-in data's step keys leave them out.
+PROMPT_DATA_KEYS = ("forget", "retain", "n_per_prompt")
+
+# Images per batch when a pretrained pipeline generates or is scored (Stable Diffusion's VAE at 512x512
+# needs several GiB per 8 images).
+PRETRAINED_BATCH = 8
+
+# The sub-folders of a diffusers pipeline directory that load_pipeline reads (their files key the steps);
+# a pretrained run needs the first four (a text-to-image pipeline).
+PIPELINE_PARTS = ("unet", "scheduler", "text_encoder", "tokenizer", "vae")
+
+# The bars of a pretrained run's report (against the Original: no Retrain).
+CONCEPT_BARS = ("align-forget", "align-retain", "loss-forget", "loss-retain")
+
+NO_ORACLE_NOTE = ("no Retrain oracle: a pretrained pipeline cannot be retrained here (its training data are not "
+                  "part of the run)")
 
 # Sequential erasure: how many styles the default `scenario.targets` erases.
 SEQUENTIAL_DEFAULT_STEPS = 3
 
 
 def _validate_scenario(cfg) -> dict:
-    """The `scenario:` section: `kind` and the keys of that kind (SCENARIO_KEYS)."""
+    """The `scenario:` section: `kind` and the keys of that kind (SCENARIO_KEYS). Without `kind` the
+    keys are checked as style's and kind is None: DiffusionTask.validate picks the default (concept
+    with model.pretrained, else style)."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"config key 'scenario': expected a mapping, got {cfg!r}")
-    kind = check_value("scenario.kind", cfg.get("kind", "style"), SCHEMA["scenario"]["kind"])
+    given = cfg.get("kind") is not None
+    kind = check_value("scenario.kind", cfg["kind"], SCHEMA["scenario"]["kind"]) if given else "style"
     if kind == "sequential" and "target" in cfg:
         raise ConfigError("config key 'scenario.target': scenario.kind 'sequential' takes 'scenario.targets' "
                           "(a list of styles erased one after another)")
     if kind != "sequential" and "targets" in cfg:
         raise ConfigError(f"config key 'scenario.targets': only with scenario.kind 'sequential' (kind {kind!r} "
                           "erases one 'scenario.target')")
-    return validate_section(cfg, {"kind": SCHEMA["scenario"]["kind"], **SCENARIO_KEYS[kind]}, "scenario.")
+    out = validate_section({k: v for k, v in cfg.items() if k != "kind" or given},
+                           {"kind": SCHEMA["scenario"]["kind"], **SCENARIO_KEYS[kind]}, "scenario.")
+    return out if given else {**out, "kind": None}
 
 
 class _Setup:
@@ -148,6 +195,17 @@ class _Setup:
         self.seed = seed
         self.dir = run.out / f"seed-{seed}"
         self.kind = sc["kind"]
+        if d["name"] == "prompts":
+            # The images come from the original pipeline (DiffusionTask.original); until then there are none.
+            self.target, self.data, self.forget, self.retain = None, None, None, None
+            self.forget_prompts, self.retain_prompts = list(d["forget"]), list(d["retain"])
+            self.prompts = self.forget_prompts + self.retain_prompts
+            # Everything the methods' inputs depend on: the pipeline's files, the prompts, how they are sampled.
+            ev = cfg["eval"]
+            self.base_key = step_key(_pipeline_identity(cfg["model"]["pretrained"]),
+                                     {k: d[k] for k in PROMPT_DATA_KEYS}, ev["sample_steps"], ev["guidance_scale"],
+                                     seed)
+            return
         if d["name"] == "canvas":
             self.data = canvas_dataset(n_per_pair=d["n_per_pair"], size=d["size"], n_styles=d["n_styles"],
                                        n_objects=d["n_objects"], seed=seed)
@@ -176,7 +234,8 @@ class _Setup:
             self.prompts = list(range(10))
         # Sequential steps add their targets to their own keys: the original does not depend on them.
         scenario_key = {"kind": "sequential"} if self.kind == "sequential" else cfg["scenario"]
-        self.base_key = step_key(cfg["data"], scenario_key, cfg["model"], cfg["train"], seed)
+        data_key = {k: v for k, v in cfg["data"].items() if k not in PROMPT_DATA_KEYS}
+        self.base_key = step_key(data_key, scenario_key, cfg["model"], cfg["train"], seed)
 
     def _style_ids(self, styles) -> torch.Tensor:
         return torch.tensor([self.data.styles.index(s) for s in styles])
@@ -214,7 +273,10 @@ def method_sampler(record: Mapping):
 
 
 def _evaluator_specs(setup: _Setup, cfg: dict) -> dict:
-    """{name: (train TensorDataset, test TensorDataset, classes, channels)} of the run's evaluators."""
+    """{name: (train TensorDataset, test TensorDataset, classes, channels)} of the run's evaluators
+    (none for a pretrained pipeline: no data of its concepts to train them on)."""
+    if cfg["data"]["name"] == "prompts":
+        return {}
     if cfg["data"]["name"] == "canvas":
         ev, n = setup.eval_data, len(setup.eval_data)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(setup.seed))
@@ -246,6 +308,13 @@ class DiffusionTask(ExperimentTask):
 
     def validate(self, cfg: dict) -> dict:
         d, sc, m = cfg["data"], cfg["scenario"], cfg["model"]
+        if sc["kind"] is None:
+            sc["kind"] = "concept" if m["pretrained"] is not None else "style"
+            if sc["kind"] == "concept":
+                if sc.pop("target") is not None:
+                    raise ConfigError("config key 'scenario.target': a pretrained pipeline erases the concept its "
+                                      "data.forget prompts show; scenario takes no target")
+        _validate_pretrained(cfg)
         check_range("threads", cfg["threads"], low=0)
         check_range("data.size", d["size"], low=8)
         for key in ("n_per_pair", "n_styles", "n_objects"):
@@ -262,7 +331,7 @@ class DiffusionTask(ExperimentTask):
                               "(canvas: style, object or sequential; digits: class)")
         if sc["kind"] == "sequential":
             _validate_targets(cfg)
-        elif sc["target"] is not None:
+        elif sc["kind"] != "concept" and sc["target"] is not None:
             if sc["kind"] == "class":
                 if isinstance(sc["target"], bool) or not isinstance(sc["target"], int) or not 0 <= sc["target"] <= 9:
                     raise ConfigError(f"config key 'scenario.target': expected a digit class 0-9, got {sc['target']!r}")
@@ -277,10 +346,6 @@ class DiffusionTask(ExperimentTask):
                 raise ConfigError(f"config key 'model.{key}': widths must be multiples of 8, got {m[key]}")
         check_range("model.layers_per_block", m["layers_per_block"], low=1)
         check_range("model.text_dim", m["text_dim"], low=2)
-        if m["pretrained"] is not None:
-            raise ConfigError("config key 'model.pretrained': pretrained pipelines run through the Python API "
-                              "(unlearnx.diffusion.load_pipeline + ux.unlearn); the built-in benchmark needs its "
-                              "own model and Retrain")
         for key, low in (("steps", 1), ("batch_size", 1)):
             check_range(f"train.{key}", cfg["train"][key], low=low)
         check_range("train.lr", cfg["train"]["lr"], low=0, low_open=True)
@@ -291,15 +356,23 @@ class DiffusionTask(ExperimentTask):
         check_range("eval.guidance_scale", cfg["eval"]["guidance_scale"], low=0)
         from unlearnx import methods as ux_methods
 
-        kind = "text" if d["name"] == "canvas" else "class"
+        # A pretrained pipeline is text-to-image: _validate_pretrained checked its text_encoder/ and tokenizer/.
+        kind = "class" if d["name"] == "digits" else "text"
         excluded = {}
         for name in ux_methods.available(self.method_task):
             cls = ux_methods.get(name, task=self.method_task)
             if kind not in cls.model_kinds:
+                made = ("model.pretrained is a text-conditional pipeline" if m["pretrained"] is not None
+                        else f"{d['name']!r} trains a {kind}-conditional one")
                 excluded[name] = (f"cannot run on data {d['name']!r}: it needs a {' or '.join(cls.model_kinds)}-"
-                                  f"conditional model ({cls.kind_reason}) and {d['name']!r} trains a "
-                                  f"{kind}-conditional one")
+                                  f"conditional model ({cls.kind_reason}) and {made}")
+        if m["pretrained"] is not None and "retrain" in ux_methods.available(self.method_task):
+            excluded["retrain"] = ("is refused with model.pretrained: a pretrained pipeline cannot be retrained here "
+                                   "(no Retrain oracle: its training data are not part of the run)")
         cfg["_methods"], cfg["_skipped"] = validate_methods(cfg["methods"], self.method_task, excluded=excluded)
+        if m["pretrained"] is not None and cfg["attacks"] not in (None, []):
+            raise ConfigError("config key 'attacks': not available with model.pretrained (an attack's success is "
+                              "read by an evaluator trained on the run's own data; a pretrained run has none)")
         cfg["attacks"] = _validate_attacks(cfg["attacks"], kind)
         if cfg["attacks"] and sc["kind"] == "sequential":
             raise ConfigError("config key 'attacks': not available with scenario.kind 'sequential' (the attacks probe "
@@ -369,9 +442,47 @@ class DiffusionTask(ExperimentTask):
         return model.to(run.device), rec
 
     def original(self, run: Run, setup: _Setup):
+        if setup.kind == "concept":
+            return self._load_pretrained(run, setup)
         return self._train(run, setup, "Original", setup.data)
 
+    def _load_pretrained(self, run: Run, setup: _Setup):
+        """The pipeline of model.pretrained on run.device, and its own generations of the forget and
+        retain prompts (data.n_per_prompt each; a cached step, seed-<s>/prompt-images.*) as
+        setup.forget / setup.retain: the (image, prompt) data of the methods that need images."""
+        from unlearnx.diffusion import ConditionedImages, load_pipeline, sample
+
+        cfg = run.cfg
+        path, n, ev = cfg["model"]["pretrained"], cfg["data"]["n_per_prompt"], cfg["eval"]
+        run.echo(f"[seed {setup.seed}] Original: loading the pipeline {path}")
+        start = time.perf_counter()
+        model = load_pipeline(path, device=run.device)
+        load_s = time.perf_counter() - start
+        forget = [p for p in setup.forget_prompts for _ in range(n)]
+        retain = [p for p in setup.retain_prompts for _ in range(n)]
+
+        def compute():
+            run.echo(f"[seed {setup.seed}] Original: generating {n} images per prompt ({len(setup.forget_prompts)} "
+                     f"forget, {len(setup.retain_prompts)} retain prompts, {ev['sample_steps']} DDIM steps, "
+                     f"guidance {ev['guidance_scale']})")
+            t0 = time.perf_counter()
+            images = sample(model, forget + retain, steps=ev["sample_steps"], guidance_scale=ev["guidance_scale"],
+                            seed=setup.seed, batch_size=PRETRAINED_BATCH).cpu()
+            return _PromptImages(images[:len(forget)], images[len(forget):]), {"seconds": time.perf_counter() - t0}
+
+        def fresh():
+            shape = model.image_shape
+            return _PromptImages(torch.zeros(len(forget), *shape), torch.zeros(len(retain), *shape))
+
+        images, rec = run.steps.run("prompt images", step_key(setup.base_key, "images"), setup.dir / "prompt-images",
+                                    fresh, compute)
+        setup.forget, setup.retain = ConditionedImages(images.forget, forget), ConditionedImages(images.retain, retain)
+        return model, {"label": self.original_label, "key": setup.base_key, "seconds": None, "pretrained": path,
+                       "load_s": load_s, "generation_s": rec.get("seconds"), "images_file": rec.get("model_file")}
+
     def oracle(self, run: Run, setup: _Setup):
+        if setup.kind == "concept":
+            return None, {"seconds": None, "note": NO_ORACLE_NOTE}
         if setup.kind != "sequential":
             return self._train(run, setup, "Retrain", setup.retain)
         # One Retrain per step: step k's is trained on the data without the styles of steps 1..k.
@@ -392,8 +503,11 @@ class DiffusionTask(ExperimentTask):
     def unlearn(self, run: Run, setup: _Setup, entry: dict, original, original_record: dict):
         if setup.kind != "sequential":
             stem = setup.dir / "methods" / file_stem(entry["label"], entry["method"])
-            return self._unlearn_step(run, setup, entry, entry["label"], original, original_record["key"],
-                                      setup.forget, setup.retain, stem, fresh=original)
+            model, rec = self._unlearn_step(run, setup, entry, entry["label"], original, original_record["key"],
+                                            setup.forget, setup.retain, stem, fresh=original)
+            if setup.kind == "concept":
+                rec = {**rec, **self._save_pipeline(run, setup, entry["label"], model, rec)}
+            return model, rec
         # Step k erases style k from step k-1's model (step 1: the original); its key chains on the
         # previous step's, so a longer list of targets reuses the steps it shares with a shorter one.
         model, rec, models, records = original, original_record, [], []
@@ -431,9 +545,29 @@ class DiffusionTask(ExperimentTask):
         out, rec = run.steps.run(label, key, stem, lambda: copy.deepcopy(fresh), compute)
         return out.to(run.device), rec
 
+    def _save_pipeline(self, run: Run, setup: _Setup, label: str, model, rec: Mapping) -> dict:
+        """Write an unlearned pretrained model as a diffusers pipeline directory seed-<s>/pipelines/<label>/
+        (again only when its step's weights changed: its unlearnx-step.json names them); returns the
+        record's entries: pipeline_dir (relative to the run directory), or None and why."""
+        from unlearnx.diffusion import DiffusionModel
+        from unlearnx.report import atomic_write_json, read_json
+
+        if not isinstance(model, DiffusionModel) or not rec.get("reloadable", True):
+            return {"pipeline_dir": None, "pipeline_note": "not written: the result adds modules to the pipeline (e.g. "
+                                                           "SPM's membranes) that a diffusers pipeline cannot hold"}
+        folder = setup.dir / "pipelines" / file_stem(label, "method")
+        mark = {"label": label, "key": rec["key"], "sha256": rec.get("sha256")}
+        if run.ctx.is_main and read_json(folder / "unlearnx-step.json") != mark:
+            run.echo(f"[seed {setup.seed}] {label}: writing the pipeline {folder.relative_to(run.out)}")
+            model.save_pretrained(folder)
+            atomic_write_json(folder / "unlearnx-step.json", mark)
+        return {"pipeline_dir": folder.relative_to(run.out).as_posix()}
+
     def evaluate(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
         from unlearnx.eval.diffusion import canvas_metrics, change_storage, class_metrics
 
+        if setup.kind == "concept":
+            return self._evaluate_concept(run, setup, models, records, cached)
         if setup.kind == "sequential":
             return self._evaluate_sequential(run, setup, models, records, cached)
         ev, cfg = run.cfg["eval"], run.cfg
@@ -472,6 +606,49 @@ class DiffusionTask(ExperimentTask):
                 "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in records.items()},
                 "evaluators": setup.evaluator_acc, "target": setup.target,
                 "sizes": {"n_train": len(setup.data), "n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
+
+    def _evaluate_concept(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
+        """A pretrained pipeline (no Retrain, no evaluators): every model against the original on the
+        original's generations of the forget and retain prompts (`_prompt_scores`: align-* and loss-*),
+        its unlearning time, peak CUDA memory and changed parameters; the image grid."""
+        from unlearnx.diffusion import sample
+        from unlearnx.eval.diffusion import change_storage
+
+        ev, t0 = run.cfg["eval"], time.perf_counter()
+        original = models[self.original_label]
+        scored = {label: model for label, model in models.items() if model is not None}  # Retrain: None
+        run.echo(f"[seed {setup.seed}] scoring {', '.join(scored)} on the original's generations")
+        scores = {part: _prompt_scores(scored, original, data, seed=setup.seed + i)
+                  for i, (part, data) in enumerate((("forget", setup.forget), ("retain", setup.retain)))}
+        n_rows = max(1, ev["grid_prompts"] // 2)
+        prompts = setup.forget_prompts[:n_rows]
+        prompts += setup.retain_prompts[:max(1, ev["grid_prompts"] - len(prompts))]
+        metrics, grids = {}, {}
+        for label, model in scored.items():
+            row = {f"{k}-{part}": scores[part][label][k] for part in ("forget", "retain") for k in ("align", "loss")}
+            if label != self.original_label:
+                rec = records[label]
+                row["RTE-s"] = rec.get("seconds")
+                if rec.get("peak_memory_bytes") is not None:
+                    row["peak-mem-GiB"] = rec["peak_memory_bytes"] / 2 ** 30
+                row["changed-params"] = float(change_storage(original.unet, model.unet)["changed_params"])
+            metrics[label] = row
+            run.echo(f"[seed {setup.seed}] {label}: sampling the grid's prompts")
+            sampler = method_sampler(records.get(label, {}))
+            images = (sample(model, prompts, steps=ev["sample_steps"], guidance_scale=ev["guidance_scale"],
+                             seed=setup.seed, batch_size=PRETRAINED_BATCH) if sampler is None
+                      else sampler(model, prompts, seed=setup.seed))
+            grids[label] = list(zip(prompts, images.cpu()))
+        timings = {f"{label}_s": rec.get("seconds") for label, rec in records.items() if label in scored
+                   and label != self.original_label}
+        timings.update({"Original_load_s": records[self.original_label]["load_s"],
+                        "generation_s": records[self.original_label]["generation_s"],
+                        "evaluation_s": time.perf_counter() - t0})
+        return {"seed": setup.seed, "metrics": metrics, "grids": grids, "cached": cached, "timings": timings,
+                "robustness": None,
+                "runs": {label: {k: v for k, v in r.items() if k != "key"} for label, r in records.items()},
+                "evaluators": {}, "target": None,
+                "sizes": {"n_forget": len(setup.forget), "n_retain": len(setup.retain)}}
 
     def _evaluate_sequential(self, run: Run, setup: _Setup, models: dict, records: dict, cached: list[str]) -> dict:
         """Metrics after every step k of a sequential scenario: UA of each style erased so far (their
@@ -563,6 +740,12 @@ class DiffusionTask(ExperimentTask):
             extra["sequential"] = {"targets": targets, "steps": steps}
             scenario = {"data": cfg["data"]["name"], "kind": "sequential", "targets": targets, **first["sizes"]}
             reading = _sequential_reading(targets, [s["rows"] for s in steps])
+        elif cfg["scenario"]["kind"] == "concept":
+            d = cfg["data"]
+            scenario = {"data": "prompts", "kind": "concept", "pretrained": cfg["model"]["pretrained"],
+                        "forget": d["forget"], "retain": d["retain"], "n_per_prompt": d["n_per_prompt"],
+                        "oracle": None, **first["sizes"]}
+            reading = _concept_reading(rows)
         else:
             scenario = {"data": cfg["data"]["name"], "kind": cfg["scenario"]["kind"], "target": first["target"],
                         **first["sizes"]}
@@ -599,11 +782,128 @@ class DiffusionTask(ExperimentTask):
         cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in results["rows"].values())]
         body = [[n] + [format_value(r.get(c)) for c in cols] for n, r in results["rows"].items()]
         seq = sc["kind"] == "sequential"
+        if sc["kind"] == "concept":
+            return (f"\n{results['name']}: erase the concept of the prompts {sc['forget']} from {sc['pretrained']} "
+                    f"({sc['n_forget']} generated forget images; no Retrain oracle for a pretrained pipeline); seeds "
+                    f"{results['seeds']}\n" + render_markdown([("table", ["Model"] + cols, body)])
+                    + results["reading"] + "\n")
         what = f"styles {sc['targets']} one after another" if seq else f"{sc['kind']} {sc['target']!r}"
         return (f"\n{results['name']}: erase {what} ({sc['n_forget']} of {sc['n_train']} training images); seeds "
                 f"{results['seeds']}" + ("; after the last step:" if seq else "") + "\n"
                 + render_markdown([("table", ["Model"] + cols, body)])
                 + (results["reading"] and results["reading"] + "\n"))
+
+
+def _validate_pretrained(cfg: dict) -> None:
+    """model.pretrained goes with data.name "prompts" and scenario.kind "concept" (and the other way
+    round): a text-to-image pipeline directory, non-empty forget / retain prompt lists that share no
+    prompt. With built-in data the prompt keys are refused."""
+    d, sc, path = cfg["data"], cfg["scenario"], cfg["model"]["pretrained"]
+    if path is None:
+        if d["name"] == "prompts":
+            raise ConfigError("config key 'model.pretrained': data.name 'prompts' needs a pipeline to erase from: "
+                              "set model.pretrained to a diffusers pipeline directory")
+        if sc["kind"] == "concept":
+            raise ConfigError("config key 'scenario.kind': 'concept' erases from a pretrained pipeline "
+                              "(model.pretrained); the built-in data take style, object, class or sequential")
+        for key in ("forget", "retain"):
+            if d[key] is not None:
+                raise ConfigError(f"config key 'data.{key}': only with data.name 'prompts' (a pretrained pipeline); "
+                                  f"the built-in {d['name']!r} data choose what to erase with scenario.target")
+        return
+    if d["name"] != "prompts":
+        raise ConfigError(f"config key 'data.name': a pretrained pipeline (model.pretrained) takes data.name "
+                          f"'prompts' (data.forget / data.retain: prompts of the concept to erase and of what to "
+                          f"keep), got {d['name']!r}")
+    if sc["kind"] != "concept":
+        raise ConfigError(f"config key 'scenario.kind': a pretrained pipeline erases the concept of data.forget: "
+                          f"kind 'concept' (the default), got {sc['kind']!r}")
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"config key 'model.pretrained': {path} is not a directory (expected a diffusers pipeline "
+                          "directory, e.g. written by StableDiffusionPipeline.save_pretrained)")
+    missing = [f"{part}/" for part in PIPELINE_PARTS[:4] if not (folder / part).is_dir()]
+    if missing:
+        raise ConfigError(f"config key 'model.pretrained': {path} has no {', '.join(missing)} (expected a "
+                          "text-to-image diffusers pipeline directory: unet/, scheduler/, text_encoder/, tokenizer/, "
+                          "optionally vae/)")
+    for key in ("forget", "retain"):
+        prompts = d[key]
+        if (not isinstance(prompts, list) or not prompts
+                or not all(isinstance(p, str) and p.strip() for p in prompts)):
+            raise ConfigError(f"config key 'data.{key}': expected a non-empty list of prompts (non-empty strings), "
+                              f"got {prompts!r}")
+        if len(set(prompts)) != len(prompts):
+            raise ConfigError(f"config key 'data.{key}': repeated prompts in {prompts!r}")
+    both = [p for p in d["retain"] if p in d["forget"]]
+    if both:
+        raise ConfigError(f"config key 'data.retain': {both[0]!r} is also in data.forget (a prompt is either erased "
+                          "or kept)")
+    check_range("data.n_per_prompt", d["n_per_prompt"], low=1)
+    cfg["model"]["pretrained"] = str(folder)
+
+
+def _pipeline_identity(path) -> str:
+    """What keys a pipeline directory's steps: the path and the size and modification time of every
+    file load_pipeline reads (hashing a Stable Diffusion checkpoint would take longer than loading it)."""
+    from pathlib import Path
+
+    root = Path(path)
+    files = sorted(f for part in PIPELINE_PARTS if (root / part).is_dir()
+                   for f in (root / part).rglob("*") if f.is_file())
+    return step_key(str(root.resolve()), [(f.relative_to(root).as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+                                          for f in files])
+
+
+class _PromptImages(torch.nn.Module):
+    """The original pipeline's generations of the forget and retain prompts, as buffers (so that the
+    step store saves and reloads them like a model)."""
+
+    def __init__(self, forget: torch.Tensor, retain: torch.Tensor):
+        super().__init__()
+        self.register_buffer("forget", forget)
+        self.register_buffer("retain", retain)
+
+
+@torch.no_grad()
+def _prompt_scores(models: Mapping, original, data, *, seed: int) -> dict[str, dict[str, float]]:
+    """{label: {"align", "loss"}} of every model on `data` (ConditionedImages: the original's
+    generations and their prompts), all at the same t ~ U{0..T-1} and noise per image drawn from `seed`:
+
+        align = Σ ⟨ε_θ(x_t, c) − ε_o(x_t, ∅), d⟩ / Σ ‖d‖²,  d = ε_o(x_t, c) − ε_o(x_t, ∅)
+
+    (unlearnx.eval.diffusion.guidance_alignment; ε_o: the original) and loss = the mean denoising
+    loss (`diffusion_loss`, L_simple in the model's parameterization) at those t and noise. Batched
+    (PRETRAINED_BATCH images), the original's latents and predictions computed once for all models."""
+    from unlearnx._modes import training_mode
+    from unlearnx.diffusion import noisy_latents
+
+    n, dev = len(data), original.device
+    g = torch.Generator().manual_seed(seed)
+    ts = torch.randint(0, original.num_train_timesteps, (n,), generator=g)
+    noises = torch.randn((n, *original.latent_shape), generator=g)
+    num, loss, den = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0.0), 0.0
+    with contextlib.ExitStack() as modes:
+        for model in models.values():
+            modes.enter_context(training_mode(model.unet, False))
+        for lo in range(0, n, PRETRAINED_BATCH):
+            conds = data.conditions[lo:lo + PRETRAINED_BATCH]
+            x0 = original.to_latents(data.images[lo:lo + PRETRAINED_BATCH])
+            noise = noises[lo:lo + PRETRAINED_BATCH].to(dev)
+            x_t, t, _ = noisy_latents(original, x0, ts[lo:lo + PRETRAINED_BATCH].to(dev), noise)
+            e0 = original.predict_noise(x_t, t, original.encode(original.null_conditions(len(conds))))
+            d = original.predict_noise(x_t, t, original.encode(conds)) - e0
+            den += float((d * d).sum())
+            for label, model in models.items():
+                out = model.model_output(x_t, t, model.encode(conds))
+                num[label] += float(((model.noise_from_output(out, x_t, t) - e0) * d).sum())
+                target = model.training_target(x0, noise, t)
+                loss[label] += float((out.float() - target.float()).pow(2).flatten(1).mean(1).sum())
+    # den = 0 only if the original ignores the prompts altogether: no guidance to keep or lose.
+    return {label: {"align": num[label] / den if den > 0 else float("nan"), "loss": loss[label] / n}
+            for label in models}
 
 
 def _validate_targets(cfg: dict) -> None:
@@ -679,6 +979,8 @@ def _grid_cells(images, prompts, erased: list, ev) -> list:
 
 def _add_gaps(metrics: dict, ref: Mapping) -> None:
     """gap/UA, gap/IRA, gap/CRA to the reference row `ref` (Retrain), their mean Avg.Gap, RTE-ratio."""
+    if not ref:
+        return  # no oracle (a pretrained pipeline): no gaps
     gap_keys = [k for k in ("UA", "IRA", "CRA") if k in ref]
     for row in metrics.values():
         for k in gap_keys:
@@ -691,7 +993,7 @@ def _add_gaps(metrics: dict, ref: Mapping) -> None:
 def _reading(rows: Mapping[str, Mapping[str, float]]) -> str:
     """Which method is closest to Retrain (Avg. Gap over UA / IRA / CRA) at what share of its time."""
     methods = {n: r for n, r in rows.items() if n not in ("Retrain", "Original") and r.get("Avg.Gap") is not None}
-    if not methods:
+    if not methods or "Retrain" not in rows:
         return ""
     best = min(methods, key=lambda n: methods[n]["Avg.Gap"])
     r = methods[best]
@@ -702,6 +1004,20 @@ def _reading(rows: Mapping[str, Mapping[str, float]]) -> str:
     if "UA" in orig:
         text += f" The original generates the erased concept with UA {orig['UA']:.0f}%."
     return text
+
+
+def _concept_reading(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """A pretrained run: which method takes the most of the forget prompts' guidance away and how much
+    of the retain prompts' it keeps; that there is no Retrain to compare with."""
+    methods = {n: r for n, r in rows.items() if n != "Original" and r.get("align-forget") is not None}
+    text = ""
+    if methods:
+        best = min(methods, key=lambda n: methods[n]["align-forget"])
+        r = methods[best]
+        text = (f"{best} takes the most of the forget prompts' guidance away (align-forget {r['align-forget']:.2f}; "
+                f"1 = the original's) and keeps align-retain {r['align-retain']:.2f} on the retain prompts. ")
+    return text + ("There is no Retrain oracle for a pretrained pipeline: the models are compared with the original "
+                   "on its own generations of the prompts.")
 
 
 def _sequential_reading(targets: list, step_rows: list[Mapping]) -> str:
@@ -761,32 +1077,39 @@ def _write_report(results: dict, out) -> None:
     rows, std = results["rows"], results.get("std", {})
     cols = [c for c in DIFFUSION_COLUMNS if any(c in r for r in rows.values())]
     asr_cols = list(dict.fromkeys(k for r in rows.values() for k in r if k.startswith("ASR/")))
+    sc = results["scenario"]
+    concept = sc["kind"] == "concept"
     figures = {}
     if grids:
-        figures["grid.png"] = ("Generations (first sample of each prompt, same noise for every model): rows are "
-                               "prompts, columns Original, each method and Retrain"
-                               + (" (after the last step)." if results["scenario"]["kind"] == "sequential" else "."),
+        columns = {"concept": " (forget prompts first), columns Original and each method (no Retrain for a "
+                              "pretrained pipeline).",
+                   "sequential": ", columns Original, each method and Retrain (after the last step)."}
+        figures["grid.png"] = ("Generations (first sample of each prompt, same noise for every model): rows are prompts"
+                               + columns.get(sc["kind"], ", columns Original, each method and Retrain."),
                                image_grid(_grid_columns(grids)))
-    bar_metrics = [m for m in ("UA", "IRA", "CRA", "FID-eval") if any(m in r for r in rows.values())]
+    bar_metrics = [m for m in (CONCEPT_BARS if concept else ("UA", "IRA", "CRA", "FID-eval"))
+                   if any(m in r for r in rows.values())]
+    reference = "Original" if concept else "Retrain"
     if len(rows) > 1 and bar_metrics:
-        figures["metrics.png"] = ("Each metric per model; dashed line: Retrain.", metric_bars(rows, bar_metrics,
-                                                                                              errors=std))
+        figures["metrics.png"] = (f"Each metric per model; dashed line: {reference}.",
+                                  metric_bars(rows, bar_metrics, reference=reference, errors=std))
     for name, (_, png) in figures.items():
         atomic_write_bytes(out / "plots" / name, png)
-    sc = results["scenario"]
     blocks: list[tuple] = [("h", 1, f"unlearnx report: {results['name']}")]
     if results.get("reading"):
         blocks.append(("p", f"**In short:** {results['reading']}"))
     sequential = sc["kind"] == "sequential"
     what = (f"the styles **{', '.join(sc['targets'])}** one after another" if sequential
-            else f"the {sc['kind']} **{sc['target']}**")
+            else f"the {sc['kind']} **{sc.get('target')}**")
+    intro = _concept_intro(results) if concept else (
+        f"Erasing {what} from a diffusion model trained on the built-in "
+        f"**{sc['data']}** data ({sc['n_forget']} of {sc['n_train']} training images show "
+        f"{'them' if sequential else 'it'}). **Retrain** is "
+        f"the same model trained from scratch without those images (the oracle no published diffusion "
+        f"benchmark has); generations are classified by evaluators trained in the same run (held-out "
+        f"accuracy: {_accuracies(results['evaluators'])}). Seeds {results['seeds']}.")
     blocks += [
-        ("p", f"Erasing {what} from a diffusion model trained on the built-in "
-              f"**{sc['data']}** data ({sc['n_forget']} of {sc['n_train']} training images show "
-              f"{'them' if sequential else 'it'}). **Retrain** is "
-              f"the same model trained from scratch without those images (the oracle no published diffusion "
-              f"benchmark has); generations are classified by evaluators trained in the same run (held-out "
-              f"accuracy: {_accuracies(results['evaluators'])}). Seeds {results['seeds']}."),
+        ("p", intro),
         *(_sequential_blocks(results) if sequential else []),
         ("h", 2, "Results after the last step" if sequential else "Results"),
         ("table", ["Model"] + cols, [[n] + [format_value(r.get(c), std.get(n, {}).get(c)) for c in cols]
@@ -812,6 +1135,28 @@ def _write_report(results: dict, out) -> None:
     blocks += reproducibility_blocks(results)
     atomic_write_text(out / "report.md", render_markdown(blocks, figure_dir="plots"))
     atomic_write_text(out / "report.html", render_html(blocks, title=f"unlearnx report: {results['name']}"))
+
+
+def _concept_intro(results: Mapping) -> str:
+    """The report's opening paragraph for a pretrained pipeline: what was erased, that no Retrain
+    oracle exists, which metrics are shown instead, where the unlearned pipelines are."""
+    sc = results["scenario"]
+
+    def quoted(prompts):
+        return ", ".join(f"\"{p}\"" for p in prompts)
+
+    return (f"Erasing the concept of the prompts {quoted(sc['forget'])} from the pretrained pipeline "
+            f"`{sc['pretrained']}`, keeping {quoted(sc['retain'])}. The methods' forget / retain images are the "
+            f"original's own generations of these prompts ({sc['n_per_prompt']} per prompt: {sc['n_forget']} forget "
+            f"and {sc['n_retain']} retain images). **There is no Retrain oracle for a pretrained pipeline** (it "
+            f"cannot be retrained here without its training data), hence no gap to Retrain, and no UA / IRA / CRA "
+            f"(their evaluators are trained on a run's own data). Shown instead, every model against the original "
+            f"on those generations at one fixed timestep and noise per image: **align-forget** / **align-retain** "
+            f"(the share of the original's guidance direction the model keeps for the prompts: 1 = unchanged, 0 = "
+            f"they act like the empty prompt), **loss-forget** / **loss-retain** (denoising loss), the unlearning "
+            f"time, peak GPU memory (GPU runs) and the changed parameters. Each unlearned model is saved as a "
+            f"diffusers pipeline directory (`pipeline_dir` in results.json `runs`: seed-<s>/pipelines/<label>/). "
+            f"Seeds {results['seeds']}.")
 
 
 def _json(value) -> str:

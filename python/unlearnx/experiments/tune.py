@@ -694,13 +694,13 @@ class DiffusionTuning(TuningAdapter):
         from unlearnx.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
 
         sc, d = cfg["scenario"], cfg["data"]
+        if cfg["model"].get("pretrained"):
+            raise ConfigError("config key 'model.pretrained': tuning needs the built-in model (a tuning original and "
+                              "Retrain are trained on the tuning seed's data)")
         kind = sc["kind"]
         if kind not in ("style", "object", "class"):
             raise ConfigError(f"config key 'scenario.kind': tuning erases one style, object or class per scenario, not "
                               f"{kind!r} (tune the method on a single-target scenario, then run it sequentially)")
-        if cfg["model"].get("pretrained"):
-            raise ConfigError("config key 'model.pretrained': tuning needs the built-in model (a tuning original and "
-                              "Retrain are trained on the tuning seed's data)")
         if kind == "class":
             names = list(range(10))
         else:
