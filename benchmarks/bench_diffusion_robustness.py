@@ -1,101 +1,116 @@
-"""Robustness of diffusion concept erasure: ASR of every registered diffusion method under every attack.
+"""Robustness of diffusion concept erasure: ASR of diffusion-unlearning methods under every attack.
 
-Built-in canvas (styles x objects), one text-conditional tiny model trained in the run, a style
-evaluator and an object evaluator trained in the run; the target style is erased by every method
-(Retrain in the same run: its ASR is the floor); each model is attacked (unlearnx.diffusion.attacks)
-and evaluated with eval.diffusion_robustness.robustness_table (UA, ASR per attack, relearning speed)
-plus CRA (object accuracy on the retained styles' generations, eval.diffusion.canvas_metrics).
+The canvas style-erasure experiment of bench_diffusion.py (same config, run by the engine:
+unlearnx.experiments) with `attacks:` added, so the models are the ones of that benchmark: run with
+the same --out and --train-steps, every trained step (original, Retrain, evaluators, each method) is
+reused from its run directory and only the attacks run. Each model is attacked
+(unlearnx.diffusion.attacks): ASR = share of attacked generations the style evaluator classifies as
+the erased style; Retrain never learned it, so its ASR is the floor. Relearning: fine-tuning a copy
+on the forget images; "relearn steps" gives, per seed, the first probed step count at which its ASR
+reaches 50 % (None: not within the probed steps), and its ASR column the rate after the last step.
+The issue's targets are checked:
+UnlearnDiffAtk raises ESD's ASR well above its no-attack rate (100 - UA); AdvUnlearn's ASR <= half of
+ESD-x's with CRA >= 0.9x the original's.
+
 Writes benchmarks/results/diffusion_robustness.md / .csv (atomically) and prints the table.
 
-    PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py            # full: 3 seeds, 16x16
-    PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --small    # minutes on a CPU
+    PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --train-steps 1600
+    PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --small     # 1 seed, 400 steps
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import device_name, write_table_files  # noqa: E402
+import torch  # noqa: E402
+from bench_diffusion import scenario_config  # noqa: E402
+from harness import device_name, print_table, write_table_files  # noqa: E402
 
-import unlearnx as ux  # noqa: E402
-from unlearnx.data.canvas import canvas_dataset  # noqa: E402
-from unlearnx.diffusion import tiny_text_model, train_diffusion  # noqa: E402
-from unlearnx.eval.diffusion import canvas_metrics, train_evaluator  # noqa: E402
-from unlearnx.eval.diffusion_robustness import robustness_markdown, robustness_table  # noqa: E402
+from unlearnx.experiments.run import run_experiment  # noqa: E402
+
+METHODS = ("esd_x", "esd_u", "advunlearn", "uce", "salun", "doco", "sfd", "spm")
+# Attack budgets (unlearnx.diffusion.attacks): the prepended-token attacks optimise k = 2 tokens.
+ATTACKS = {"unlearndiff": {"k": 2, "steps": 100}, "soft_prompt": {"k": 2, "steps": 100},
+           "seed_search": {"budget": 8}, "random_tokens": {"k": 2, "trials": 4},
+           "relearning": {"steps": [0, 1, 2, 5, 10], "lr": 5e-4}}
+# (At lr 2e-3 every model, Retrain included, regenerated the style 100 % of the time after 10 steps:
+# a probe that strong has no resolution on this model, hence the finer, gentler schedule.)
+
+
+def verdicts(rows: dict, attacks) -> list[str]:
+    """The issue's two diffusion targets, read from the mean rows."""
+    out = []
+    for esd in ("esd_x", "esd_u"):
+        if esd in rows and "ASR/unlearndiff" in rows[esd]:
+            base, att = 100.0 - rows[esd]["UA"], rows[esd]["ASR/unlearndiff"]
+            out.append(f"UnlearnDiffAtk on {esd}: ASR {att:.1f} vs no-attack {base:.1f} -> "
+                       + ("raised" if att > base + 10 else "NOT raised (by > 10 points)"))
+    if "advunlearn" in rows and "esd_x" in rows:
+        adv, esd, orig = rows["advunlearn"], rows["esd_x"], rows["Original"]
+        for a in attacks:
+            k = f"ASR/{a}"
+            if k in adv and k in esd:
+                ok = adv[k] <= 0.5 * esd[k] if esd[k] > 0 else adv[k] == 0
+                out.append(f"AdvUnlearn vs ESD-x under {a}: ASR {adv[k]:.1f} vs {esd[k]:.1f} -> "
+                           + ("<= half" if ok else "NOT <= half"))
+        cra = adv.get("CRA", 0) / orig["CRA"] if orig.get("CRA") else float("nan")
+        out.append(f"AdvUnlearn CRA {adv.get('CRA', float('nan')):.1f} = {cra:.2f}x the original's "
+                   + ("(>= 0.9x)" if cra >= 0.9 else "(< 0.9x)"))
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help="8x8, 3x3 canvas, short training, 1 seed, 3 methods")
+    ap.add_argument("--small", action="store_true", help="1 seed, 400 training steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--methods", nargs="+", default=None)
-    ap.add_argument("--target", default="ocean")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS) + ["gcg", "concept_inversion"])
+    ap.add_argument("--train-steps", type=int, default=None, help="original / Retrain optimizer steps")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--out", default="runs/bench-diffusion", help="bench_diffusion.py's --out, to reuse its models")
     args = ap.parse_args(argv)
-    small = args.small
-    size, n_sty, n_obj, n_pair = (8, 3, 3, 8) if small else (16, 4, 4, 20)
-    train_steps = 400 if small else 2000
-    seeds = args.seeds or ([0] if small else [0, 1, 2])
-    methods = args.methods or (["retrain", "esd_x", "advunlearn"] if small
-                               else ["retrain", *[m for m in ux.methods.available("diffusion") if m != "retrain"]])
-    sample_kw = {"steps": 10 if small else 20, "guidance_scale": 3.0}
-    it = 30 if small else 150
-    hparams = {
-        "retrain": {"steps": train_steps, "lr": 2e-3, "batch_size": 16, "warmup": 20},
-        "esd_x": {"iterations": it, "ddim_steps": 10 if small else 20},
-        "esd_u": {"iterations": it, "ddim_steps": 10 if small else 20},
-        "advunlearn": {"iterations": it, "ddim_steps": 10 if small else 20, "attack_steps": 3 if small else 5},
-    }
-    attacks = {"unlearndiff": {"k": 2, "steps": 30 if small else 100},
-               "soft_prompt": {"k": 2, "steps": 30 if small else 100},
-               "seed_search": {"budget": 4 if small else 8},
-               "random_tokens": {"k": 2, "trials": 2 if small else 4},
-               "relearning": {"steps": (0, 10, 30) if small else (0, 10, 30, 100), "lr": 2e-3}}
-    if not small:
-        attacks["gcg"] = {"k": 2, "steps": 20}
-        attacks["concept_inversion"] = {"steps": 100}
+    seeds = args.seeds or ([0] if args.small else [0, 1, 2])
+    steps = args.train_steps or (400 if args.small else 1200)
+    cfg = scenario_config("style", seeds=seeds, methods=args.methods, train_steps=steps, device=args.device,
+                          out=Path(args.out))
+    cfg["name"] = "bench diffusion style robustness"
+    cfg["attacks"] = {a: ATTACKS.get(a, {}) for a in args.attacks}
     t0 = time.perf_counter()
-    data = canvas_dataset(n_per_pair=n_pair, size=size, n_styles=n_sty, n_objects=n_obj, seed=0)
-    forget, retain = data.split_style(args.target)
-    torch.manual_seed(0)
-    dm = tiny_text_model(data.prompts, image_size=size, block_out_channels=(16, 32) if small else (32, 64),
-                         max_length=12)
-    train_diffusion(dm, data, steps=train_steps, lr=2e-3, batch_size=16, warmup=20, seed=0)
-    style_clf, s_acc = train_evaluator(data.style_labeled(), data.style_labeled(), num_classes=n_sty, in_channels=3)
-    object_clf, o_acc = train_evaluator(data.object_labeled(), data.object_labeled(), num_classes=n_obj,
-                                        in_channels=3)
-    print(f"trained model + evaluators in {time.perf_counter() - t0:.0f}s (style acc {s_acc:.2f}, object acc {o_acc:.2f})",
-          flush=True)
-    models = {"original": dm}
-    for m in methods:
-        t = time.perf_counter()
-        models[m] = ux.unlearn(copy.deepcopy(dm), m, forget=forget, retain=retain, seed=0, progress=False,
-                               **hparams.get(m, {})).model
-        print(f"{m}: {time.perf_counter() - t:.0f}s", flush=True)
-    target_label = data.styles.index(args.target)
-    table = robustness_table(models, style_clf, target_label, target_images=forget.images,
-                             target_conditions=forget.prompts, forget=forget, attacks=attacks, seeds=seeds,
-                             concept_word=args.target, sample_kw=sample_kw)
-    rows = []
-    for label, model in models.items():
-        cm = canvas_metrics(model, style_clf=style_clf, object_clf=object_clf, styles=data.styles,
-                            objects=data.objects, target=args.target, n_per_prompt=4, seed=0, **sample_kw)
-        table[label]["cra"], table[label]["ira"] = cm["cra"], cm["ira"]
-        rows.append({"model": label, "ua": table[label]["ua"], "ira": cm["ira"], "cra": cm["cra"],
-                     **{f"asr_{a}": v for a, v in table[label]["asr"].items()},
-                     "relearning_speed": table[label].get("relearning_speed")})
-    md = robustness_markdown(table)
-    md += "\n| model | IRA | CRA |\n|---|---|---|\n" + "".join(
-        f"| {r['model']} | {r['ira']:.1f} | {r['cra']:.1f} |\n" for r in rows)
-    md += (f"\nmachine: {device_name('cpu')}; torch {torch.__version__}; {'small' if small else 'full'} run; "
-           f"seeds {seeds}; canvas {n_sty}x{n_obj} at {size}x{size}; {time.perf_counter() - t0:.0f}s total\n")
-    print(md)
-    write_table_files("diffusion_robustness", "Diffusion erasure robustness", md, list(rows[0]), rows)
+    res = run_experiment(cfg, quiet=False)
+    rows, std = res["rows"], res.get("std", {})
+    asr_cols = [f"ASR/{a}" for a in args.attacks]
+    relearn = "relearning" in args.attacks
+    header = ["model", "UA", "no-attack ASR", *asr_cols, *(["relearn steps"] if relearn else []), "IRA", "CRA"]
+    table = []
+    for label, row in rows.items():
+        speeds = [str(res["robustness"][str(s)][label].get("relearning_speed")) for s in seeds] if relearn else []
+        cells = [label]
+        for c in ["UA", None, *asr_cols, *(["relearn"] if relearn else []), "IRA", "CRA"]:
+            if c is None:
+                cells.append(f"{100.0 - row['UA']:.1f}")
+                continue
+            if c == "relearn":  # per seed: the first probed step count at which the relearning ASR >= 50
+                cells.append("/".join(speeds))
+                continue
+            v, s = row.get(c), std.get(label, {}).get(c)
+            cells.append("" if v is None else (f"{v:.1f} ± {s:.1f}" if s else f"{v:.1f}"))
+        table.append(cells)
+    checks = verdicts(rows, args.attacks)
+    md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+    md += "".join("| " + " | ".join(r) + " |\n" for r in table)
+    dev = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    md += ("\n" + "\n".join(f"- {c}" for c in checks) + "\n\n"
+           f"{res['scenario']['data']}, target {res['scenario']['target']}, seeds {seeds}, {steps} training steps, "
+           f"sampled at guidance {cfg['eval']['guidance_scale']}; attacks {cfg['attacks']}; machine: "
+           f"{device_name(dev)}; torch {torch.__version__}; {time.perf_counter() - t0:.0f} s (cached steps reused: "
+           f"{sum(len(v) for v in res['cached_steps'].values())})\n")
+    write_table_files("diffusion_robustness", "Diffusion erasure robustness", md, header,
+                      [dict(zip(header, r)) for r in table])
+    print_table(header, table)
+    print("\n".join(checks))
 
 
 if __name__ == "__main__":
