@@ -32,6 +32,10 @@ from harness import device_name, print_table, write_table_files  # noqa: E402
 from unlearnx.experiments.run import run_experiment  # noqa: E402
 
 METHODS = ("esd_x", "esd_u", "advunlearn", "uce", "salun", "doco", "sfd", "spm")
+# AdvUnlearn again with a stronger inner adversary (the bench's default entry runs 3 inner attack steps
+# per outer iteration for 60 iterations, a CPU budget): does a stronger inner attack buy robustness?
+EXTRA_ENTRIES = ({"name": "advunlearn", "label": "advunlearn-10", "iterations": 100, "ddim_steps": 8,
+                  "attack_steps": 10},)
 # Attack budgets (unlearnx.diffusion.attacks): the prepended-token attacks optimise k = 2 tokens.
 ATTACKS = {"unlearndiff": {"k": 2, "steps": 100}, "soft_prompt": {"k": 2, "steps": 100},
            "seed_search": {"budget": 8}, "random_tokens": {"k": 2, "trials": 4},
@@ -48,16 +52,18 @@ def verdicts(rows: dict, attacks) -> list[str]:
             base, att = 100.0 - rows[esd]["UA"], rows[esd]["ASR/unlearndiff"]
             out.append(f"UnlearnDiffAtk on {esd}: ASR {att:.1f} vs no-attack {base:.1f} -> "
                        + ("raised" if att > base + 10 else "NOT raised (by > 10 points)"))
-    if "advunlearn" in rows and "esd_x" in rows:
-        adv, esd, orig = rows["advunlearn"], rows["esd_x"], rows["Original"]
+    for name in ("advunlearn", *(e["label"] for e in EXTRA_ENTRIES)):
+        if name not in rows or "esd_x" not in rows:
+            continue
+        adv, esd, orig = rows[name], rows["esd_x"], rows["Original"]
         for a in attacks:
             k = f"ASR/{a}"
             if k in adv and k in esd:
                 ok = adv[k] <= 0.5 * esd[k] if esd[k] > 0 else adv[k] == 0
-                out.append(f"AdvUnlearn vs ESD-x under {a}: ASR {adv[k]:.1f} vs {esd[k]:.1f} -> "
+                out.append(f"{name} vs ESD-x under {a}: ASR {adv[k]:.1f} vs {esd[k]:.1f} -> "
                            + ("<= half" if ok else "NOT <= half"))
         cra = adv.get("CRA", 0) / orig["CRA"] if orig.get("CRA") else float("nan")
-        out.append(f"AdvUnlearn CRA {adv.get('CRA', float('nan')):.1f} = {cra:.2f}x the original's "
+        out.append(f"{name} CRA {adv.get('CRA', float('nan')):.1f} = {cra:.2f}x the original's "
                    + ("(>= 0.9x)" if cra >= 0.9 else "(< 0.9x)"))
     return out
 
@@ -77,6 +83,8 @@ def main(argv=None):
     cfg = scenario_config("style", seeds=seeds, methods=args.methods, train_steps=steps, device=args.device,
                           out=Path(args.out))
     cfg["name"] = "bench diffusion style robustness"
+    if "advunlearn" in args.methods:
+        cfg["methods"] += [dict(e) for e in EXTRA_ENTRIES]
     cfg["attacks"] = {a: ATTACKS.get(a, {}) for a in args.attacks}
     t0 = time.perf_counter()
     res = run_experiment(cfg, quiet=False)
