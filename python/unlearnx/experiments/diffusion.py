@@ -886,6 +886,7 @@ def _prompt_scores(models: Mapping, original, data, *, seed: int) -> dict[str, d
     noises = torch.randn((n, *original.latent_shape), generator=g)
     num, loss, den = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0.0), 0.0
     with contextlib.ExitStack() as modes:
+        modes.enter_context(torch.no_grad())  # scores only: no graph (Stable Diffusion's would take GiBs)
         for model in models.values():
             modes.enter_context(training_mode(model.unet, False))
         for lo in range(0, n, PRETRAINED_BATCH):
