@@ -364,8 +364,7 @@ class DiffusionTask(ExperimentTask):
             if kind not in cls.model_kinds:
                 made = ("model.pretrained is a text-conditional pipeline" if m["pretrained"] is not None
                         else f"{d['name']!r} trains a {kind}-conditional one")
-                excluded[name] = (f"cannot run on data {d['name']!r}: it needs a {' or '.join(cls.model_kinds)}-"
-                                  f"conditional model ({cls.kind_reason}) and {made}")
+                excluded[name] = f"cannot run on data {d['name']!r}: it needs {cls.kind_requirement()} and {made}"
         if m["pretrained"] is not None and "retrain" in ux_methods.available(self.method_task):
             excluded["retrain"] = ("is refused with model.pretrained: a pretrained pipeline cannot be retrained here "
                                    "(no Retrain oracle: its training data are not part of the run)")

@@ -30,11 +30,16 @@ class DiffusionMethod(UnlearningMethod):
     model_kinds = ("text", "class")
     kind_reason = "a class-conditional UNet2DModel has no prompts or cross-attention"
 
+    @classmethod
+    def kind_requirement(cls) -> str:
+        """'a text-conditional model (why)': what the method needs, for errors here and in configs."""
+        return f"a {' or '.join(cls.model_kinds)}-conditional model ({cls.kind_reason})"
+
     def check_model_kind(self, model) -> None:
         """A clear error when ``model`` is of a kind this method cannot edit."""
         if model.kind not in self.model_kinds:
-            raise ValueError(f"{self.name} needs a {' or '.join(self.model_kinds)}-conditional model; this one is "
-                             f"{model.kind}-conditional ({self.kind_reason})")
+            req, why = self.kind_requirement().split(" (", 1)
+            raise ValueError(f"{self.name} needs {req}; this one is {model.kind}-conditional ({why}")
 
     @staticmethod
     def forget_conditions(model, forget) -> list:
