@@ -12,11 +12,13 @@ Acc_corr (accuracy on triggered test images with clean labels), Acc_retain (clea
 mean ± std over seeds, and the unlearning seconds.
 
     PYTHONPATH=python python benchmarks/bench_corrective.py [--seeds 0 1 2] [--fractions 0.1 0.25 0.5 1.0]
-        [--model small_cnn|resnet_tiny] [--width W]
+        [--model small_cnn|resnet_tiny] [--width W] [--sweep | --budget | --tuned FILE [--only-tuned]]
 
 Writes benchmarks/results/corrective.md and .csv (atomically); with --model resnet_tiny (a CIFAR-style
 ResNet with stages of W, 2W, 4W channels: 308k parameters at W 32, 20x the 15k-parameter CNN, to test
-whether the trigger separates from the class features in a larger model) corrective_resnet_tiny.md.
+whether the trigger separates from the class features in a larger model) corrective_resnet_tiny.md;
+--sweep: Boundary Expanding at four learning rates (corrective_sweep.md); --budget: the sweep plus the
+strengths chosen per seed by a budget on a trusted clean check set (corrective_budget.md).
 """
 from __future__ import annotations
 
@@ -55,6 +57,19 @@ RUNS = (
 # --sweep: Boundary Expanding's learning rate (10 epochs), to show how narrow its working range is;
 # a sweep read on the reported seeds, not a tuned choice (tuning: configs/tune/digits_badnets.yaml).
 SWEEP = tuple((f"BE (lr {lr:g})", "boundary_expand", {"lr": lr, "epochs": 10}) for lr in (1e-3, 1.5e-3, 2e-3, 2.5e-3))
+# --budget: a trusted clean check set (a seeded half of the test set; every row is then reported on the
+# other half) picks the strength per seed: the most aggressive value whose clean check accuracy stays
+# within 2 points (unlearnx.methods.budget). CHECK in a row's hyper-parameters stands for that set.
+CHECK = "<clean check set>"
+BE_LRS = (5e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3)
+BUDGET = SWEEP + (
+    ("BE (lr by 2-pt clean-check budget)", "budgeted",
+     {"base": "boundary_expand", "knob": "lr", "values": list(BE_LRS), "epochs": 10, "check": CHECK}),
+    ("BE (lr by 1-pt clean-check budget)", "budgeted",
+     {"base": "boundary_expand", "knob": "lr", "values": list(BE_LRS), "epochs": 10, "check": CHECK,
+      "max_drop": 1.0}),
+    ("SSD (α by 2-pt clean-check budget)", "ssd_budget", {"check": CHECK}),
+)
 MODELS = {"small_cnn": lambda width: small_cnn(width=width),
           "resnet_tiny": lambda width: resnet_tiny(in_channels=1, width=width)}
 
@@ -75,8 +90,20 @@ def tuned_runs(path: str) -> tuple:
                   {k: v for k, v in e.items() if k not in ("name", "label")}) for e in yaml.safe_load(text)["methods"])
 
 
+def split_check(test, seed: int, fraction: float):
+    """(check, report): a seeded `fraction` of `test` as the trusted clean check set, the rest reported."""
+    from torch.utils.data import Subset
+
+    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(1000 + seed))
+    n = round(fraction * len(test))
+    return Subset(test, perm[:n].sort().values.tolist()), Subset(test, perm[n:].sort().values.tolist())
+
+
 def run_seed(train, test, seed: int, fractions, progress: bool, model: str = "small_cnn",
-             width: int = 32, runs=RUNS) -> dict[float, dict[str, dict[str, float]]]:
+             width: int = 32, runs=RUNS, check_fraction: float = 0.0) -> dict[float, dict[str, dict[str, float]]]:
+    check = None
+    if check_fraction:
+        check, test = split_check(test, seed, check_fraction)
     base = badnets_poison(train, test, poison_fraction=0.1, identified_fraction=1.0, seed=seed)
     torch.manual_seed(seed)
     original = MODELS[model](width)
@@ -88,8 +115,13 @@ def run_seed(train, test, seed: int, fractions, progress: bool, model: str = "sm
         rows = {"Original": ux.evaluate(original, suite="corrective", scenario=sc)}
         for label, method, hp in runs:
             ux.methods.ssd.clear_importance_cache()  # time SSD's full-data pass in every run
+            hp = {k: check if v == CHECK else v for k, v in hp.items()}
             res = ux.unlearn(original, method, forget=sc.forget, retain=sc.retain, seed=seed, progress=progress, **hp)
             rows[label] = {**ux.evaluate(res.model, suite="corrective", scenario=sc), "seconds": res.seconds}
+            if "chosen" in res.log or method == "ssd_budget":
+                chosen = res.log.get("chosen", (res.log.get("alpha"), res.log.get("lam")))
+                rows[label]["chosen"] = chosen
+                print(f"seed {seed} frac {frac:g} {label}: chose {chosen}; trials {res.log['trials']}", flush=True)
         out[frac] = rows
     return out
 
@@ -106,18 +138,23 @@ def main(argv=None) -> int:
     parser.add_argument("--tuned", default=None, help="tune.json of `unlearnx tune configs/tune/digits_badnets.yaml`: "
                         "adds each tuned method as a row (tuned on other poisonings of other data, never these)")
     parser.add_argument("--only-tuned", action="store_true", help="with --tuned: the tuned rows only")
+    parser.add_argument("--budget", action="store_true", help="the sweep plus strengths chosen per seed by a "
+                        "2-point budget on a trusted clean check set (half of the test set; rows reported on the "
+                        "other half; written to corrective_budget.md)")
     parser.add_argument("--sweep", action="store_true", help="Boundary Expanding at four learning rates instead of "
                         "the method rows (written to corrective_sweep.md)")
     args = parser.parse_args(argv)
-    if args.sweep:
+    if args.budget:
+        runs = BUDGET
+    elif args.sweep:
         runs = SWEEP
     else:
         runs = (() if args.only_tuned else RUNS) + (tuned_runs(args.tuned) if args.tuned else ())
     torch.set_num_threads(args.threads)
     train, test = digits_dataset(seed=0)
     start = time.perf_counter()
-    per_seed = [run_seed(train, test, s, args.fractions, args.progress, args.model, args.width, runs)
-                for s in args.seeds]
+    per_seed = [run_seed(train, test, s, args.fractions, args.progress, args.model, args.width, runs,
+                         check_fraction=0.5 if args.budget else 0.0) for s in args.seeds]
     text, records = io.StringIO(), []
     for frac in args.fractions:
         text.write(f"### identified fraction {frac:g} of the poisoned samples, seeds {args.seeds}\n\n")
@@ -152,7 +189,7 @@ def main(argv=None) -> int:
     print(text.getvalue() + footer)
     if not args.no_write:
         stem = "corrective" if args.model == "small_cnn" else f"corrective_{args.model}"
-        stem += "_sweep" if args.sweep else "_tuned" if args.only_tuned else ""
+        stem += "_budget" if args.budget else "_sweep" if args.sweep else "_tuned" if args.only_tuned else ""
         write_table_files(stem, f"Corrective unlearning: BadNets on digits ({args.model})", text.getvalue() + footer,
                           ["identified_fraction", "method"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std", "worst")],
                           records)

@@ -23,6 +23,7 @@ from torch import nn
 
 from unlearnx.methods import (  # noqa: F401  (registers the methods)
     boundary,
+    budget,
     concept_poison,
     distillation,
     finetune,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from unlearnx._modes import training_mode
 from unlearnx.data.datasets import inputs_of, labels_of
 from unlearnx.methods.registry import UnlearningMethod, register_method
+from unlearnx.methods.budget import check_set, validate_check
 from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
@@ -265,30 +266,12 @@ class SSDBudget(SSD):
     defaults = {"batch_size": 128, "cache": True, "max_ra_drop": 2.0, "check_fraction": 0.2, "check": None}
 
     def validate(self):
-        if not 0.0 < self.hparams["check_fraction"] <= 1.0:
-            raise ValueError(f"check_fraction must be in (0, 1], got {self.hparams['check_fraction']!r}")
-        check = self.hparams["check"]
-        if check is not None:
-            from torch.utils.data import DataLoader, Dataset
-
-            if not isinstance(check, (Dataset, DataLoader)):
-                raise ValueError(f"check must be a labelled torch Dataset or DataLoader (a clean set the caller "
-                                 f"trusts), got {type(check).__name__}")
-            dataset_of(check, "check")
+        validate_check(self.hparams["check"], self.hparams["check_fraction"])
 
     def run(self, model, *, forget, retain, seed, progress):
-        from torch.utils.data import Subset
-
         from unlearnx.eval.classification import accuracy
 
-        if self.hparams["check"] is not None:
-            check, source = dataset_of(self.hparams["check"], "check"), "given"
-        else:
-            retain_ds = dataset_of(retain, "retain")
-            g = torch.Generator().manual_seed(seed)
-            n = max(1, round(self.hparams["check_fraction"] * len(retain_ds)))
-            check = Subset(retain_ds, torch.randperm(len(retain_ds), generator=g)[:n].sort().values.tolist())
-            source = "retain"
+        check, source = check_set(self.hparams["check"], self.hparams["check_fraction"], retain, seed)
         self._trial = (model, check, accuracy)
         log = super().run(model, forget=forget, retain=retain, seed=seed, progress=progress)
         return {**log, "lam": self._lam, "trials": self._trials, "budget_met": self._met,
