@@ -45,6 +45,23 @@ def test_budget_on_ira_and_cra_makes_damaging_trials_infeasible():
     assert digits["m"]["retain/orig"] == pytest.approx(0.94)
 
 
+def test_fid_bound_makes_trials_that_degrade_generations_infeasible(tmp_path):
+    # tune.fid_ratio (the 1.2): evaluator-FID <= 1.2x the tuning original's, worst over scenarios.
+    adapter = DiffusionTuning()
+    metrics = {"Original": {"UA": 0.0, "IRA": 90.0, "FID-eval": 0.5},
+               "sharp": {"UA": 100.0, "IRA": 88.0, "FID-eval": 0.55}, "blurry": {"UA": 100.0, "IRA": 88.0, "FID-eval": 0.8}}
+    rows = adapter.rows({"metrics": metrics})
+    assert rows["blurry"]["fid/orig"] == pytest.approx(1.6)
+    tcfg = {"utility_ratio": 0.9, "fid_ratio": 1.2}
+    ok, bad = (adapter.score([rows[k]], [{}], tcfg) for k in ("sharp", "blurry"))
+    assert ok["feasible"] and ok["constraints"]["fid/orig"] == pytest.approx(1.1)
+    assert not bad["feasible"] and bad["objective"] == pytest.approx(-PENALTY - 0.4)
+    assert adapter.score([rows["blurry"]], [{}], {"utility_ratio": 0.9, "fid_ratio": None})["feasible"]  # no bound
+    assert adapter.budget(tcfg) == {"utility_ratio": 0.9, "fid_ratio": 1.2}
+    with pytest.raises(ConfigError, match="tune.fid_ratio"):
+        validate_config(tiny(tmp_path / "run", tune={"fid_ratio": 0.5}))
+
+
 def test_split_erases_other_concepts_on_another_seed(tmp_path):
     cfg = validate_config(tiny(tmp_path / "run", seeds=[0, 1], scenario={"kind": "style", "target": "ocean"},
                                tune={"trials": 1, "scenarios": 2}))

@@ -41,7 +41,7 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   unlearned or evaluated; the concepts themselves (the reported target among them) are the same
   vocabulary, as in class-wise classification tuning. Objective: maximise UA subject to IRA and
   CRA (digits: IRA) >= `tune.utility_ratio` (0.9) x the tuning original's, the issue's retain
-  budget. Sequential erasure is not tuned (tune its method on a single-target scenario).
+  budget, and with `tune.fid_ratio` (e.g. 1.2) evaluator-FID <= that x the tuning original's. Sequential erasure is not tuned (tune its method on a single-target scenario).
 
 Infeasible trials get the objective PENALTY + violation (minimise; -PENALTY - violation when
 maximising), worse than every feasible trial; the chosen values are those of the best feasible
@@ -87,6 +87,8 @@ TUNE_SCHEMA: dict = {
     "ta_drop": Field("number", 2.0, help="classification: largest allowed TA drop (points) vs the tuning original"),
     "utility_ratio": Field("number", 0.9, help="llm: smallest allowed model utility / the tuning target's; "
                                                "diffusion: smallest allowed IRA and CRA / the tuning original's"),
+    "fid_ratio": Field("number", None, help="diffusion: largest allowed evaluator-FID / the tuning original's "
+                                            "(the issue's 1.2; default: no FID bound)"),
     "space": Field("dict", {}, help="{method: {hparam: [low, high, 'log'|'float'|'int'] or {choices: [...]}}}"),
 }
 
@@ -121,7 +123,7 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
         "esd_x": {"iterations": (20, 300, "int"), "negative_guidance": (0.5, 3.0, "float")},
         "esd_u": {"iterations": (20, 300, "int"), "negative_guidance": (0.5, 3.0, "float")},
         "advunlearn": {"iterations": (20, 200, "int"), "negative_guidance": (0.5, 3.0, "float")},
-        "salun": {"steps": (20, 300, "int"), "mask_ratio": (0.1, 0.9, "float")},
+        "salun": {"steps": (20, 300, "int"), "mask_ratio": (0.1, 0.9, "float"), "beta": (0.5, 20.0, "log")},
         "fmn": {"steps": (10, 100, "int")},
         "uce": {"lam": (1e-3, 10.0, "log")},  # preservation weight of the closed form
         "concept_ablation": {"steps": (20, 300, "int")},
@@ -216,6 +218,11 @@ def validate_tune(section, cfg: dict) -> dict:
     check_range("tune.ra_drop", t["ra_drop"], low=0)
     check_range("tune.ta_drop", t["ta_drop"], low=0)
     check_range("tune.utility_ratio", t["utility_ratio"], low=0, high=1)
+    if t["fid_ratio"] is not None:
+        if cfg["task"] != "diffusion":
+            raise ConfigError(f"config key 'tune.fid_ratio': an evaluator-FID bound exists for task diffusion only, "
+                              f"not {cfg['task']!r}")
+        check_range("tune.fid_ratio", t["fid_ratio"], low=1)
     if t["methods"] is not None:
         _select(cfg, t["methods"], "tune.methods")
     task = _method_task(cfg)
@@ -731,7 +738,8 @@ class DiffusionTuning(TuningAdapter):
         return configs, split
 
     def budget(self, tcfg):
-        return {"utility_ratio": tcfg["utility_ratio"]}
+        return {"utility_ratio": tcfg["utility_ratio"],
+                **({"fid_ratio": tcfg["fid_ratio"]} if tcfg.get("fid_ratio") is not None else {})}
 
     def rows(self, seed_result):
         metrics = seed_result["metrics"]
@@ -742,6 +750,8 @@ class DiffusionTuning(TuningAdapter):
             ratios = [(float(r[k]) / float(orig[k]) if float(orig[k]) > 0 else 1.0)
                       for k in ("IRA", "CRA") if r.get(k) is not None and orig.get(k) is not None]
             row["retain/orig"] = min(ratios) if ratios else None
+            fid, fid0 = r.get("FID-eval"), orig.get("FID-eval")
+            row["fid/orig"] = float(fid) / float(fid0) if fid is not None and fid0 else None
             rows[label] = row
         return rows
 
@@ -749,11 +759,17 @@ class DiffusionTuning(TuningAdapter):
         worst = min((float(r["retain/orig"]) for r in rows if r.get("retain/orig") is not None), default=None)
         value = sum(float(r["UA"]) for r in rows) / len(rows)
         violation = max(0.0, tcfg["utility_ratio"] - worst) if worst is not None else 1.0
+        constraints = {"retain/orig": worst}
+        if tcfg.get("fid_ratio") is not None:  # the worst FID ratio over scenarios must stay within the bound
+            fids = [float(r["fid/orig"]) for r in rows if r.get("fid/orig") is not None]
+            worst_fid = max(fids) if fids else None
+            violation += max(0.0, worst_fid - tcfg["fid_ratio"]) if worst_fid is not None else 1.0
+            constraints["fid/orig"] = worst_fid
         feasible = violation == 0.0 and math.isfinite(value)
         keys = [k for k in ("IRA", "CRA") if rows[0].get(k) is not None]
         utility = sum(float(r[k]) for r in rows for k in keys) / max(1, len(rows) * len(keys))
         return {"value": value, "objective": value if feasible else -PENALTY - violation,
-                "constraints": {"retain/orig": worst}, "violation": violation, "feasible": feasible,
+                "constraints": constraints, "violation": violation, "feasible": feasible,
                 "utility": utility}
 
 
@@ -848,7 +864,8 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
                              "reference": {"Original": ref[ol], "Retrain": ref[rl]}})
         references = [c["reference"] for c in contexts]
         settings = step_key(tcfg["seed"], tcfg["scenarios"], tcfg["val_fraction"], tcfg["ra_drop"], tcfg["ta_drop"],
-                            tcfg["utility_ratio"], [_public(tc) for tc in tuning_cfgs])
+                            tcfg["utility_ratio"], [_public(tc) for tc in tuning_cfgs],
+                            *([tcfg["fid_ratio"]] if tcfg["fid_ratio"] is not None else []))
         storage = _storage(optuna, out / "study.journal")
         startup = tcfg["startup_trials"] or max(1, tcfg["trials"] // 3)
         names = set(optuna.get_all_study_names(storage))
