@@ -17,6 +17,8 @@ directories under --out (results.json, report.md/html with image grids).
     PYTHONPATH=python python benchmarks/bench_diffusion.py                 # 3 seeds, both scenarios
     PYTHONPATH=python python benchmarks/bench_diffusion.py --small         # 1 seed, short training
     PYTHONPATH=python python benchmarks/bench_diffusion.py --device cuda --train-steps 6000
+    PYTHONPATH=python python benchmarks/bench_diffusion.py --scenarios class --methods salun doco \
+        --tuned benchmarks/results/tuned_digits_class.yaml    # + rows at `unlearnx tune`'s chosen values
 """
 from __future__ import annotations
 
@@ -68,6 +70,18 @@ def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: 
     }
 
 
+def tuned_entries(path: str) -> list[dict]:
+    """The `methods:` list written by `unlearnx tune ... --write-presets FILE`, each labelled '<label> (tuned)'."""
+    import yaml
+
+    entries = yaml.safe_load(Path(path).read_text())["methods"]
+    return [{**e, "label": f"{e.get('label', e['name'])} (tuned)"} for e in entries]
+
+
+def rows_labels(results: dict) -> list[str]:
+    return [label for label in results["rows"] if label not in ("Original", "Retrain")]
+
+
 def target_check(row: dict, original: dict, retrain: dict) -> str:
     """Which of the issue's bounds the row meets (UA >= 95, IRA/CRA >= 0.9x, FID <= 1.2x, time <= 10%)."""
     misses = []
@@ -111,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=None, help="original / Retrain optimizer steps")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--out", default="runs/bench-diffusion")
+    ap.add_argument("--tuned", default=None, help="methods list of `unlearnx tune --write-presets` (tuned on other "
+                    "concepts of another seed): adds '<label> (tuned)' rows; results go to diffusion_<scenario>_tuned.*")
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.small else [0, 1, 2])
     steps = args.train_steps or (400 if args.small else 1200)
@@ -118,6 +134,8 @@ def main(argv=None):
     for scenario in args.scenarios:
         cfg = scenario_config(scenario, seeds=seeds, methods=methods, train_steps=steps, device=args.device,
                               out=Path(args.out))
+        if args.tuned:
+            cfg["methods"] = cfg["methods"] + tuned_entries(args.tuned)
         res = run_experiment(cfg, quiet=False)
         header, rows = table(res)
         dev = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -127,7 +145,12 @@ def main(argv=None):
         md += (f"\n{res['scenario']['data']}, target {res['scenario']['target']}, seeds {seeds}, {steps} training "
                f"steps; machine: {device_name(dev)}; torch {torch.__version__}; evaluators' held-out accuracy "
                f"{res['evaluators']}\n")
-        write_table_files(f"diffusion_{scenario}", title, md, header, [dict(zip(header, r)) for r in rows])
+        per_seed = res.get("per_seed_metrics", {})
+        if len(per_seed) > 1:  # the target per seed, each method against that seed's Original and Retrain
+            md += "\nTarget met per seed: " + "; ".join(
+                f"{label} {sum(target_check(m[label], m['Original'], m['Retrain']) == 'met' for m in per_seed.values())}"
+                f"/{len(per_seed)}" for label in rows_labels(res)) + "\n"
+        write_table_files(f"diffusion_{scenario}" + ("_tuned" if args.tuned else ""), title, md, header, [dict(zip(header, r)) for r in rows])
         print(f"\n{title}")
         print_table(header, rows)
 
