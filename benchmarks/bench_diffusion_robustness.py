@@ -16,6 +16,12 @@ Writes benchmarks/results/diffusion_robustness.md / .csv (atomically) and prints
 
     PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --train-steps 1600
     PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --small     # 1 seed, 400 steps
+    PYTHONPATH=python python benchmarks/bench_diffusion_robustness.py --train-steps 1600 --aliases 2
+
+--aliases K trains the original on captions that name half the images' style by one of K other words
+(data.aliases; the methods' erasure request still names the style once): a concept known under several
+names, as a Stable Diffusion style is. Its models are new (own run directory) and its results go to
+diffusion_robustness_aliases.md / .csv.
 """
 from __future__ import annotations
 
@@ -77,12 +83,18 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=None, help="original / Retrain optimizer steps")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--out", default="runs/bench-diffusion", help="bench_diffusion.py's --out, to reuse its models")
+    ap.add_argument("--aliases", type=int, default=0, help="data.aliases: other words for each style in half the "
+                    "training captions (1..3; 0: the benchmark's data)")
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.small else [0, 1, 2])
     steps = args.train_steps or (400 if args.small else 1200)
     cfg = scenario_config("style", seeds=seeds, methods=args.methods, train_steps=steps, device=args.device,
                           out=Path(args.out))
     cfg["name"] = "bench diffusion style robustness"
+    if args.aliases:
+        cfg["data"]["aliases"] = args.aliases
+        cfg["name"] += f" (style aliases: {args.aliases})"
+        cfg["out_dir"] = str(Path(args.out) / f"style-aliases{args.aliases}")
     if "advunlearn" in args.methods:
         cfg["methods"] += [dict(e) for e in EXTRA_ENTRIES]
     cfg["attacks"] = {a: ATTACKS.get(a, {}) for a in args.attacks}
@@ -111,11 +123,15 @@ def main(argv=None):
     md += "".join("| " + " | ".join(r) + " |\n" for r in table)
     dev = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     md += ("\n" + "\n".join(f"- {c}" for c in checks) + "\n\n"
-           f"{res['scenario']['data']}, target {res['scenario']['target']}, seeds {seeds}, {steps} training steps, "
+           f"{res['scenario']['data']}"
+           + (f" with {args.aliases} aliases per style in half the training captions" if args.aliases else "")
+           + f", target {res['scenario']['target']}, seeds {seeds}, {steps} training steps, "
            f"sampled at guidance {cfg['eval']['guidance_scale']}; attacks {cfg['attacks']}; machine: "
            f"{device_name(dev)}; torch {torch.__version__}; {time.perf_counter() - t0:.0f} s (cached steps reused: "
            f"{sum(len(v) for v in res['cached_steps'].values())})\n")
-    write_table_files("diffusion_robustness", "Diffusion erasure robustness", md, header,
+    write_table_files("diffusion_robustness" + ("_aliases" if args.aliases else ""),
+                      "Diffusion erasure robustness" + (f" (style aliases: {args.aliases})" if args.aliases else ""),
+                      md, header,
                       [dict(zip(header, r)) for r in table])
     print_table(header, table)
     print("\n".join(checks))

@@ -137,3 +137,30 @@ def test_robustness_columns_with_retrain_as_the_floor(tmp_path):
         assert 0.0 <= row["ASR/seed_search"] <= 100.0 and 0.0 <= row["ASR/relearning"] <= 100.0
     assert set(res["robustness"]["0"]) == {"Retrain", "Original", "uce"}
     assert "Robustness: attack success rate" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_aliases_train_the_original_on_every_word_while_the_methods_see_the_canonical_name(tmp_path):
+    """data.aliases: the original's vocabulary knows the other words (it was trained on them); the
+    erasure request (the methods' forget set) names the style once; bad values name the key."""
+    from unlearnx.experiments.run import Run
+
+    for bad, message in (({"aliases": 4}, "data.aliases"), ({"name": "digits", "aliases": 1}, "data.aliases")):
+        cfg = tiny(tmp_path / "bad")
+        cfg["data"].update(bad)
+        if cfg["data"]["name"] == "digits":
+            cfg["scenario"], cfg["methods"] = {"kind": "class"}, ["salun"]
+        with pytest.raises(ConfigError, match=message):
+            validate_config(cfg)
+    cfg = tiny(tmp_path / "out")
+    cfg["data"].update(aliases=2, n_per_pair=8)
+    cfg = validate_config(cfg)
+    task = get_task("diffusion")
+    setup = task.setup(Run(cfg, tmp_path / "out", quiet=True, eval_only=False, echo=print), 0)
+    assert set(setup.forget.prompts) == {"a circle in crimson style", "a square in crimson style"}
+    train_words = {p.split()[-2] for p in setup.data.prompts}
+    assert {"crimson", "scarlet", "ruby", "ocean", "azure", "navy"} <= train_words
+    vocab = setup.fresh(cfg).tokenizer.get_vocab()
+    assert {"crimson", "scarlet", "ruby"} <= set(vocab)
+    # other captions, another original: nothing is reused from the run without aliases
+    plain = validate_config(tiny(tmp_path / "p"))
+    assert task.setup(Run(plain, tmp_path / "p", quiet=True, eval_only=False, echo=print), 0).base_key != setup.base_key

@@ -181,3 +181,29 @@ def test_frozen_teacher_returns_noise_for_a_v_model(lora):
     x_t, t, emb = torch.randn(3, 1, 8, 8), torch.tensor([10, 500, 900]), m.encode([0, 1, 2])
     assert torch.allclose(tr.teacher_noise(x_t, t, emb), m.predict_noise(x_t, t, emb), atol=1e-5)
     tr.finish()
+
+
+def test_canvas_aliases_caption_half_the_images_with_other_words_for_the_same_images():
+    from unlearnx.data.canvas import CANVAS_STYLE_ALIASES
+
+    plain = canvas_dataset(n_per_pair=40, size=8, n_styles=3, n_objects=2, seed=5)
+    a = canvas_dataset(n_per_pair=40, size=8, n_styles=3, n_objects=2, seed=5, aliases=2)
+    assert torch.equal(a.images, plain.images)  # the captions have their own generator
+    assert a.canonical().prompts == plain.prompts and a.prompts != plain.prompts
+    canonical_share = sum(p == q for p, q in zip(a.prompts, plain.prompts)) / len(a)
+    assert 0.35 < canonical_share < 0.65
+    for p, q, s in zip(a.prompts, plain.prompts, a.style_ids.tolist()):
+        style = a.styles[s]
+        word = p.split()[-2]
+        assert word == style or word in CANVAS_STYLE_ALIASES[style][:2]  # only the first k aliases
+        assert p.replace(f" {word} ", f" {style} ") == q
+    used = {p.split()[-2] for p in a.prompts}
+    assert {"scarlet", "ruby"} <= used and "cherry" not in used
+    f, _ = a.split_style("crimson")
+    assert f.prompts == [p for p, s in zip(a.prompts, a.style_ids.tolist()) if s == 0]  # subsets keep captions
+    assert set(f.canonical().prompts) == {"a circle in crimson style", "a square in crimson style"}
+    assert canvas_dataset(n_per_pair=2, size=8, n_styles=2, n_objects=2, seed=5, aliases=1).prompts == \
+        canvas_dataset(n_per_pair=2, size=8, n_styles=2, n_objects=2, seed=5, aliases=1).prompts
+    for bad in (4, -1, 1.5, True):
+        with pytest.raises(ValueError, match="aliases"):
+            canvas_dataset(n_per_pair=2, size=8, aliases=bad)

@@ -2,6 +2,10 @@
 
 * :func:`canvas_dataset`: UnlearnCanvas in miniature: small RGB images of N objects (shapes)
   rendered in M styles (a palette + a texture), with prompts "a {object} in {style} style".
+  With ``aliases=k`` half of the captions name the style by one of k other words
+  (:data:`CANVAS_STYLE_ALIASES`): a concept a text-to-image model knows under several names, as
+  Stable Diffusion knows an artist's style under the name, the movement and the famous works, while
+  an erasure request names it once (docs/diffusion.md, "Aliases").
 * :func:`digits_upscaled`: scikit-learn's 8x8 digits resized to 16x16 (or any size), for
   class-conditional forgetting.
 
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CANVAS_OBJECTS", "CANVAS_STYLES", "CanvasDataset", "canvas_dataset", "canvas_prompt",
+__all__ = ["CANVAS_OBJECTS", "CANVAS_STYLES", "CANVAS_STYLE_ALIASES", "CanvasDataset", "canvas_dataset", "canvas_prompt",
            "digits_upscaled", "render_canvas"]
 
 CANVAS_OBJECTS = ("circle", "square", "triangle", "cross", "diamond", "bar")
@@ -39,6 +43,18 @@ CANVAS_STYLES = (
     _Style("mono", (1.0, 1.0, 1.0), (0.45, 0.45, 0.45), "dots"),
     _Style("candy", (1.0, 0.4, 0.8), (0.2, 0.75, 0.75), "gradient"),
 )
+
+
+# Other words for each style (a few per style, none shared with another style, an object or the
+# prompt template); `canvas_dataset(aliases=k)` captions half the images with one of the first k.
+CANVAS_STYLE_ALIASES = {
+    "crimson": ("scarlet", "ruby", "cherry"),
+    "ocean": ("azure", "navy", "marine"),
+    "forest": ("emerald", "jade", "moss"),
+    "sunset": ("amber", "dusk", "golden"),
+    "mono": ("silver", "ash", "pewter"),
+    "candy": ("bubblegum", "sweet", "pastel"),
+}
 
 
 def canvas_prompt(obj: str, style: str) -> str:
@@ -115,17 +131,22 @@ class CanvasDataset(Dataset):
 
     Items: ``(image [3, S, S], prompt, style_id, object_id)``. Attributes: ``images`` [N, 3, S, S],
     ``style_ids`` / ``object_ids`` LongTensor [N], ``prompts`` (N strings), ``styles`` / ``objects``
-    (names), ``conditions`` (= prompts, what a diffusion model is conditioned on).
+    (names), ``conditions`` (= prompts, what a diffusion model is conditioned on). ``prompts``
+    default to "a {object} in {style} style" with each style's name; given, they are the captions
+    (e.g. with style aliases) and :meth:`canonical` gives the same images with the default ones.
     """
 
-    def __init__(self, images, style_ids, object_ids, styles, objects):
+    def __init__(self, images, style_ids, object_ids, styles, objects, prompts=None):
         self.images = images
         self.style_ids = style_ids
         self.object_ids = object_ids
         self.styles = tuple(styles)
         self.objects = tuple(objects)
-        self.prompts = [canvas_prompt(self.objects[o], self.styles[s])
-                        for s, o in zip(style_ids.tolist(), object_ids.tolist())]
+        canonical = [canvas_prompt(self.objects[o], self.styles[s])
+                     for s, o in zip(style_ids.tolist(), object_ids.tolist())]
+        if prompts is not None and len(prompts) != len(canonical):
+            raise ValueError(f"prompts: expected {len(canonical)} captions (one per image), got {len(prompts)}")
+        self.prompts = list(prompts) if prompts is not None else canonical
 
     @property
     def conditions(self) -> list[str]:
@@ -140,7 +161,13 @@ class CanvasDataset(Dataset):
     def subset(self, keep) -> "CanvasDataset":
         """The items where the bool mask / index tensor `keep` selects."""
         keep = torch.as_tensor(keep)
-        return CanvasDataset(self.images[keep], self.style_ids[keep], self.object_ids[keep], self.styles, self.objects)
+        idx = torch.arange(len(self))[keep].tolist()
+        return CanvasDataset(self.images[keep], self.style_ids[keep], self.object_ids[keep], self.styles, self.objects,
+                             prompts=[self.prompts[i] for i in idx])
+
+    def canonical(self) -> "CanvasDataset":
+        """The same images captioned "a {object} in {style} style" with each style's own name."""
+        return CanvasDataset(self.images, self.style_ids, self.object_ids, self.styles, self.objects)
 
     def split_style(self, style: str) -> tuple["CanvasDataset", "CanvasDataset"]:
         """(forget, retain): the items of `style`, and all others."""
@@ -166,13 +193,19 @@ class CanvasDataset(Dataset):
 
 
 def canvas_dataset(*, n_per_pair: int = 40, size: int = 32, n_styles: int = 5, n_objects: int = 5,
-                   seed: int = 0) -> CanvasDataset:
+                   seed: int = 0, aliases: int = 0) -> CanvasDataset:
     """`n_per_pair` images of every (style, object) pair of the first `n_styles` styles and
-    `n_objects` objects, deterministic from `seed`; ordered style-major then object then sample."""
-    for key, value, hi in (("n_per_pair", n_per_pair, None), ("size", size, None),
-                           ("n_styles", n_styles, len(CANVAS_STYLES)), ("n_objects", n_objects, len(CANVAS_OBJECTS))):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (hi is not None and value > hi):
-            raise ValueError(f"{key} must be an integer in [1, {hi or 'inf'}], got {value!r}")
+    `n_objects` objects, deterministic from `seed`; ordered style-major then object then sample.
+
+    aliases: 0 (every caption names the style by its name) or k in 1..3: each image's caption names
+    its style, with probability 1/2, by one of the style's first k :data:`CANVAS_STYLE_ALIASES`
+    instead (drawn uniformly, from a generator of its own: the images are those of ``aliases=0``)."""
+    n_alias = len(next(iter(CANVAS_STYLE_ALIASES.values())))
+    for key, value, hi, lo in (("n_per_pair", n_per_pair, None, 1), ("size", size, None, 1),
+                               ("n_styles", n_styles, len(CANVAS_STYLES), 1),
+                               ("n_objects", n_objects, len(CANVAS_OBJECTS), 1), ("aliases", aliases, n_alias, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            raise ValueError(f"{key} must be an integer in [{lo}, {hi or 'inf'}], got {value!r}")
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
     styles = [s.name for s in CANVAS_STYLES[:n_styles]]
@@ -185,7 +218,14 @@ def canvas_dataset(*, n_per_pair: int = 40, size: int = 32, n_styles: int = 5, n
                 imgs.append(render_canvas(o, s, size=size, rng=rng))
                 sids.append(si)
                 oids.append(oi)
-    return CanvasDataset(torch.from_numpy(np.stack(imgs)), torch.tensor(sids), torch.tensor(oids), styles, objects)
+    prompts = None
+    if aliases:
+        pick = np.random.default_rng([seed, 1]).random((len(sids), 2))
+        words = [(styles[s],) if u < 0.5 else CANVAS_STYLE_ALIASES[styles[s]][:aliases]
+                 for s, (u, _) in zip(sids, pick)]
+        prompts = [canvas_prompt(objects[o], w[int(v * len(w))]) for o, w, (_, v) in zip(oids, words, pick)]
+    return CanvasDataset(torch.from_numpy(np.stack(imgs)), torch.tensor(sids), torch.tensor(oids), styles, objects,
+                         prompts=prompts)
 
 
 def digits_upscaled(*, size: int = 16, seed: int = 0, test_fraction: float = 0.2):

@@ -93,6 +93,9 @@ SCHEMA: dict = {
         "n_per_pair": Field("int", 24, help="canvas: images per (style, object) pair"),
         "n_styles": Field("int", 4, help="canvas: number of styles"),
         "n_objects": Field("int", 4, help="canvas: number of objects"),
+        "aliases": Field("int", 0, help="canvas: 0, or k in 1..3: half the training captions name the style by one "
+                                        "of k other words; the methods' forget set names it by its name "
+                                        "(a concept known under several names; docs/diffusion.md)"),
         "forget": Field("any", None, help="prompts: the prompts that show the concept to erase (list of strings)"),
         "retain": Field("any", None, help="prompts: the prompts whose generations must be kept (list of strings)"),
         "n_per_prompt": Field("int", 4, help="prompts: images the original generates per prompt (the methods' "
@@ -208,7 +211,7 @@ class _Setup:
             return
         if d["name"] == "canvas":
             self.data = canvas_dataset(n_per_pair=d["n_per_pair"], size=d["size"], n_styles=d["n_styles"],
-                                       n_objects=d["n_objects"], seed=seed)
+                                       n_objects=d["n_objects"], seed=seed, aliases=d["aliases"])
             # The evaluators are trained on canvas images of another seed: held out from the diffusion data.
             self.eval_data = canvas_dataset(n_per_pair=cfg["evaluator"]["n_per_pair"], size=d["size"],
                                             n_styles=d["n_styles"], n_objects=d["n_objects"], seed=seed + 7919)
@@ -222,7 +225,10 @@ class _Setup:
                 self.target = sc["target"] if sc["target"] is not None else names[0]
                 self.forget, self.retain = (self.data.split_style(self.target) if self.kind == "style"
                                             else self.data.split_object(self.target))
-            self.prompts = list(dict.fromkeys(self.data.prompts))
+            # An erasure request names the concept once: with aliases the methods' forget images are
+            # captioned with the canonical names (the original also learned the other words).
+            self.forget = self.forget.canonical()
+            self.prompts = list(dict.fromkeys(self.data.canonical().prompts + self.data.prompts))
         else:
             train, test = digits_upscaled(size=d["size"], seed=seed)
             self.target = int(sc["target"]) if sc["target"] is not None else 0
@@ -234,7 +240,9 @@ class _Setup:
             self.prompts = list(range(10))
         # Sequential steps add their targets to their own keys: the original does not depend on them.
         scenario_key = {"kind": "sequential"} if self.kind == "sequential" else cfg["scenario"]
-        data_key = {k: v for k, v in cfg["data"].items() if k not in PROMPT_DATA_KEYS}
+        # (aliases: 0 leaves the key of runs made before the option existed)
+        data_key = {k: v for k, v in cfg["data"].items()
+                    if k not in PROMPT_DATA_KEYS and not (k == "aliases" and not v)}
         self.base_key = step_key(data_key, scenario_key, cfg["model"], cfg["train"], seed)
 
     def _style_ids(self, styles) -> torch.Tensor:
@@ -244,7 +252,7 @@ class _Setup:
         """(forget, retain) of sequential step k (1-based): the images of style k, and the images of
         the styles not erased in steps 1..k (what step k's Retrain is trained on)."""
         ids = self._style_ids(self.targets[:k])
-        return (self.data.subset(self.data.style_ids == ids[-1]),
+        return (self.data.subset(self.data.style_ids == ids[-1]).canonical(),
                 self.data.subset(~torch.isin(self.data.style_ids, ids)))
 
     def fresh(self, cfg: dict):
@@ -319,6 +327,11 @@ class DiffusionTask(ExperimentTask):
         check_range("data.size", d["size"], low=8)
         for key in ("n_per_pair", "n_styles", "n_objects"):
             check_range(f"data.{key}", d[key], low=1)
+        from unlearnx.data.canvas import CANVAS_STYLE_ALIASES
+
+        check_range("data.aliases", d["aliases"], low=0, high=len(CANVAS_STYLE_ALIASES["crimson"]))
+        if d["aliases"] and d["name"] != "canvas":
+            raise ConfigError(f"config key 'data.aliases': only the canvas has style aliases (data {d['name']!r})")
         from unlearnx.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
 
         check_range("data.n_styles", d["n_styles"], high=len(CANVAS_STYLES))
