@@ -150,7 +150,8 @@ def main(argv=None):
             md += "\nTarget met per seed: " + "; ".join(
                 f"{label} {sum(target_check(m[label], m['Original'], m['Retrain']) == 'met' for m in per_seed.values())}"
                 f"/{len(per_seed)}" for label in rows_labels(res)) + "\n"
-        write_table_files(f"diffusion_{scenario}" + ("_tuned" if args.tuned else ""), title, md, header, [dict(zip(header, r)) for r in rows])
+        write_table_files(f"diffusion_{scenario}" + ("_tuned" if args.tuned else ""), title, md, header,
+                          [dict(zip(header, r)) for r in rows])
         print(f"\n{title}")
         print_table(header, rows)
 

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["CANVAS_OBJECTS", "CANVAS_STYLES", "CANVAS_STYLE_ALIASES", "CanvasDataset", "canvas_dataset", "canvas_prompt",
-           "digits_upscaled", "render_canvas"]
+__all__ = ["CANVAS_OBJECTS", "CANVAS_STYLES", "CANVAS_STYLE_ALIASES", "MAX_ALIASES", "CanvasDataset",
+           "canvas_dataset", "canvas_prompt", "digits_upscaled", "render_canvas"]
 
 CANVAS_OBJECTS = ("circle", "square", "triangle", "cross", "diamond", "bar")
 
@@ -55,6 +55,7 @@ CANVAS_STYLE_ALIASES = {
     "mono": ("silver", "ash", "pewter"),
     "candy": ("bubblegum", "sweet", "pastel"),
 }
+MAX_ALIASES = min(len(a) for a in CANVAS_STYLE_ALIASES.values())  # the largest `aliases=` every style can serve
 
 
 def canvas_prompt(obj: str, style: str) -> str:
@@ -142,11 +143,12 @@ class CanvasDataset(Dataset):
         self.object_ids = object_ids
         self.styles = tuple(styles)
         self.objects = tuple(objects)
-        canonical = [canvas_prompt(self.objects[o], self.styles[s])
-                     for s, o in zip(style_ids.tolist(), object_ids.tolist())]
-        if prompts is not None and len(prompts) != len(canonical):
-            raise ValueError(f"prompts: expected {len(canonical)} captions (one per image), got {len(prompts)}")
-        self.prompts = list(prompts) if prompts is not None else canonical
+        if prompts is None:
+            prompts = [canvas_prompt(self.objects[o], self.styles[s])
+                       for s, o in zip(style_ids.tolist(), object_ids.tolist())]
+        elif len(prompts) != len(style_ids):
+            raise ValueError(f"prompts: expected {len(style_ids)} captions (one per image), got {len(prompts)}")
+        self.prompts = list(prompts)
 
     @property
     def conditions(self) -> list[str]:
@@ -200,10 +202,9 @@ def canvas_dataset(*, n_per_pair: int = 40, size: int = 32, n_styles: int = 5, n
     aliases: 0 (every caption names the style by its name) or k in 1..3: each image's caption names
     its style, with probability 1/2, by one of the style's first k :data:`CANVAS_STYLE_ALIASES`
     instead (drawn uniformly, from a generator of its own: the images are those of ``aliases=0``)."""
-    n_alias = len(next(iter(CANVAS_STYLE_ALIASES.values())))
     for key, value, hi, lo in (("n_per_pair", n_per_pair, None, 1), ("size", size, None, 1),
                                ("n_styles", n_styles, len(CANVAS_STYLES), 1),
-                               ("n_objects", n_objects, len(CANVAS_OBJECTS), 1), ("aliases", aliases, n_alias, 0)):
+                               ("n_objects", n_objects, len(CANVAS_OBJECTS), 1), ("aliases", aliases, MAX_ALIASES, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
             raise ValueError(f"{key} must be an integer in [{lo}, {hi or 'inf'}], got {value!r}")
     if size < 8:

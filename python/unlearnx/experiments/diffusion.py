@@ -327,9 +327,9 @@ class DiffusionTask(ExperimentTask):
         check_range("data.size", d["size"], low=8)
         for key in ("n_per_pair", "n_styles", "n_objects"):
             check_range(f"data.{key}", d[key], low=1)
-        from unlearnx.data.canvas import CANVAS_STYLE_ALIASES
+        from unlearnx.data.canvas import MAX_ALIASES
 
-        check_range("data.aliases", d["aliases"], low=0, high=len(CANVAS_STYLE_ALIASES["crimson"]))
+        check_range("data.aliases", d["aliases"], low=0, high=MAX_ALIASES)
         if d["aliases"] and d["name"] != "canvas":
             raise ConfigError(f"config key 'data.aliases': only the canvas has style aliases (data {d['name']!r})")
         from unlearnx.data.canvas import CANVAS_OBJECTS, CANVAS_STYLES
