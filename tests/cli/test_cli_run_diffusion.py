@@ -47,6 +47,27 @@ def test_demo_config_validates_and_skips_unregistered_methods():
     assert cfg["task"] == "diffusion" and cfg["_methods"]
 
 
+def test_diffusion_demo_uses_the_tuned_presets():
+    from unlearnx.experiments.diffusion import DIFFUSION_DEMO_HPARAMS, diffusion_demo_config
+    from unlearnx.methods.presets import DIFFUSION_DEMO_TUNED
+
+    assert DIFFUSION_DEMO_TUNED  # only methods with a feasible tuning trial are listed
+    full = validate_config(diffusion_demo_config())["_methods"]
+    named = validate_config(diffusion_demo_config(methods=sorted(DIFFUSION_DEMO_TUNED)))["_methods"]
+    assert [e["method"] for e in named] == sorted(DIFFUSION_DEMO_TUNED)
+    for e in full + named:
+        expected = {**DIFFUSION_DEMO_HPARAMS.get(e["method"], {}), **DIFFUSION_DEMO_TUNED.get(e["method"], {})}
+        assert {k: e["hparams"][k] for k in expected} == expected, e["method"]
+    assert any(e["method"] in DIFFUSION_DEMO_TUNED for e in full)
+    # --quick trains a smaller model the tuning never saw: hand-set values only.
+    for e in validate_config(diffusion_demo_config(quick=True))["_methods"]:
+        for k, v in DIFFUSION_DEMO_HPARAMS.get(e["method"], {}).items():
+            assert e["hparams"][k] == v, e["method"]
+        for k, v in DIFFUSION_DEMO_TUNED.get(e["method"], {}).items():
+            assert k in DIFFUSION_DEMO_HPARAMS.get(e["method"], {}) or e["hparams"].get(k) != v, e["method"]
+    assert get_task("diffusion").demo_config() == diffusion_demo_config()
+
+
 def test_a_weak_evaluator_is_reported(tmp_path, capsys):
     """Evaluators below 95% held-out accuracy make UA / IRA / CRA unreliable: the run says so."""
     cfg = tiny(tmp_path / "out", methods=[{"name": "uce"}])

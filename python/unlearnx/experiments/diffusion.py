@@ -1192,14 +1192,21 @@ def diffusion_demo_config(*, methods=None, quick: bool = False, out_dir: str = "
                           device: str = "cpu", seed: int = 0) -> dict:
     """The demo: a tiny text-to-image model on the built-in canvas (4 styles x 4 objects, 16x16),
     the first style erased with `methods` (default DIFFUSION_DEMO_METHODS, each skipped with a note
-    when not registered), Retrain in the same run. quick: fewer training steps and generations."""
+    when not registered), Retrain in the same run. The methods run with the tiny-model values of
+    DIFFUSION_DEMO_HPARAMS, overridden by the values `unlearnx tune` chose for this demo
+    (`unlearnx.methods.presets.DIFFUSION_DEMO_TUNED`, configs/tune/canvas_demo.yaml). quick: fewer
+    training steps and generations, hand-set values only (the quick model was not tuned)."""
     if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
         raise ValueError(f"methods: expected a list of method names, got {methods!r}")
     import unlearnx as ux
 
+    from unlearnx.methods.presets import DIFFUSION_DEMO_TUNED
+
     def entry(name, **extra):
         known = ux.methods.available("diffusion")
-        hp = DIFFUSION_DEMO_HPARAMS.get(name, {}) if name in known else {}
+        hp = dict(DIFFUSION_DEMO_HPARAMS.get(name, {})) if name in known else {}
+        if name in known and not quick:
+            hp.update(DIFFUSION_DEMO_TUNED.get(name, {}))
         return {"name": name, **hp, **extra}
 
     entries = ([entry(m) for m in methods] if methods is not None
