@@ -228,6 +228,17 @@ def test_llm_tuning_seeds_score_the_geometric_mean_under_the_worst_utility(tmp_p
     assert not sc["feasible"] and math.isclose(sc["violation"], 0.1) and sc["objective"] < -PENALTY
 
 
+@pytest.mark.parametrize("section, key, value", [("data", "benchmark", "tofu"), ("model", "pretrained", "some/dir"),
+                                                 ("oracle", "pretrained", "some/retain")])
+def test_llm_tuning_refuses_user_files_naming_the_key(tmp_path, section, key, value):
+    # The tuning split is carved from the built-in authors: a config on the user's benchmark files or
+    # checkpoint must not be tuned silently on the built-in data.
+    cfg = validate_config(tiny_llm(tmp_path / "run"))
+    cfg[section] = {**(cfg.get(section) or {}), key: value}
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        LLMTuning().tuning_configs(cfg, cfg["tune"], tmp_path)
+
+
 @pytest.mark.slow
 def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     summary = tune(tiny_llm(tmp_path / "run"), tmp_path / "t", quiet=True)

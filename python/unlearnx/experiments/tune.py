@@ -591,6 +591,14 @@ class LLMTuning(TuningAdapter):
         from unlearnx.experiments.llm import build_authors_data
 
         dc = cfg["data"]
+        # The tuning split is carved from the built-in fictitious authors (other authors than the
+        # reported forget10); a user's benchmark files or checkpoint have no such split here.
+        for key, value in (("data.benchmark", dc.get("benchmark")), ("model.pretrained", cfg["model"].get("pretrained")),
+                           ("oracle.pretrained", (cfg.get("oracle") or {}).get("pretrained"))):
+            if value is not None:
+                raise ConfigError(f"config key {key!r}: tuning needs the built-in authors benchmark and model (a tuning "
+                                  "target and Retrain are trained on authors the reported run keeps); tune on the "
+                                  "built-in benchmark, or run the candidate values on your data with `unlearnx run`")
         n = dc["authors"]
         k = dc.get("forget_authors") or max(1, math.ceil(0.1 * n))
         if n - 2 * k < 2:
