@@ -30,7 +30,7 @@ from unlearnx.methods.masking import MaskedOptimizer, global_topk_masks, masks_b
 from unlearnx.methods.registry import register_method
 from unlearnx.stats import grad_saliency
 
-__all__ = ["SalUnDiffusion", "diffusion_saliency_masks"]
+__all__ = ["SalUnDiffusion", "diffusion_saliency_masks", "salun_losses"]
 
 
 def diffusion_saliency_masks(model, forget, *, mask_ratio: float = 0.5, batch_size: int = 16, seed: int = 0):
@@ -40,6 +40,29 @@ def diffusion_saliency_masks(model, forget, *, mask_ratio: float = 0.5, batch_si
     sal = grad_saliency(model, loader, lambda m, b: diffusion_loss(m, b[0], b[1]),
                         params=[f"unet.{n}" for n, _ in model.unet.named_parameters()], progress=False)
     return global_topk_masks(sal, mask_ratio)
+
+
+def salun_losses(model, xf, cf, relabel, xr, cr) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8's two terms on one forget batch (xf, cf; relabelled conditions c' = `relabel`) and one
+    retain batch (xr, cr): (‖ε_θ(x_t | c') − ε_θ(x_t | c)‖² in the model's output space, with the
+    relabelled prediction as a stop-gradient target; the retain batch's ℓ_MSE), each a scalar mean.
+
+    Both batches go through the UNet in one forward pass (the conditioning of a sample does not
+    depend on the others': fixed-length prompts, per-sample normalisation), so a step costs one
+    differentiable forward and one backward instead of two; t and ε are drawn forget batch first,
+    in the order of two separate passes."""
+    x0f = model.to_latents(xf.to(model.device))
+    x_tf, tf, _ = noisy_latents(model, x0f)
+    x0r = model.to_latents(xr.to(model.device))
+    x_tr, tr, noise_r = noisy_latents(model, x0r)
+    with torch.no_grad():
+        target = model.predict_noise(x_tf, tf, model.encode(relabel))
+    n = len(x0f)
+    out = model.model_output(torch.cat([x_tf, x_tr]), torch.cat([tf, tr]),
+                             model.encode(model.check_conditions(cf) + model.check_conditions(cr)))
+    lf = denoise_mse(model, model.noise_from_output(out[:n], x_tf, tf), target, tf)
+    lr = (out[n:].float() - model.training_target(x0r, noise_r, tr).float()).pow(2).flatten(1).mean(1).mean()
+    return lf, lr
 
 
 @register_method("salun", task="diffusion")
@@ -73,13 +96,8 @@ class SalUnDiffusion(DiffusionMethod):
                 for step in range(hp["steps"]):
                     xf, cf = next(f_iter)
                     xr, cr = next(r_iter)
-                    x0 = model.to_latents(xf.to(model.device))
-                    x_t, t, _ = noisy_latents(model, x0)
                     relabel = [others[i] for i in torch.randint(len(others), (len(cf),), generator=gen).tolist()]
-                    with torch.no_grad():
-                        target = model.predict_noise(x_t, t, model.encode(relabel))
-                    lf = denoise_mse(model, model.predict_noise(x_t, t, model.encode(cf)), target, t)
-                    lr_ = diffusion_loss(model, xr.to(model.device), cr).mean()
+                    lf, lr_ = salun_losses(model, xf, cf, relabel, xr, cr)
                     loss = lf + hp["beta"] * lr_
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
