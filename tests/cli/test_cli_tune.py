@@ -253,15 +253,19 @@ def test_llm_tune_end_to_end_on_other_authors(tmp_path):
     assert (tmp_path / "t" / "report.html").is_file()
 
 
-def test_demo_uses_the_tuned_presets_class_wise_only():
+def test_demo_uses_the_tuned_presets_of_its_scenario():
     from unlearnx.experiments import get_task
-    from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED
+    from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED, DIGITS_RANDOM_TUNED
 
     task = get_task("classification")
     cfg = validate_config(task.demo_config())
     for e in cfg["_methods"]:
         assert e["hparams"] == DIGITS_CLASSWISE_TUNED[e["method"]]
-    assert all(not e["hparams"] for e in validate_config(task.demo_config(options={"random": True}))["_methods"])
+    random = validate_config(task.demo_config(options={"random": True}))
+    assert random["scenario"]["kind"] == "random"
+    for e in random["_methods"]:
+        assert e["hparams"] == DIGITS_RANDOM_TUNED[e["method"]]
+    assert DIGITS_RANDOM_TUNED["salun"] != DIGITS_CLASSWISE_TUNED["salun"]
     explicit = validate_config(task.demo_config(methods=["ssd"]))["_methods"]
     assert explicit[0]["hparams"] == DIGITS_CLASSWISE_TUNED["ssd"]
 

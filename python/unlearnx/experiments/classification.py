@@ -344,17 +344,16 @@ class ClassificationTask(ExperimentTask):
         True}: 10% random forgetting (SalUn's headline scenario). Recipe: 20 epochs SGD lr 0.05,
         cosine schedule; one torch thread (the models are tiny, intra-op threads only add
         synchronisation, and on a busy machine a descheduled worker thread stalls every op).
-        Class-wise, the methods run with the values `unlearnx tune` chose for this scenario
-        (`unlearnx.methods.presets.DIGITS_CLASSWISE_TUNED`, docs/tuning.md); random forgetting
-        keeps the methods' defaults."""
+        The methods run with the values `unlearnx tune` chose for the scenario
+        (`unlearnx.methods.presets.DIGITS_CLASSWISE_TUNED` / `DIGITS_RANDOM_TUNED`, docs/tuning.md)."""
         from unlearnx.experiments.config import normalise_name
-        from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED
+        from unlearnx.methods.presets import DIGITS_CLASSWISE_TUNED, DIGITS_RANDOM_TUNED
 
         if quick:
             raise ValueError("--quick: the classification demo has no quick mode (it takes a minute already)")
         random = bool((options or {}).get("random"))
         explicit = methods is not None
-        tuned = {} if random else {normalise_name(k): v for k, v in DIGITS_CLASSWISE_TUNED.items()}
+        tuned = {normalise_name(k): v for k, v in (DIGITS_RANDOM_TUNED if random else DIGITS_CLASSWISE_TUNED).items()}
         entries = [{"name": m, **({} if explicit else {"optional": True}), **tuned.get(normalise_name(m), {})}
                    for m in (methods or DEMO_METHODS)]
         scenario = {"kind": "random", "fraction": 0.1} if random else {"kind": "class", "classes": 0}

@@ -9,7 +9,7 @@ benchmarks/bench_methods_classification.py use; each was measured, the reason is
 """
 from __future__ import annotations
 
-__all__ = ["DIGITS_HPARAMS", "DIGITS_CLASSWISE_HPARAMS", "DIGITS_CLASSWISE_TUNED", "LLM_QUICK_TUNED", "DIFFUSION_DEMO_TUNED"]
+__all__ = ["DIGITS_HPARAMS", "DIGITS_CLASSWISE_HPARAMS", "DIGITS_CLASSWISE_TUNED", "DIGITS_RANDOM_TUNED", "LLM_QUICK_TUNED", "DIFFUSION_DEMO_TUNED"]
 
 DIGITS_HPARAMS: dict[str, dict] = {
     # The reference lrs (GA 1e-4, Boundary 1e-5, SCRUB 5e-4, Bad teacher 1e-4, LAF 5e-5/1e-4) barely
@@ -65,6 +65,25 @@ DIGITS_CLASSWISE_TUNED: dict[str, dict] = {
     "l1_sparse": {"gamma": 0.002174, "lr": 0.03556, "epochs": 19},
     "salun": {"lr": 0.02112, "epochs": 6, "mask_ratio": 0.3063},
     "ssd": {"alpha": 31.95, "lam": 0.1315},
+}
+
+# The values `unlearnx tune` chose for 10% random forgetting in the classification demo (`unlearnx demo
+# --random`: digits, small_cnn, 20 epochs):
+#   unlearnx tune configs/tune/digits_random.yaml          (20 trials per method, tune.scenarios 3)
+# 20 TPE trials per method (seed 0; trial 0 = the DIGITS_HPARAMS / default values) on three random 10%
+# draws from a tuning training set carved out of the reported D_r (tuning test set 20% of D_r; the
+# reported forget set and the test set are never seen): objective the mean Avg. Gap to the tuning
+# Retrains with RA and TA within 2 points of the tuning originals in all three; rounded to 4
+# significant digits. 2026-12-06, 2-core shared x86-64 CPU, 1 torch thread, 333 s.
+# Mean tuning Avg. Gap chosen (start): FT 1.62 (1.93), GA 1.59 (1.67), RL 1.13 (5.46), l1-sparse 0.81
+# (= start), SalUn 1.14 (2.71), SSD 0.95 (1.99). docs/benchmarks.md: the reported scenario, seeds 0-2.
+DIGITS_RANDOM_TUNED: dict[str, dict] = {
+    "ft": {"lr": 0.09682, "epochs": 18},
+    "ga": {"lr": 0.01407, "epochs": 7},
+    "rl": {"lr": 0.00209, "epochs": 2},
+    "l1_sparse": {"gamma": 0.003, "lr": 0.03, "epochs": 10},
+    "salun": {"lr": 0.003725, "epochs": 2, "mask_ratio": 0.2899},
+    "ssd": {"alpha": 7.502, "lam": 6.075},
 }
 
 # The values `unlearnx tune` chose for the quick LLM demo (`unlearnx demo --task llm --quick`,
