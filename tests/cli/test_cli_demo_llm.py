@@ -75,9 +75,9 @@ def test_demo_llm_quick_end_to_end_and_resume(tmp_path, capsys):
 def test_llm_demo_uses_the_tuned_presets():
     from unlearnx.experiments.config import validate_config
     from unlearnx.experiments.llm import BASE_HPARAMS, METHOD_HPARAMS, llm_demo_config
-    from unlearnx.methods.presets import LLM_QUICK_TUNED
+    from unlearnx.methods.presets import LLM_DEMO_TUNED, LLM_QUICK_TUNED
 
-    assert {"ga", "graddiff", "npo", "simnpo"} <= set(LLM_QUICK_TUNED)
+    assert {"ga", "graddiff", "npo", "simnpo"} <= set(LLM_QUICK_TUNED) & set(LLM_DEMO_TUNED)
     # The default panel (quick) and explicitly named methods carry the tuned values.
     quick = validate_config(llm_demo_config(quick=True))["_methods"]
     named = validate_config(llm_demo_config(quick=True, methods=sorted(LLM_QUICK_TUNED)))["_methods"]
@@ -87,11 +87,14 @@ def test_llm_demo_uses_the_tuned_presets():
         if preset is not None:
             assert {k: e["hparams"][k] for k in preset} == preset, e["method"]
     assert any(e["method"] in LLM_QUICK_TUNED for e in quick)
-    # The full size keeps the tiny-model values (the tuned ones were measured on the quick setting only).
+    # The full size has its own tuned values (LLM_DEMO_TUNED); methods tuned only at the quick size
+    # keep the tiny-model values there.
     full = validate_config(llm_demo_config(methods=sorted(LLM_QUICK_TUNED)))["_methods"]
     for e in full:
-        expected = {**BASE_HPARAMS, **METHOD_HPARAMS.get(e["method"], {})}
+        expected = {**BASE_HPARAMS, **METHOD_HPARAMS.get(e["method"], {}), **LLM_DEMO_TUNED.get(e["method"], {})}
         assert all(e["hparams"][k] == v for k, v in expected.items() if k in e["hparams"]), e["method"]
+    assert any(e["method"] in LLM_DEMO_TUNED for e in validate_config(llm_demo_config())["_methods"])
+    assert LLM_DEMO_TUNED["npo"] != LLM_QUICK_TUNED["npo"]
     # The CLI's demo path builds the same config.
     from unlearnx.experiments import get_task
 

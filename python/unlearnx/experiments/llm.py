@@ -789,15 +789,16 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
                     out_dir: str = "runs/demo-llm", device: str = "cpu", dtype: str = "float32") -> dict:
     """The demo's configuration (an LLM experiment config, see `LLMTask.validate`).
 
-    quick: fewer authors (12: still 40 forget QA) and a smaller evaluation (about 1 minute on 2 CPU cores);
-    the methods of `unlearnx.methods.presets.LLM_QUICK_TUNED` run with its tuned values.
+    quick: fewer authors (12: still 40 forget QA) and a smaller evaluation (about 1 minute on 2 CPU cores).
+    The methods run with the values `unlearnx tune` chose for the size: `unlearnx.methods.presets.
+    LLM_QUICK_TUNED` (quick) or `LLM_DEMO_TUNED` (full size); others with METHOD_HPARAMS.
     methods: unlearning methods to run (default `LLM_DEMO_METHODS`, each skipped with a note when
     not registered; explicitly named methods must be registered for task "causal_lm").
     device, dtype: where and in which precision it runs (see the module docstring).
     """
     if methods is not None and (isinstance(methods, str) or not all(isinstance(m, str) for m in methods)):
         raise ValueError(f"methods: expected a list of method names, got {methods!r}")
-    from unlearnx.methods.presets import LLM_QUICK_TUNED
+    from unlearnx.methods.presets import LLM_DEMO_TUNED, LLM_QUICK_TUNED
 
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"seed: must be an int, got {seed!r}")
@@ -805,10 +806,9 @@ def llm_demo_config(*, quick: bool = False, methods: Sequence[str] | None = None
              "max_new_tokens": 24} if quick else
             {"authors": 20, "epochs": 30, "n_real_authors": 8, "n_world_facts": 18, "eval_retain": 60,
              "max_new_tokens": 48})
-    # quick: the values `unlearnx tune configs/tune/llm_quick.yaml` chose for this setting (presets.py);
-    # the full size keeps METHOD_HPARAMS: the tuned values were not measured there (the full demo has
-    # 20 authors, a 60-QA utility subset and 48-token answers, and its forget set is the same 40 QA).
-    tuned = {normalise_name(k): v for k, v in LLM_QUICK_TUNED.items()} if quick else {}
+    # The values `unlearnx tune configs/tune/llm_quick.yaml` (quick) or `configs/tune/llm_demo.yaml`
+    # (full size: 20 authors, a 60-QA utility subset, 48-token answers) chose for that size (presets.py).
+    tuned = {normalise_name(k): v for k, v in (LLM_QUICK_TUNED if quick else LLM_DEMO_TUNED).items()}
     entries = ([{"name": m, **tuned.get(normalise_name(m), {})} for m in methods] if methods is not None
                else [{"name": m, "optional": True, **tuned.get(normalise_name(m), {})} for m in LLM_DEMO_METHODS])
     return {
