@@ -40,8 +40,12 @@ from unlearnx.experiments.run import run_experiment  # noqa: E402
 METHODS = ("esd_x", "esd_u", "advunlearn", "uce", "salun", "doco", "sfd", "spm")
 # AdvUnlearn again with a stronger inner adversary (the bench's default entry runs 3 inner attack steps
 # per outer iteration for 60 iterations, a CPU budget): does a stronger inner attack buy robustness?
+# And with more outer iterations at the same inner budget (advunlearn-100, added 2026-12-06: the
+# variant that keeps UA near 95 on the alias data).
 EXTRA_ENTRIES = ({"name": "advunlearn", "label": "advunlearn-10", "iterations": 100, "ddim_steps": 8,
-                  "attack_steps": 10},)
+                  "attack_steps": 10},
+                 {"name": "advunlearn", "label": "advunlearn-100", "iterations": 100, "ddim_steps": 8,
+                  "attack_steps": 3})
 # Attack budgets (unlearnx.diffusion.attacks): the prepended-token attacks optimise k = 2 tokens.
 ATTACKS = {"unlearndiff": {"k": 2, "steps": 100}, "soft_prompt": {"k": 2, "steps": 100},
            "seed_search": {"budget": 8}, "random_tokens": {"k": 2, "trials": 4},
