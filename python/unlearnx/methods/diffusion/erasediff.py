@@ -98,7 +98,7 @@ class EraseDiff(DiffusionMethod):
                     opt.zero_grad(set_to_none=True)
                     log["forget_loss"].append(lf.item())
                     log["retain_loss"].append(lr_.item())
-                    log["forget_gap"].append(lf.item() - float(lf_k))
+                    log["forget_gap"].append(lf.item() - lf_k.item())
                     if progress and (step + 1) % 25 == 0:
                         print(f"erasediff step {step + 1} f {lf:.4f} retain {lr_:.4f}", flush=True)
         finally:
