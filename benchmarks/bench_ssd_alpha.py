@@ -3,7 +3,8 @@
 For each seed (the original model's initialisation and data order; the forget set is the whole
 class): train the original on digits / small_cnn, Retrain on D_r, then run SSD at the paper's α 10,
 SSD at the digits preset α 30, ASSD (α from the relative-importance percentile, nothing to tune),
-SSD with α from a 2-point retain-accuracy budget (`ssd_budget`), and the concept-poisoning method
+SSD with α from a 2-point retain-accuracy budget (`ssd_budget`), the mildest (α, λ) of that grid which
+forgets D_f (`ssd_budget(forget_target=10)`), and the concept-poisoning method
 and UNSIR for comparison. Reports UA / RA / TA / MIA-Efficacy / Avg. Gap (mean ± std), the number
 of seeds on which the class is forgotten (UA >= 90), and the α each adaptive rule chose.
 
@@ -38,6 +39,9 @@ RUNS = (
     ("SSD (α 30, digits preset)", "ssd", {"alpha": 30.0}),
     ("ASSD", "assd", {}),
     ("SSD (α by 2-pt RA budget)", "ssd_budget", {}),
+    # The mildest (α, λ) of the same grid whose accuracy on D_f is <= 10 % (the class is forgotten);
+    # the 2-point budget is then reported, not enforced.
+    ("SSD (mildest (α, λ) forgetting D_f)", "ssd_budget", {"forget_target": 10.0}),
     ("Concept poison (random)", "concept_poison", {"labels": "random"}),
     ("Concept poison (targeted)", "concept_poison", {"labels": "targeted"}),
     ("UNSIR", "unsir", DIGITS_CLASSWISE_HPARAMS["unsir"]),
@@ -55,7 +59,8 @@ def run_seed(scenario, seed: int) -> dict[str, dict]:
     for label, name, hp in RUNS:
         res = ux.unlearn(original, name, forget=scenario.forget, retain=scenario.retain, seed=seed, progress=False,
                          **hp)
-        rows[label] = {**ux.evaluate(res.model, scenario=scenario, reference=ref), "alpha": res.log.get("alpha")}
+        rows[label] = {**ux.evaluate(res.model, scenario=scenario, reference=ref), "alpha": res.log.get("alpha"),
+                       "lam": res.log.get("lam")}
     return rows
 
 
@@ -83,7 +88,9 @@ def main(argv=None) -> int:
             cells.append(f"{mean:.2f} ± {std:.2f}")
         forgotten = sum(r[name]["UA"] >= 90.0 for r in per_seed)
         alphas = [r[name].get("alpha") for r in per_seed]
-        alpha_cell = ", ".join("–" if a is None else f"{a:.3g}" for a in alphas)
+        lams = [r[name].get("lam") for r in per_seed]
+        alpha_cell = ", ".join("–" if a is None else f"{a:.3g}" + ("" if lam in (None, 1.0) else f" (λ {lam:g})")
+                               for a, lam in zip(alphas, lams))
         rec["forgotten"], rec["alphas"] = forgotten, alpha_cell
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {forgotten}/{len(per_seed)} | {alpha_cell} |")
         csv_rows.append(rec)

@@ -62,8 +62,9 @@ def test_ssd_budget_picks_the_most_aggressive_setting_within_the_budget(classwis
     res, m = _run("ssd_budget", scenario, model, ref)
     trials, base = res.log["trials"], res.log["check_accuracy"]
     # the grid is walked from the mildest entry and stops at the first one over the budget
-    assert [(a, lam) for a, lam, _ in trials] == list(ssd_mod.BUDGET_GRID[:len(trials)])
-    within = [(a, lam) for a, lam, acc in trials if acc >= base - 2.0]
+    assert [(a, lam) for a, lam, _, _ in trials] == list(ssd_mod.BUDGET_GRID[:len(trials)])
+    assert all(f is None for *_, f in trials)  # no forget accuracy without forget_target
+    within = [(a, lam) for a, lam, acc, _ in trials if acc >= base - 2.0]
     assert len(within) >= len(trials) - 1 and res.log["budget_met"]
     assert (res.log["alpha"], res.log["lam"]) == within[-1]
     ssd = ux.unlearn(model, "ssd", forget=scenario.forget, retain=scenario.retain, seed=0, progress=False,
@@ -71,6 +72,34 @@ def test_ssd_budget_picks_the_most_aggressive_setting_within_the_budget(classwis
     assert all(torch.equal(a, b) for a, b in zip(ssd.model.parameters(), res.model.parameters()))
     assert m["UA"] >= 90.0 and m["Avg.Gap"] < 3.0, m
     assert m["RA"] >= orig["RA"] - 3.0 and m["TA"] >= orig["TA"] - 4.0, m
+
+
+def test_ssd_budget_forget_target_takes_the_mildest_setting_that_forgets(classwise, monkeypatch):
+    # forget_target: walk the grid from the mildest entry and stop at the first whose accuracy on D_f
+    # is <= the target; the budget is reported, not enforced. With a zero budget the budget rule alone
+    # stops at the first entry that costs any check accuracy; the target rule goes on to forgetting.
+    from unlearnx.eval.classification import accuracy
+
+    scenario, model, orig, ref = classwise
+    res, m = _run("ssd_budget", scenario, model, ref, forget_target=10.0, max_ra_drop=0.0)
+    trials = res.log["trials"]
+    assert [(a, lam) for a, lam, _, _ in trials] == list(ssd_mod.BUDGET_GRID[:len(trials)])
+    assert all(f > 10.0 for *_, f in trials[:-1]) and trials[-1][3] <= 10.0 and res.log["forgot"]
+    assert (res.log["alpha"], res.log["lam"]) == trials[-1][:2]
+    assert res.log["budget_met"] == (res.log["check_accuracy"] - trials[-1][2] <= 0.0)
+    assert accuracy(res.model, scenario.forget) == pytest.approx(trials[-1][3])
+    assert m["UA"] >= 90.0 and m["RA"] >= orig["RA"] - 5.0, m
+    plain = _run("ssd_budget", scenario, model, ref, max_ra_drop=0.0)[0]
+    assert len(plain.log["trials"]) <= len(trials) and "forgot" not in plain.log
+    # a target no entry of the grid reaches (a grid cut to its two mildest entries, which keep the
+    # class on this model) falls back to the budget rule's choice and says so
+    monkeypatch.setattr(ssd_mod, "BUDGET_GRID", ssd_mod.BUDGET_GRID[:2])
+    short = _run("ssd_budget", scenario, model, ref, forget_target=10.0, max_ra_drop=2.0)[0]
+    budget = _run("ssd_budget", scenario, model, ref, max_ra_drop=2.0)[0]
+    assert short.log["forgot"] is False and all(f > 10.0 for *_, f in short.log["trials"])
+    assert (short.log["alpha"], short.log["lam"]) == (budget.log["alpha"], budget.log["lam"])
+    with pytest.raises(ValueError, match="forget_target"):
+        _run("ssd_budget", scenario, model, ref, forget_target=150)
 
 
 def test_ssd_budget_checks_on_a_given_clean_set(classwise):
