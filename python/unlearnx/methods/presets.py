@@ -88,8 +88,8 @@ DIGITS_RANDOM_TUNED: dict[str, dict] = {
 
 # The values `unlearnx tune` chose for the quick LLM demo (`unlearnx demo --task llm --quick`,
 # `llm_demo_config(quick=True)`: 12 fictitious authors, forget10 = 2 authors = 40 QA, tiny Llama
-# hidden 64 / 2 layers), used by that demo for these methods (the full-size demo keeps
-# `METHOD_HPARAMS`: not tuned there). Found with
+# hidden 64 / 2 layers), used by that demo for these methods (the full-size demo has its own,
+# LLM_DEMO_TUNED below). Found with
 #   unlearnx tune configs/tune/llm_quick.yaml          (40 trials, tune.scenarios 3)
 # 40 TPE trials per method (seed 0; trial 0 = the METHOD_HPARAMS start values; search spaces in the
 # config), each scored on three tuning runs (seeds 0, 1, 2) of the first 10 authors (the reported
