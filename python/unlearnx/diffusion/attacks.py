@@ -344,20 +344,35 @@ def soft_prompt_attack(model, evaluator, target_label, target_images, target_con
                         embeddings=torch.stack(embs), log={"runs": logs})
 
 
+# concept_inversion's default Adam step, relative to the RMS of the token-embedding matrix: Adam moves
+# every coordinate by about lr per step, so an absolute lr means a different edit on every text encoder.
+# 0.025 x RMS (5e-4 on the built-in 32-wide encoder, RMS 0.02; ~3.5e-4 on CLIP ViT-L's, RMS ~0.014)
+# keeps 100 steps within a few word norms. Measured on the alias benchmark's seed-0 Original (whose
+# plain prompt gives ASR 100): lr 0.05 -> ASR 6.2 (the vector drifted 16 word norms away), 5e-3 -> 12.5,
+# 5e-4 -> 100, with the lowest denoising loss (0.126 vs 0.255 at 0.05).
+INVERSION_RELATIVE_LR = 0.025
+
+
 def concept_inversion(model, evaluator, target_label, target_images, target_conditions, concept_word: str, *,
-                      steps=100, lr=0.05, batch_size=8, seeds=(0,), n_per_condition=4, sample_kw=None):
+                      steps=100, lr=None, batch_size=8, seeds=(0,), n_per_condition=4, sample_kw=None):
     """Textual inversion against the unlearned model: the embedding at the position of `concept_word`
     (a single token) in the target prompts is replaced by a new vector v (initialised at the word's
-    own embedding) trained on the denoising loss of `target_images`; ASR of generations with v."""
+    own embedding) trained on the denoising loss of `target_images`; ASR of generations with v.
+    lr: Adam's step; default INVERSION_RELATIVE_LR x the RMS of the token embeddings."""
     conds = _text_targets(model, evaluator, target_label, target_images, target_conditions)
     wid = _word_id(model, concept_word)
     ids_all = model.tokenize(conds)
     if not bool((ids_all == wid).any(1).all()):
         raise ValueError(f"concept_word {concept_word!r} does not occur in every target condition")
+    table = model.text_encoder.get_input_embeddings().weight.detach()
+    if lr is None:
+        lr = INVERSION_RELATIVE_LR * float(table.float().pow(2).mean().sqrt())
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number (or None: relative to the embeddings), got {lr!r}")
     images_out, embs, logs = [], [], []
     for s in _seeds(seeds):
         gen = torch.Generator().manual_seed(s)
-        v = model.text_encoder.get_input_embeddings().weight.detach()[wid].clone().float()[None]
+        v = table[wid].clone().float()[None]
         v += 0.01 * torch.randn(v.shape, generator=gen).to(v.device)
         v.requires_grad_(True)
         opt = torch.optim.Adam([v], lr=lr)
@@ -371,7 +386,7 @@ def concept_inversion(model, evaluator, target_label, target_images, target_cond
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         distinct = _distinct(conds)
         with torch.no_grad():
             enc = encode_replacing(model, distinct, concept_word, v.detach()[0])
@@ -380,7 +395,7 @@ def concept_inversion(model, evaluator, target_label, target_images, target_cond
         logs.append({"seed": s, "loss": losses})
     images = torch.cat(images_out)
     return AttackResult("concept_inversion", attack_success_rate(images, evaluator, target_label), len(images),
-                        embeddings=torch.stack(embs), log={"runs": logs})
+                        embeddings=torch.stack(embs), log={"runs": logs, "lr": lr})
 
 
 def gcg_prompt_attack(model, evaluator, target_label, target_images, target_conditions, *, k=3, steps=20,
@@ -414,7 +429,7 @@ def gcg_prompt_attack(model, evaluator, target_label, target_images, target_cond
                 loss = loss_of(onehot @ table)
                 grad, = torch.autograd.grad(loss, onehot)
                 top = (-grad).topk(min(top_k, len(vocab_ids)), dim=1).indices.cpu()
-                best = (float(loss), cur)
+                best = (loss.item(), cur)
                 with torch.no_grad():
                     for _c in range(candidates):
                         pos = int(torch.randint(k, (1,), generator=gen))
@@ -557,7 +572,7 @@ def class_embedding_attack(model, evaluator, target_label, target_images, *, cla
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         with class_embedding_override(model, class_id, v.detach()):
             images_out.append(sample(model, [class_id] * n_per_condition, seed=s, **(sample_kw or {})).cpu())
         embs.append(v.detach())
