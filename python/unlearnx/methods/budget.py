@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from unlearnx.methods.registry import UnlearningMethod, available, get, register_method
 from unlearnx.methods.training import dataset_of, model_device, seeded
 
-__all__ = ["Budgeted", "check_set", "validate_check"]
+__all__ = ["Budgeted", "check_set", "validate_check", "validate_forget_target", "walk_budget"]
 
 
 def validate_check(check, check_fraction) -> None:
@@ -60,6 +60,34 @@ def validate_forget_target(target) -> None:
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
                                or not 0.0 <= target <= 100.0):
         raise ValueError(f"forget_target must be None or a percentage in [0, 100], got {target!r}")
+
+
+def walk_budget(candidates, trial, *, base_acc: float, max_drop: float, forget_target=None):
+    """The selection rule of `budgeted` and `ssd_budget`. `candidates` are ordered mildest first;
+    `trial(c)` -> (check accuracy, accuracy on D_f or None, payload) for candidate c.
+
+    Budget rule (forget_target None): the last candidate whose check accuracy is within `max_drop`
+    points of `base_acc`, the walk stopping at the first one over it (the first candidate when even it
+    is over). forget_target: the first candidate whose accuracy on D_f is <= forget_target, whatever
+    its drop; when none is, the budget rule's choice (the walk goes on past the budget looking for it).
+    Returns (candidate, its payload, trials [(candidate, check accuracy, forget accuracy)],
+    budget_met: the chosen candidate is within the budget, forgot: it reached forget_target)."""
+    trials, chosen, over = [], None, False
+    for c in candidates:
+        acc, f_acc, payload = trial(c)
+        trials.append((c, acc, f_acc))
+        within = base_acc - acc <= max_drop
+        hit = forget_target is not None and f_acc <= forget_target
+        if hit or (within and not over) or chosen is None:
+            chosen = (c, payload, within, hit)
+        if hit:
+            break
+        if not within:
+            over = True  # the budget rule's choice is fixed from here on
+            if forget_target is None:
+                break
+    c, payload, met, forgot = chosen
+    return c, payload, trials, met, forgot
 
 
 @register_method("budgeted")
@@ -144,8 +172,9 @@ class Budgeted(UnlearningMethod):
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         target = hp["forget_target"]
         forget_ds = dataset_of(forget, "forget") if target is not None else None
-        trials, chosen, chosen_state, chosen_log, over, forgot, met = [], None, None, None, False, False, False
-        for value, algo in zip(hp["values"], self._bases):
+
+        def trial(candidate):
+            _, algo = candidate
             for ld, state in zip(loaders, rng_states):  # each trial sees the data order of a standalone run
                 ld.generator.set_state(state)
             with seeded(seed, model_device(model)):
@@ -153,21 +182,15 @@ class Budgeted(UnlearningMethod):
                                retain=retain if "retain" in algo.requires else None, seed=seed, progress=progress)
             acc = accuracy(model, check)
             f_acc = accuracy(model, forget_ds) if target is not None else None
-            trials.append((value, acc, f_acc))
-            within = base_acc - acc <= hp["max_drop"]
-            hit = target is not None and f_acc <= target
-            if hit or (within and not over) or chosen_state is None:
-                chosen, chosen_log, met = value, log, within
-                chosen_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                forgot = hit
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.load_state_dict(saved)
-            if hit:
-                break
-            if not within:
-                over = True  # the budget rule's choice is fixed from here on
-                if target is None:
-                    break
-        model.load_state_dict(chosen_state)
-        extra = {} if target is None else {"forgot": bool(forgot)}
-        return {**dict(chosen_log or {}), "knob": hp["knob"], "chosen": chosen, "trials": trials,
+            return acc, f_acc, (state, log)
+
+        (chosen, _), (state, log), trials, met, forgot = walk_budget(
+            list(zip(hp["values"], self._bases)), trial, base_acc=base_acc, max_drop=hp["max_drop"],
+            forget_target=target)
+        model.load_state_dict(state)
+        extra = {} if target is None else {"forgot": forgot}
+        return {**dict(log or {}), "knob": hp["knob"], "chosen": chosen,
+                "trials": [(value, acc, f_acc) for (value, _), acc, f_acc in trials],
                 "check_accuracy": base_acc, "budget_met": met, "check_set": source, **extra}

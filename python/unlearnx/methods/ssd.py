@@ -26,7 +26,7 @@ from tqdm import tqdm
 from unlearnx._modes import training_mode
 from unlearnx.data.datasets import inputs_of, labels_of
 from unlearnx.methods.registry import UnlearningMethod, register_method
-from unlearnx.methods.budget import check_set, validate_check
+from unlearnx.methods.budget import check_set, validate_check, validate_forget_target, walk_budget
 from unlearnx.methods.training import dataset_of, model_device, union_loader
 from unlearnx.ops import ssd_dampen_
 from unlearnx.stats import fisher_diagonal
@@ -276,9 +276,7 @@ class SSDBudget(SSD):
 
     def validate(self):
         validate_check(self.hparams["check"], self.hparams["check_fraction"])
-        t = self.hparams["forget_target"]
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0):
-            raise ValueError(f"forget_target must be None or a percentage in [0, 100], got {t!r}")
+        validate_forget_target(self.hparams["forget_target"])
 
     def run(self, model, *, forget, retain, seed, progress):
         from unlearnx.eval.classification import accuracy
@@ -295,32 +293,22 @@ class SSDBudget(SSD):
 
     def selection_alpha(self, names, fgt, full, forget, retain) -> float:
         model, check, accuracy, forget_ds = self._trial
-        target, budget = self.hparams["forget_target"], self.hparams["max_ra_drop"]
+        target = self.hparams["forget_target"]
         params = dict(model.named_parameters())
         saved = [params[n].detach().clone() for n in names]
-        self._base = base = accuracy(model, check)
-        self._trials, chosen, forgets, over = [], None, None, False
+        self._base = accuracy(model, check)
+
+        def trial(entry):
+            alpha, lam = entry
+            ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=lam)
+            acc = accuracy(model, check)
+            f_acc = accuracy(model, forget_ds) if target is not None else None
+            for n, t in zip(names, saved):
+                params[n].copy_(t)
+            return acc, f_acc, None
+
         with torch.no_grad():
-            for alpha, lam in BUDGET_GRID:
-                ssd_dampen_([params[n] for n in names], fgt, full, alpha=alpha, lam=lam)
-                acc = accuracy(model, check)
-                f_acc = accuracy(model, forget_ds) if target is not None else None
-                self._trials.append((alpha, lam, acc, f_acc))
-                for n, t in zip(names, saved):
-                    params[n].copy_(t)
-                if target is not None and f_acc <= target:  # the mildest entry that forgets
-                    forgets = (alpha, lam, base - acc <= budget)
-                    break
-                if base - acc > budget:
-                    over = True  # the budget rule's choice is fixed from here on
-                    if target is None:
-                        break
-                elif not over:
-                    chosen = (alpha, lam)
-        self._forgot = forgets is not None
-        if forgets is not None:
-            alpha, self._lam, self._met = forgets
-            return alpha
-        self._met = chosen is not None
-        alpha, self._lam = chosen if chosen is not None else BUDGET_GRID[0]
+            (alpha, self._lam), _, trials, self._met, self._forgot = walk_budget(
+                BUDGET_GRID, trial, base_acc=self._base, max_drop=self.hparams["max_ra_drop"], forget_target=target)
+        self._trials = [(a, lam, acc, f_acc) for (a, lam), acc, f_acc in trials]
         return alpha
