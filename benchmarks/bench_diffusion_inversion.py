@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_diffusion_robustness as br  # noqa: E402  (same folder)
-from bench_diffusion import scenario_config  # noqa: E402
 
 from unlearnx.diffusion import attacks as A  # noqa: E402
 from unlearnx.experiments import get_task, validate_config  # noqa: E402
@@ -37,12 +36,8 @@ def main(argv=None) -> int:
     earlier = json.loads(res.read_text()) if args.merge and res.is_file() else {"seeds": [], "asr": {}, "seconds": 0.0}
     torch.set_num_threads(1)
     methods = [*br.METHODS, "fmn", "concept_ablation", "erasediff", "scissorhands", "selective_amnesia"]
-    cfg = scenario_config("style", seeds=args.seeds, methods=methods, train_steps=1600, device="cpu",
-                          out=Path(args.out))
-    cfg["data"]["aliases"] = 2
-    cfg["out_dir"] = str(Path(args.out) / "style-aliases2")
-    cfg["methods"] += [dict(e) for e in br.EXTRA_ENTRIES]
-    cfg = validate_config(cfg)
+    cfg = validate_config(br.robustness_config(seeds=args.seeds, methods=methods, train_steps=1600, device="cpu",
+                                               out=Path(args.out), aliases=2))
     task = get_task("diffusion")
     run = Run(cfg, Path(cfg["out_dir"]), quiet=True, eval_only=False, echo=lambda m: None, progress=False)
     out = {name: {int(k): v for k, v in per.items()} for name, per in earlier["asr"].items()}

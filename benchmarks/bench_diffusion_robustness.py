@@ -78,6 +78,21 @@ def verdicts(rows: dict, attacks) -> list[str]:
     return out
 
 
+def robustness_config(*, seeds, methods, train_steps: int, device: str, out: Path, aliases: int = 0) -> dict:
+    """The style-erasure run of bench_diffusion.py (its models reused from `out`), with the AdvUnlearn
+    variants of EXTRA_ENTRIES when AdvUnlearn is asked for and, with `aliases`, the alias data in its
+    own folder; no attacks yet."""
+    cfg = scenario_config("style", seeds=seeds, methods=methods, train_steps=train_steps, device=device, out=out)
+    cfg["name"] = "bench diffusion style robustness"
+    if aliases:
+        cfg["data"]["aliases"] = aliases
+        cfg["name"] += f" (style aliases: {aliases})"
+        cfg["out_dir"] = str(Path(out) / f"style-aliases{aliases}")
+    if "advunlearn" in methods:
+        cfg["methods"] += [dict(e) for e in EXTRA_ENTRIES]
+    return cfg
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="1 seed, 400 training steps")
@@ -92,15 +107,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.small else [0, 1, 2])
     steps = args.train_steps or (400 if args.small else 1200)
-    cfg = scenario_config("style", seeds=seeds, methods=args.methods, train_steps=steps, device=args.device,
-                          out=Path(args.out))
-    cfg["name"] = "bench diffusion style robustness"
-    if args.aliases:
-        cfg["data"]["aliases"] = args.aliases
-        cfg["name"] += f" (style aliases: {args.aliases})"
-        cfg["out_dir"] = str(Path(args.out) / f"style-aliases{args.aliases}")
-    if "advunlearn" in args.methods:
-        cfg["methods"] += [dict(e) for e in EXTRA_ENTRIES]
+    cfg = robustness_config(seeds=seeds, methods=args.methods, train_steps=steps, device=args.device,
+                            out=Path(args.out), aliases=args.aliases)
     cfg["attacks"] = {a: ATTACKS.get(a, {}) for a in args.attacks}
     t0 = time.perf_counter()
     res = run_experiment(cfg, quiet=False)
