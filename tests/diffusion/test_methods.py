@@ -80,6 +80,29 @@ def test_salun_raises_forget_loss_keeps_retain_and_respects_the_mask(trained, sp
     assert ch["changed_params"] <= 0.5 * ch["total_params"] + 1
 
 
+def test_salun_retain_batch_size_sets_the_retain_batch_apart(monkeypatch):
+    """retain_batch_size draws retain batches of that size (forget batches keep batch_size); None
+    means batch_size."""
+    import unlearnx.methods.diffusion.salun as salun_mod
+    from unlearnx.diffusion import ConditionedImages, tiny_class_model
+
+    torch.manual_seed(0)
+    dm = tiny_class_model(3, image_size=8, channels=1, block_out_channels=(16, 32))
+    forget = ConditionedImages(torch.rand(8, 1, 8, 8), [0] * 8)
+    retain = ConditionedImages(torch.rand(16, 1, 8, 8), [1, 2] * 8)
+    seen = []
+    real = salun_mod.salun_losses
+
+    def spy(model, xf, cf, relabel, xr, cr):
+        seen.append((len(xf), len(xr)))
+        return real(model, xf, cf, relabel, xr, cr)
+
+    monkeypatch.setattr(salun_mod, "salun_losses", spy)
+    ux.unlearn(dm, "salun", forget=forget, retain=retain, steps=2, batch_size=4, retain_batch_size=2)
+    ux.unlearn(dm, "salun", forget=forget, retain=retain, steps=2, batch_size=4)
+    assert seen == [(4, 2), (4, 2), (4, 4), (4, 4)]
+
+
 @pytest.mark.parametrize("kind", ["text", "class"])
 def test_salun_losses_in_one_pass_equal_two_separate_passes(trained, split, kind):
     """The fused forget + retain forward of SalUn's step gives Eq. 8's two terms exactly as two passes
@@ -197,6 +220,8 @@ def test_cross_attention_methods_reject_a_class_model():
     res = ux.unlearn(dm, "salun", forget=ConditionedImages(torch.rand(2, 1, 8, 8), [0, 0]),
                      retain=ConditionedImages(torch.rand(4, 1, 8, 8), [1, 1, 2, 2]), steps=2)
     assert 0.49 < res.log["mask_fraction"] < 0.51
+    with pytest.raises(ValueError, match="retain_batch_size"):
+        ux.unlearn(dm, "salun", forget=data, retain=data, retain_batch_size=0)
     with pytest.raises(TypeError, match="unknown hyper-parameter"):
         ux.unlearn(dm, "esd_u", forget=data, bogus=1)
 

@@ -13,7 +13,9 @@ remapped onto other concepts rather than both predictions collapsing onto each o
 
 Paper (class-wise DDPM on CIFAR-10): β 1, mask ratio 0.5, Adam lr 1e-4, 1000 steps, batch 128.
 Tiny-model defaults here: lr 1e-3 (the tiny UNets are trained at 1e-3), 150 steps, batch 16 forget
-+ 16 retain. LoRA is not offered: the mask is over the base weights, which a low-rank adapter
++ 16 retain (`retain_batch_size` sets the retain batch apart: a step costs a differentiable pass over
+batch_size + retain_batch_size images and a gradient-free one over batch_size, so a smaller retain
+batch buys more steps in the same time). LoRA is not offered: the mask is over the base weights, which a low-rank adapter
 update cannot respect coordinate-wise.
 """
 from __future__ import annotations
@@ -71,11 +73,15 @@ class SalUnDiffusion(DiffusionMethod):
 
     paper = "Fan et al., 'SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency', ICLR 2024"
     requires = ("forget", "retain")
-    defaults = {"steps": 150, "lr": 1e-3, "batch_size": 16, "beta": 1.0, "mask_ratio": 0.5}
+    defaults = {"steps": 150, "lr": 1e-3, "batch_size": 16, "retain_batch_size": None, "beta": 1.0,
+                "mask_ratio": 0.5}
 
     def validate(self):
         if not 0.0 < self.hparams["mask_ratio"] <= 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1], got {self.hparams['mask_ratio']!r}")
+        rb = self.hparams["retain_batch_size"]
+        if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int) or rb < 1):
+            raise ValueError(f"retain_batch_size must be a positive integer or None (= batch_size), got {rb!r}")
 
     def run(self, model, *, forget, retain, seed, progress):
         hp = self.hparams
@@ -88,7 +94,8 @@ class SalUnDiffusion(DiffusionMethod):
         tr = TrainableUNet(model, "all")
         opt = MaskedOptimizer(torch.optim.Adam(tr.params, lr=hp["lr"]), masks_by_param(model, masks))
         f_iter = itertools.cycle(diffusion_loader(forget, batch_size=hp["batch_size"], seed=seed))
-        r_iter = itertools.cycle(diffusion_loader(retain, batch_size=hp["batch_size"], seed=seed + 1))
+        r_batch = hp["retain_batch_size"] or hp["batch_size"]
+        r_iter = itertools.cycle(diffusion_loader(retain, batch_size=r_batch, seed=seed + 1))
         gen = torch.Generator().manual_seed(seed)
         log = {"forget_loss": [], "retain_loss": []}
         try:
