@@ -62,6 +62,25 @@ def test_fid_bound_makes_trials_that_degrade_generations_infeasible(tmp_path):
         validate_config(tiny(tmp_path / "run", tune={"fid_ratio": 0.5}))
 
 
+def test_time_bound_makes_trials_slower_than_a_tenth_of_retrain_infeasible(tmp_path):
+    # tune.time_ratio (the 0.1): unlearning time <= 0.1x the tuning Retrain's, worst over scenarios.
+    adapter = DiffusionTuning()
+    metrics = {"Original": {"UA": 0.0, "IRA": 90.0, "FID-eval": 0.5},
+               "fast": {"UA": 100.0, "IRA": 88.0, "FID-eval": 0.5, "RTE-ratio": 0.08},
+               "slow": {"UA": 100.0, "IRA": 88.0, "FID-eval": 0.5, "RTE-ratio": 0.15}}
+    rows = adapter.rows({"metrics": metrics})
+    tcfg = {"utility_ratio": 0.9, "fid_ratio": 1.2, "time_ratio": 0.1}
+    ok, bad = (adapter.score([rows[k]], [{}], tcfg) for k in ("fast", "slow"))
+    assert ok["feasible"] and ok["constraints"]["time/Retrain"] == pytest.approx(0.08)
+    assert not bad["feasible"] and bad["objective"] == pytest.approx(-PENALTY - 0.05)
+    two = adapter.score([rows["fast"], rows["slow"]], [{}, {}], tcfg)  # the slower scenario decides
+    assert not two["feasible"] and two["constraints"]["time/Retrain"] == pytest.approx(0.15)
+    assert adapter.score([rows["slow"]], [{}], {"utility_ratio": 0.9})["feasible"]  # no bound
+    assert adapter.budget(tcfg) == {"utility_ratio": 0.9, "fid_ratio": 1.2, "time_ratio": 0.1}
+    with pytest.raises(ConfigError, match="tune.time_ratio"):
+        validate_config(tiny(tmp_path / "run", tune={"time_ratio": 0}))
+
+
 def test_split_erases_other_concepts_on_another_seed(tmp_path):
     cfg = validate_config(tiny(tmp_path / "run", seeds=[0, 1], scenario={"kind": "style", "target": "ocean"},
                                tune={"trials": 1, "scenarios": 2}))

@@ -41,7 +41,8 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   unlearned or evaluated; the concepts themselves (the reported target among them) are the same
   vocabulary, as in class-wise classification tuning. Objective: maximise UA subject to IRA and
   CRA (digits: IRA) >= `tune.utility_ratio` (0.9) x the tuning original's, the issue's retain
-  budget, and with `tune.fid_ratio` (e.g. 1.2) evaluator-FID <= that x the tuning original's. Sequential erasure is not tuned (tune its method on a single-target scenario).
+  budget, with `tune.fid_ratio` (e.g. 1.2) evaluator-FID <= that x the tuning original's and with
+  `tune.time_ratio` (e.g. 0.1) the unlearning time <= that x the tuning Retrain's. Sequential erasure is not tuned (tune its method on a single-target scenario).
 
 Infeasible trials get the objective PENALTY + violation (minimise; -PENALTY - violation when
 maximising), worse than every feasible trial; the chosen values are those of the best feasible
@@ -89,6 +90,8 @@ TUNE_SCHEMA: dict = {
                                                "diffusion: smallest allowed IRA and CRA / the tuning original's"),
     "fid_ratio": Field("number", None, help="diffusion: largest allowed evaluator-FID / the tuning original's "
                                             "(the issue's 1.2; default: no FID bound)"),
+    "time_ratio": Field("number", None, help="diffusion: largest allowed unlearning time / the tuning Retrain's "
+                                              "training time (the issue's 0.1; default: no time bound)"),
     "space": Field("dict", {}, help="{method: {hparam: [low, high, 'log'|'float'|'int'] or {choices: [...]}}}"),
 }
 
@@ -223,6 +226,11 @@ def validate_tune(section, cfg: dict) -> dict:
             raise ConfigError(f"config key 'tune.fid_ratio': an evaluator-FID bound exists for task diffusion only, "
                               f"not {cfg['task']!r}")
         check_range("tune.fid_ratio", t["fid_ratio"], low=1)
+    if t["time_ratio"] is not None:
+        if cfg["task"] != "diffusion":
+            raise ConfigError(f"config key 'tune.time_ratio': a time bound against Retrain exists for task diffusion "
+                              f"only, not {cfg['task']!r}")
+        check_range("tune.time_ratio", t["time_ratio"], low=0, low_open=True)
     if t["methods"] is not None:
         _select(cfg, t["methods"], "tune.methods")
     task = _method_task(cfg)
@@ -747,7 +755,7 @@ class DiffusionTuning(TuningAdapter):
 
     def budget(self, tcfg):
         return {"utility_ratio": tcfg["utility_ratio"],
-                **({"fid_ratio": tcfg["fid_ratio"]} if tcfg.get("fid_ratio") is not None else {})}
+                **{k: tcfg[k] for k in ("fid_ratio", "time_ratio") if tcfg.get(k) is not None}}
 
     def rows(self, seed_result):
         metrics = seed_result["metrics"]
@@ -773,6 +781,11 @@ class DiffusionTuning(TuningAdapter):
             worst_fid = max(fids) if fids else None
             violation += max(0.0, worst_fid - tcfg["fid_ratio"]) if worst_fid is not None else 1.0
             constraints["fid/orig"] = worst_fid
+        if tcfg.get("time_ratio") is not None:  # the slowest scenario's time / its Retrain's within the bound
+            times = [float(r["RTE-ratio"]) for r in rows if r.get("RTE-ratio") is not None]
+            worst_time = max(times) if times else None
+            violation += max(0.0, worst_time - tcfg["time_ratio"]) if worst_time is not None else 1.0
+            constraints["time/Retrain"] = worst_time
         feasible = violation == 0.0 and math.isfinite(value)
         keys = [k for k in ("IRA", "CRA") if rows[0].get(k) is not None]
         utility = sum(float(r[k]) for r in rows for k in keys) / max(1, len(rows) * len(keys))
@@ -873,7 +886,8 @@ def tune(config: Mapping, out_dir=None, *, trials: int | None = None, methods: S
         references = [c["reference"] for c in contexts]
         settings = step_key(tcfg["seed"], tcfg["scenarios"], tcfg["val_fraction"], tcfg["ra_drop"], tcfg["ta_drop"],
                             tcfg["utility_ratio"], [_public(tc) for tc in tuning_cfgs],
-                            *([tcfg["fid_ratio"]] if tcfg["fid_ratio"] is not None else []))
+                            *([tcfg["fid_ratio"]] if tcfg["fid_ratio"] is not None else []),
+                            *([("time_ratio", tcfg["time_ratio"])] if tcfg.get("time_ratio") is not None else []))
         storage = _storage(optuna, out / "study.journal")
         startup = tcfg["startup_trials"] or max(1, tcfg["trials"] // 3)
         names = set(optuna.get_all_study_names(storage))
