@@ -42,7 +42,8 @@ config's run reports** (never tune on what you report), built by the task's `Tun
   vocabulary, as in class-wise classification tuning. Objective: maximise UA subject to IRA and
   CRA (digits: IRA) >= `tune.utility_ratio` (0.9) x the tuning original's, the issue's retain
   budget, with `tune.fid_ratio` (e.g. 1.2) evaluator-FID <= that x the tuning original's and with
-  `tune.time_ratio` (e.g. 0.1) the unlearning time <= that x the tuning Retrain's. Sequential erasure is not tuned (tune its method on a single-target scenario).
+  `tune.time_ratio` (e.g. 0.1) the unlearning time <= that x the tuning Retrain's. Sequential
+  erasure is not tuned (tune its method on a single-target scenario).
 
 Infeasible trials get the objective PENALTY + violation (minimise; -PENALTY - violation when
 maximising), worse than every feasible trial; the chosen values are those of the best feasible

@@ -14,9 +14,10 @@ remapped onto other concepts rather than both predictions collapsing onto each o
 Paper (class-wise DDPM on CIFAR-10): β 1, mask ratio 0.5, Adam lr 1e-4, 1000 steps, batch 128.
 Tiny-model defaults here: lr 1e-3 (the tiny UNets are trained at 1e-3), 150 steps, batch 16 forget
 + 16 retain (`retain_batch_size` sets the retain batch apart: a step costs a differentiable pass over
-batch_size + retain_batch_size images and a gradient-free one over batch_size, so a smaller retain
-batch buys more steps in the same time). LoRA is not offered: the mask is over the base weights, which a low-rank adapter
-update cannot respect coordinate-wise.
+batch_size + retain_batch_size images and a gradient-free one over batch_size, so where a step is
+compute-bound a smaller retain batch buys more steps in the same time; the tiny CPU benchmark models
+are bound by per-operator overhead instead, docs/benchmarks.md). LoRA is not offered: the mask is
+over the base weights, which a low-rank adapter update cannot respect coordinate-wise.
 """
 from __future__ import annotations
 
