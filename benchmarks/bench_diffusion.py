@@ -19,6 +19,7 @@ directories under --out (results.json, report.md/html with image grids).
     PYTHONPATH=python python benchmarks/bench_diffusion.py --device cuda --train-steps 6000
     PYTHONPATH=python python benchmarks/bench_diffusion.py --scenarios class --methods salun doco \
         --tuned benchmarks/results/tuned_digits_class.yaml    # + rows at `unlearnx tune`'s chosen values
+    PYTHONPATH=python python benchmarks/bench_diffusion.py --scenarios class --blocks 32 64   # a 4x wider UNet
 """
 from __future__ import annotations
 
@@ -45,7 +46,11 @@ BENCH_HPARAMS = {
 EVAL_GUIDANCE = 1.0
 
 
-def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: str, out: Path) -> dict:
+DEFAULT_BLOCKS = (16, 32)
+
+
+def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: str, out: Path,
+                    blocks=DEFAULT_BLOCKS) -> dict:
     if scenario == "style":
         data = {"name": "canvas", "size": 16, "n_per_pair": 16, "n_styles": 4, "n_objects": 4}
         sc = {"kind": "style"}
@@ -61,7 +66,7 @@ def scenario_config(scenario: str, *, seeds, methods, train_steps: int, device: 
         "task": "diffusion", "name": f"bench diffusion {scenario}", "out_dir": str(out / scenario),
         "seeds": list(seeds), "device": device, "threads": 1,
         "data": data, "scenario": sc,
-        "model": {"block_out_channels": [16, 32], "layers_per_block": 1, "text_dim": 32,
+        "model": {"block_out_channels": list(blocks), "layers_per_block": 1, "text_dim": 32,
                   "prediction_type": "v_prediction"},
         "train": {"steps": train_steps, "lr": 3e-3, "batch_size": 32},
         "evaluator": {"epochs": 15, "n_per_pair": 32},
@@ -125,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=None, help="original / Retrain optimizer steps")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--out", default="runs/bench-diffusion")
+    ap.add_argument("--blocks", type=int, nargs=2, default=list(DEFAULT_BLOCKS), metavar=("C1", "C2"),
+                    help="UNet block widths (default 16 32); other widths write diffusion_<scenario>_blocks<C1>-<C2>.*")
     ap.add_argument("--tuned", default=None, help="methods list of `unlearnx tune --write-presets` (tuned on other "
                     "concepts of another seed): adds '<label> (tuned)' rows; results go to diffusion_<scenario>_tuned.*")
     args = ap.parse_args(argv)
@@ -133,13 +140,14 @@ def main(argv=None):
     methods = args.methods or list(ux.methods.available("diffusion"))
     for scenario in args.scenarios:
         cfg = scenario_config(scenario, seeds=seeds, methods=methods, train_steps=steps, device=args.device,
-                              out=Path(args.out))
+                              out=Path(args.out), blocks=args.blocks)
+        size = "" if tuple(args.blocks) == DEFAULT_BLOCKS else f"_blocks{args.blocks[0]}-{args.blocks[1]}"
         if args.tuned:
             cfg["methods"] = cfg["methods"] + tuned_entries(args.tuned)
         res = run_experiment(cfg, quiet=False)
         header, rows = table(res)
         dev = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-        title = f"Diffusion unlearning: {scenario} erasure"
+        title = f"Diffusion unlearning: {scenario} erasure" + (f" (UNet blocks {args.blocks})" if size else "")
         md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
         md += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
         md += (f"\n{res['scenario']['data']}, target {res['scenario']['target']}, seeds {seeds}, {steps} training "
@@ -150,7 +158,7 @@ def main(argv=None):
             md += "\nTarget met per seed: " + "; ".join(
                 f"{label} {sum(target_check(m[label], m['Original'], m['Retrain']) == 'met' for m in per_seed.values())}"
                 f"/{len(per_seed)}" for label in rows_labels(res)) + "\n"
-        write_table_files(f"diffusion_{scenario}" + ("_tuned" if args.tuned else ""), title, md, header,
+        write_table_files(f"diffusion_{scenario}{size}" + ("_tuned" if args.tuned else ""), title, md, header,
                           [dict(zip(header, r)) for r in rows])
         print(f"\n{title}")
         print_table(header, rows)
