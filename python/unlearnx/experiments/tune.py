@@ -141,6 +141,13 @@ SEARCH_SPACES: dict[str, dict[str, dict[str, tuple]]] = {
 }
 _KINDS = ("log", "float", "int")
 
+# The optional upper bounds of diffusion tuning: tune key -> (row key, name in tune.json's
+# constraints, what it bounds (for errors), check_range bounds of the key's value).
+DIFFUSION_UPPER_BOUNDS: dict[str, tuple] = {
+    "fid_ratio": ("fid/orig", "fid/orig", "an evaluator-FID bound", {"low": 1}),
+    "time_ratio": ("RTE-ratio", "time/Retrain", "a time bound against Retrain", {"low": 0, "low_open": True}),
+}
+
 
 # ------------------------------------------------------------------------------------------
 # The `tune` config section
@@ -222,16 +229,11 @@ def validate_tune(section, cfg: dict) -> dict:
     check_range("tune.ra_drop", t["ra_drop"], low=0)
     check_range("tune.ta_drop", t["ta_drop"], low=0)
     check_range("tune.utility_ratio", t["utility_ratio"], low=0, high=1)
-    if t["fid_ratio"] is not None:
-        if cfg["task"] != "diffusion":
-            raise ConfigError(f"config key 'tune.fid_ratio': an evaluator-FID bound exists for task diffusion only, "
-                              f"not {cfg['task']!r}")
-        check_range("tune.fid_ratio", t["fid_ratio"], low=1)
-    if t["time_ratio"] is not None:
-        if cfg["task"] != "diffusion":
-            raise ConfigError(f"config key 'tune.time_ratio': a time bound against Retrain exists for task diffusion "
-                              f"only, not {cfg['task']!r}")
-        check_range("tune.time_ratio", t["time_ratio"], low=0, low_open=True)
+    for key, (_, _, what, bounds) in DIFFUSION_UPPER_BOUNDS.items():
+        if t[key] is not None:
+            if cfg["task"] != "diffusion":
+                raise ConfigError(f"config key 'tune.{key}': {what} exists for task diffusion only, not {cfg['task']!r}")
+            check_range(f"tune.{key}", t[key], **bounds)
     if t["methods"] is not None:
         _select(cfg, t["methods"], "tune.methods")
     task = _method_task(cfg)
@@ -756,7 +758,7 @@ class DiffusionTuning(TuningAdapter):
 
     def budget(self, tcfg):
         return {"utility_ratio": tcfg["utility_ratio"],
-                **{k: tcfg[k] for k in ("fid_ratio", "time_ratio") if tcfg.get(k) is not None}}
+                **{k: tcfg[k] for k in DIFFUSION_UPPER_BOUNDS if tcfg.get(k) is not None}}
 
     def rows(self, seed_result):
         metrics = seed_result["metrics"]
@@ -777,16 +779,13 @@ class DiffusionTuning(TuningAdapter):
         value = sum(float(r["UA"]) for r in rows) / len(rows)
         violation = max(0.0, tcfg["utility_ratio"] - worst) if worst is not None else 1.0
         constraints = {"retain/orig": worst}
-        if tcfg.get("fid_ratio") is not None:  # the worst FID ratio over scenarios must stay within the bound
-            fids = [float(r["fid/orig"]) for r in rows if r.get("fid/orig") is not None]
-            worst_fid = max(fids) if fids else None
-            violation += max(0.0, worst_fid - tcfg["fid_ratio"]) if worst_fid is not None else 1.0
-            constraints["fid/orig"] = worst_fid
-        if tcfg.get("time_ratio") is not None:  # the slowest scenario's time / its Retrain's within the bound
-            times = [float(r["RTE-ratio"]) for r in rows if r.get("RTE-ratio") is not None]
-            worst_time = max(times) if times else None
-            violation += max(0.0, worst_time - tcfg["time_ratio"]) if worst_time is not None else 1.0
-            constraints["time/Retrain"] = worst_time
+        for key, (row_key, name, _, _) in DIFFUSION_UPPER_BOUNDS.items():  # the worst scenario within each bound
+            if tcfg.get(key) is None:
+                continue
+            values = [float(r[row_key]) for r in rows if r.get(row_key) is not None]
+            worst_value = max(values) if values else None
+            violation += max(0.0, worst_value - tcfg[key]) if worst_value is not None else 1.0
+            constraints[name] = worst_value
         feasible = violation == 0.0 and math.isfinite(value)
         keys = [k for k in ("IRA", "CRA") if rows[0].get(k) is not None]
         utility = sum(float(r[k]) for r in rows for k in keys) / max(1, len(rows) * len(keys))
